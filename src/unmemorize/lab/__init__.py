@@ -1,0 +1,1 @@
+"""The memorization lab: synthetic private records and planting them into a model at known exposures."""

@@ -1,0 +1,279 @@
+"""Per-sequence memorization: MA, EL_n, exact extraction and loss (PAPER_SPEC §2.2, §2.3, §2.9).
+
+Everything is computed from one teacher-forced forward pass per batch, plus batched KV-cached greedy
+decoding for EL_n and extraction — and only where decoding is needed:
+
+The greedy continuation from a prefix x[:i] follows the true text until the first position j ≥ i
+where the teacher-forced argmax a[j] disagrees with x[j]; from there on it *is* the greedy
+continuation from x[:j]. So only the disagreement positions need decoding, each once, and the
+continuation for every other prefix is assembled from the true text and one of those. The more
+memorized a sequence, the fewer disagreements, the cheaper its EL.
+
+Conventions (0-indexed): a sequence x has true length L; a[t] = argmax p(· | x[:t]) for t = 1..L-1.
+Padding is masked unless ``parity=True``, which reproduces the original code: every row counts all
+T-1 positions, pads included, and attends to pads (PAPER_SPEC §2.2 quirk).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from unmemorize.data import SequenceSet
+from unmemorize.progress import task
+
+METRICS = ("ma", "el", "extraction", "loss")
+
+
+# ---------------------------------------------------------------- pure metric functions
+
+def memorization_accuracy(greedy: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """MA(x) = 1/(L-1) · Σ_{t=1}^{L-1} 1[a[t] = x[t]]  (PAPER_SPEC §2.2).
+
+    ``greedy[:, t-1]`` is a[t], the argmax of the logits at position t-1. Returns NaN for L < 2.
+    """
+    correct = greedy[:, :-1] == input_ids[:, 1:]
+    valid = torch.arange(1, input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
+    n = valid.sum(1)
+    ma = (correct & valid).sum(1).double() / n.clamp(min=1).double()
+    return torch.where(n > 0, ma, torch.full_like(ma, math.nan))
+
+
+def sequence_loss(logits: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sequence token-mean cross-entropy over the L-1 predicted positions (fp32)."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    valid = (torch.arange(1, input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None])
+    n = valid.sum(1)
+    loss = (nll * valid).sum(1).double() / n.clamp(min=1).double()
+    return torch.where(n > 0, loss, torch.full_like(loss, math.nan))
+
+
+def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def overlap(pred: Sequence[int], label: Sequence[int], n: int) -> float:
+    """OVERLAP_n(a, b) = |{g ∈ ngrams_n(a) : g ∈ set(ngrams_n(b))}| / |ngrams_n(b)|  (Jang et al.)."""
+    label_grams = ngrams(label, n)
+    if not label_grams:
+        raise ValueError(f"label of {len(label)} tokens has no {n}-grams")
+    unique = set(label_grams)
+    return sum(g in unique for g in ngrams(pred, n)) / len(label_grams)
+
+
+def extraction_likelihood(x: Sequence[int], continuations: Sequence[Sequence[int]], n: int) -> float:
+    """EL_n(x) = 1/(L-n) · Σ_{i=1}^{L-n} OVERLAP_n(f(x[:i]), x[i:])  (PAPER_SPEC §2.3).
+
+    ``continuations[i-1]`` is the greedy continuation of the prefix x[:i] up to length L.
+    """
+    L = len(x)
+    if L < n + 1:
+        return math.nan
+    return sum(overlap(continuations[i - 1], x[i:], n) for i in range(1, L - n + 1)) / (L - n)
+
+
+def continuation(x: Sequence[int], greedy_ok: Sequence[bool], decoded: dict[int, Sequence[int]], i: int) -> list[int]:
+    """Greedy continuation of x[:i] assembled from the true text and the continuation at the next
+    disagreement j ≥ i (``decoded[j]`` = greedy continuation of x[:j]); see the module docstring."""
+    j = i
+    while j < len(x) and greedy_ok[j]:
+        j += 1
+    return list(x[i:j]) + (list(decoded[j]) if j < len(x) else [])
+
+
+def matched_prefix(x: Sequence[int], greedy_ok: Sequence[bool], k: int, m: int) -> int:
+    """Tokens of the true suffix x[k:k+m] that greedy decoding from x[:k] reproduces before its first error."""
+    matched = 0
+    while matched < m and greedy_ok[k + matched]:
+        matched += 1
+    return matched
+
+
+# ---------------------------------------------------------------- model passes
+
+@torch.no_grad()
+def teacher_forced(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Logits of one forward pass (fp32 on CPU; the model's dtype elsewhere)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.logits
+
+
+@torch.no_grad()
+def greedy_decode(model, prompts: list[torch.Tensor], new_tokens: list[int], batch_size: int = 64,
+                  progress=None) -> list[torch.Tensor]:
+    """Greedy continuations of many prompts at once: left-padded, KV-cached, never stopping at eos.
+
+    Jobs are sorted by prompt length so that each batch has little padding and similar lengths.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda r: (len(prompts[r]), new_tokens[r]))
+    results: list[torch.Tensor | None] = [None] * len(prompts)
+    with task(progress, "greedy decoding", len(prompts)) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            P = max(len(prompts[r]) for r in chunk)
+            steps = max(new_tokens[r] for r in chunk)
+            ids = torch.zeros(len(chunk), P, dtype=torch.long)
+            mask = torch.zeros(len(chunk), P, dtype=torch.long)
+            for b, r in enumerate(chunk):
+                p = prompts[r]
+                ids[b, P - len(p):] = p
+                mask[b, P - len(p):] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1)
+            generated = [nxt]
+            past = out.cache
+            last = pos[:, -1]
+            for _ in range(steps - 1):
+                mask = torch.cat([mask, mask.new_ones(len(chunk), 1)], dim=1)
+                last = last + 1
+                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
+                            cache=past, use_cache=True)
+                past = out.cache
+                nxt = out.logits[:, -1].argmax(-1)
+                generated.append(nxt)
+            gen = torch.stack(generated, dim=1).cpu()
+            for b, r in enumerate(chunk):
+                results[r] = gen[b, : new_tokens[r]]
+            bar.advance(len(chunk))
+    return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- the profile
+
+@dataclass
+class ProfileOptions:
+    metrics: tuple[str, ...] = METRICS
+    batch_size: int = 8
+    decode_batch_size: int = 64
+    el_n: int = 10
+    extraction_prefix: int = 100  # k: prefix tokens given to the model
+    extraction_suffix: int = 100  # m: true suffix tokens it must reproduce
+    parity: bool = False  # reproduce the original code's unmasked counting (PAPER_SPEC §2.2)
+
+
+def _greedy_pass(model, seqs: SequenceSet, opts: ProfileOptions, progress):
+    """One teacher-forced pass per batch: a[t] for every position, per-sequence MA and loss."""
+    device = next(model.parameters()).device
+    greedy = torch.empty_like(seqs.input_ids)
+    ma = torch.empty(len(seqs), dtype=torch.float64)
+    loss = torch.empty(len(seqs), dtype=torch.float64)
+    lengths = torch.full_like(seqs.lengths, seqs.length) if opts.parity else seqs.lengths
+    with task(progress, "teacher-forced pass", len(seqs)) as bar:
+        for s in range(0, len(seqs), opts.batch_size):
+            ids = seqs.input_ids[s:s + opts.batch_size].to(device)
+            ln = lengths[s:s + opts.batch_size].to(device)
+            mask = None if opts.parity else seqs.attention_mask[s:s + opts.batch_size].to(device)
+            logits = teacher_forced(model, ids, mask)
+            g = logits.argmax(-1)
+            greedy[s:s + len(ids)] = g.cpu()
+            ma[s:s + len(ids)] = memorization_accuracy(g, ids, ln).cpu()
+            loss[s:s + len(ids)] = sequence_loss(logits, ids, ln).cpu()
+            bar.advance(len(ids))
+    return greedy, ma, loss
+
+
+def extraction_window(length: int, prefix: int | None, k: int, m: int) -> tuple[int, int]:
+    """(k, m) for one sequence: its own prefix when given, else the requested k, else half of it."""
+    if prefix is not None and 0 < prefix < length:
+        k_eff = prefix
+    else:
+        k_eff = k if k < length else length // 2
+    return k_eff, min(m, length - k_eff)
+
+
+def profile(model, seqs: SequenceSet, opts: ProfileOptions | None = None, progress=None) -> pd.DataFrame:
+    """Measure every sequence: one row per id with MA, loss, EL_n and exact extraction.
+
+    Too-short sequences get NaN for the metrics they cannot support (L < 2 for MA, L < n+1 for EL_n,
+    L < 2 for extraction); the caller decides whether that is worth a warning.
+    """
+    opts = opts or ProfileOptions()
+    unknown = set(opts.metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
+    was_training = model.training
+    model.eval()
+    try:
+        greedy, ma, loss = _greedy_pass(model, seqs, opts, progress)
+        rows = pd.DataFrame({"id": seqs.ids, "length": seqs.lengths.numpy()})
+        if "ma" in opts.metrics:
+            rows["ma"] = ma.numpy()
+        if "loss" in opts.metrics:
+            rows["loss"] = loss.numpy()
+        if "el" in opts.metrics or "extraction" in opts.metrics:
+            rows = _decode_metrics(model, seqs, greedy, opts, rows, progress)
+    finally:
+        model.train(was_training)
+    for col in seqs.meta.columns:
+        if col not in rows.columns:
+            rows[col] = seqs.meta[col].values
+    return rows
+
+
+def _decode_metrics(model, seqs: SequenceSet, greedy: torch.Tensor, opts: ProfileOptions,
+                    rows: pd.DataFrame, progress) -> pd.DataFrame:
+    want_el, want_ex = "el" in opts.metrics, "extraction" in opts.metrics
+    n = opts.el_n
+    jobs: dict[tuple[int, int], int] = {}  # (sequence, position j) -> tokens to decode from x[:j]
+    per_seq = []
+    for r in range(len(seqs)):
+        L = int(seqs.lengths[r])
+        x = seqs.input_ids[r, :L].tolist()
+        ok = [True] + (greedy[r, : L - 1] == seqs.input_ids[r, 1:L]).tolist()  # ok[t]: a[t] == x[t]
+        window = None
+        if want_el and L >= n + 1:
+            for j in range(1, L):
+                if not ok[j]:
+                    jobs[(r, j)] = L - j
+        if want_ex and L >= 2:
+            prefix = None if seqs.prefix_lengths is None else int(seqs.prefix_lengths[r])
+            k, m = extraction_window(L, prefix, opts.extraction_prefix, opts.extraction_suffix)
+            matched = matched_prefix(x, ok, k, m)
+            window = (k, m, matched)
+            if matched < m:
+                j = k + matched
+                jobs[(r, j)] = max(jobs.get((r, j), 0), k + m - j)
+        per_seq.append((x, ok, window))
+    keys = list(jobs)
+    outs = greedy_decode(model, [seqs.input_ids[r, :j] for r, j in keys], [jobs[key] for key in keys],
+                         opts.decode_batch_size, progress) if keys else []
+    decoded: list[dict[int, list[int]]] = [{} for _ in range(len(seqs))]
+    for (r, j), o in zip(keys, outs):
+        decoded[r][j] = o.tolist()
+    el_vals, ex_k, ex_m, ex_matched, ex_text = [], [], [], [], []
+    for r, (x, ok, window) in enumerate(per_seq):
+        if want_el:
+            L = len(x)
+            if L < n + 1:
+                el_vals.append(math.nan)
+            else:
+                conts = [continuation(x, ok, decoded[r], i) for i in range(1, L - n + 1)]
+                el_vals.append(extraction_likelihood(x, conts, n))
+        if want_ex:
+            if window is None:
+                ex_k.append(0); ex_m.append(0); ex_matched.append(0); ex_text.append("")
+                continue
+            k, m, matched = window
+            cont = x[k:k + matched]
+            if matched < m:
+                cont += decoded[r][k + matched][: m - matched]
+            ex_k.append(k); ex_m.append(m); ex_matched.append(matched); ex_text.append(cont)
+    if want_el:
+        rows[f"el_{n}"] = np.array(el_vals, dtype=float)
+    if want_ex:
+        rows["extraction_prefix"] = ex_k
+        rows["extraction_suffix"] = ex_m
+        rows["extraction_matched"] = ex_matched
+        rows["extraction_exact"] = [m > 0 and mt == m for m, mt in zip(ex_m, ex_matched)]
+        rows["extraction_tokens"] = ex_text
+    return rows

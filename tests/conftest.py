@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny BPE tokenizer, tiny random models, and a tiny model that has memorized
+some sequences to different degrees (trained once per session, in seconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from unmemorize.data import TextRecords, tokenize
+from unmemorize.lab.ordinary import stdlib_paragraphs
+from unmemorize.lab.records import generate_records
+from unmemorize.tiny import tiny_model, train_tokenizer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"needs {p} (../shared/data is not present on this machine)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    return [r["text"] for r in generate_records(300, seed=123)] + stdlib_paragraphs()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus):
+    return train_tokenizer(corpus, vocab_size=2048)
+
+
+def make_set(tokenizer, texts, length=48, ids=None):
+    import pandas as pd
+
+    recs = TextRecords(list(texts), ids or [f"s{i}" for i in range(len(texts))],
+                       pd.DataFrame(index=range(len(texts))), "memory")
+    return tokenize(recs, tokenizer, length)
+
+
+@pytest.fixture(scope="session")
+def memorized(tokenizer, corpus):
+    """A tiny GPT-2 trained on 12 records, record r drawn with weight (r+1)², so that they end up
+    memorized to different degrees (MA from about 0.5 to 1.0): (model, members, others)."""
+    members = [r["text"] for r in generate_records(12, seed=7)]
+    others = [r["text"] for r in generate_records(12, seed=8)]
+    seqs = make_set(tokenizer, members, length=64)
+    model = tiny_model("gpt2", vocab_size=len(tokenizer), eos_id=tokenizer.eos_token_id, seed=1)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    weights = torch.tensor([float(r + 1) ** 2 for r in range(len(members))])
+    for _ in range(200):
+        idx = torch.multinomial(weights, 8, replacement=True, generator=g)
+        ids, mask = seqs.input_ids[idx], seqs.attention_mask[idx]
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, seqs, make_set(tokenizer, others, length=64)
