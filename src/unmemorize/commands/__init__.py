@@ -1,0 +1,1 @@
+"""CLI commands as recipes: parse options, build components, call them, report."""

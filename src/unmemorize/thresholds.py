@@ -1,0 +1,111 @@
+"""The acceptable memorization level τ, the acceptable band, and the paper's outlier count c(D_f).
+
+τ is the model's mean MA on unseen text of the same form (Jang et al.'s definition, PAPER_SPEC §2.4).
+A sequence is *extractable* when g(x) ≥ hi and *over-forgotten* (detectably unlearned) when
+g(x) ≤ lo (§2.6, defaults 0.15 / 0.60); c(D_f) = c_low + c_high. ``distance_to_tau`` is §2.7's
+|100·mean g − 100·τ| in MA points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from unmemorize.errors import UserError
+
+EXTRACTABLE, IN_BAND, OVER_FORGOTTEN, UNMEASURED = "extractable", "in band", "over-forgotten", "unmeasured"
+
+
+@dataclass(frozen=True)
+class Band:
+    lo: float = 0.15
+    hi: float = 0.60
+
+    def __post_init__(self):
+        if not (0.0 <= self.lo < self.hi <= 1.0):
+            raise UserError(f"acceptable band needs 0 ≤ lo < hi ≤ 1, got lo={self.lo}, hi={self.hi}")
+
+
+def acceptable_level(reference_g: pd.Series | np.ndarray) -> float:
+    """τ = mean g over the unseen reference sequences (unmeasurable ones left out)."""
+    values = np.asarray(reference_g, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        raise UserError("the reference set has no measurable sequence; τ cannot be computed")
+    return float(values.mean())
+
+
+def acceptable_level_by_group(reference: pd.DataFrame, column: str, metric: str = "ma") -> dict[str, float]:
+    """τ per value of a grouping column (e.g. Jang's ``corpus``): code and prose differ a lot when unseen."""
+    if column not in reference.columns:
+        raise UserError(f"--tau-by {column}: the reference set has no column {column!r} "
+                        f"(columns: {', '.join(c for c in reference.columns if c != 'id')})")
+    out = {}
+    for key, grp in reference.groupby(column):
+        vals = grp[metric].dropna()
+        if len(vals):
+            out[str(key)] = float(vals.mean())
+    return out
+
+
+def verdict(g: float, band: Band) -> str:
+    if g is None or (isinstance(g, float) and math.isnan(g)):
+        return UNMEASURED
+    if g >= band.hi:
+        return EXTRACTABLE
+    if g <= band.lo:
+        return OVER_FORGOTTEN
+    return IN_BAND
+
+
+def outlier_count(g: pd.Series | np.ndarray, band: Band) -> tuple[int, int]:
+    """(c_low, c_high) = (#{g ≤ lo}, #{g ≥ hi}); c(D_f) is their sum (PAPER_SPEC §2.6)."""
+    values = np.asarray(g, dtype=float)
+    values = values[~np.isnan(values)]
+    return int((values <= band.lo).sum()), int((values >= band.hi).sum())
+
+
+def distance_to_tau(g: pd.Series | np.ndarray, tau: float | np.ndarray) -> float:
+    """|100·mean g − 100·τ| in MA points (PAPER_SPEC §2.7); with per-sequence τ, the mean of τ."""
+    values = np.asarray(g, dtype=float)
+    taus = np.broadcast_to(np.asarray(tau, dtype=float), values.shape)
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return math.nan
+    return float(abs(100 * values[keep].mean() - 100 * taus[keep].mean()))
+
+
+@dataclass
+class Summary:
+    sequences: int
+    measured: int
+    mean: float
+    std: float
+    tau: float
+    c_low: int
+    c_high: int
+    c: int
+    distance_to_tau: float
+    lo: float
+    hi: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(g: pd.Series | np.ndarray, tau: float | np.ndarray, band: Band) -> Summary:
+    values = np.asarray(g, dtype=float)
+    measured = values[~np.isnan(values)]
+    c_low, c_high = outlier_count(values, band)
+    taus = np.broadcast_to(np.asarray(tau, dtype=float), values.shape)
+    return Summary(
+        sequences=int(values.size), measured=int(measured.size),
+        mean=float(measured.mean()) if measured.size else math.nan,
+        std=float(measured.std(ddof=0)) if measured.size else math.nan,
+        tau=float(taus[~np.isnan(values)].mean()) if measured.size else float(np.mean(taus)) if taus.size else math.nan,
+        c_low=c_low, c_high=c_high, c=c_low + c_high,
+        distance_to_tau=distance_to_tau(values, tau), lo=band.lo, hi=band.hi,
+    )
