@@ -215,6 +215,8 @@ def tokenize(records: TextRecords, tokenizer, length: int = DEFAULT_LENGTH, sha2
     """
     if length < 2:
         raise UserError(f"sequence length must be at least 2 tokens, got {length}")
+    if not records.texts:
+        raise UserError(f"{records.source}: no sequences to measure (empty set)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = tokenizer(records.texts, add_special_tokens=False)["input_ids"]
     rows: list[list[int]] = []

@@ -164,18 +164,21 @@ class ProfileOptions:
 def _greedy_pass(model, seqs: SequenceSet, opts: ProfileOptions, progress):
     """One teacher-forced pass per batch: a[t] for every position, per-sequence MA and loss."""
     device = next(model.parameters()).device
-    greedy = torch.empty_like(seqs.input_ids)
+    greedy = torch.full_like(seqs.input_ids, -1)
     ma = torch.empty(len(seqs), dtype=torch.float64)
     loss = torch.empty(len(seqs), dtype=torch.float64)
     lengths = torch.full_like(seqs.lengths, seqs.length) if opts.parity else seqs.lengths
     with task(progress, "teacher-forced pass", len(seqs)) as bar:
         for s in range(0, len(seqs), opts.batch_size):
-            ids = seqs.input_ids[s:s + opts.batch_size].to(device)
+            # Trim the batch to its longest sequence: right padding is masked and causal, so the
+            # columns past every row's end change nothing but the cost.
+            width = int(lengths[s:s + opts.batch_size].max())
+            ids = seqs.input_ids[s:s + opts.batch_size, :width].to(device)
             ln = lengths[s:s + opts.batch_size].to(device)
-            mask = None if opts.parity else seqs.attention_mask[s:s + opts.batch_size].to(device)
+            mask = None if opts.parity else seqs.attention_mask[s:s + opts.batch_size, :width].to(device)
             logits = teacher_forced(model, ids, mask)
             g = logits.argmax(-1)
-            greedy[s:s + len(ids)] = g.cpu()
+            greedy[s:s + len(ids), :width] = g.cpu()
             ma[s:s + len(ids)] = memorization_accuracy(g, ids, ln).cpu()
             loss[s:s + len(ids)] = sequence_loss(logits, ids, ln).cpu()
             bar.advance(len(ids))

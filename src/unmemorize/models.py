@@ -86,6 +86,7 @@ def convert_default(log: Callable[[str], None] = print) -> Path:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     kwargs = dict(gguf_file=gguf.name)
     src = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
     tok = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
@@ -210,6 +211,7 @@ def load_model(
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         config = AutoConfig.from_pretrained(folder, **kwargs)
         for key in ("dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout",
                     "hidden_dropout", "resid_dropout", "embed_dropout", "summary_first_dropout"):
@@ -230,8 +232,12 @@ def load_model(
     return LoadedModel(model, prepare_tokenizer(tokenizer), name, str(folder), fingerprint)
 
 
-def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Save as safetensors, atomically: the folder appears complete or not at all."""
+def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra: dict | None = None,
+               files: dict[str, object] | None = None) -> Path:
+    """Save as safetensors, atomically: the folder appears complete or not at all.
+
+    ``extra`` goes to ``unmemorize.json``; ``files`` maps further file names to JSON-able objects.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -240,6 +246,8 @@ def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra:
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             (tmp / "unmemorize.json").write_text(json.dumps(extra, indent=2, default=str))
+        for name, obj in (files or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"

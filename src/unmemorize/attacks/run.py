@@ -1,0 +1,208 @@
+"""Run the registered attacks on a model: check the inputs, score every sequence, evaluate, write.
+
+One loop over the registry; every attack's scores go through :func:`scoring.evaluate`. Inputs are
+checked before any model pass, so bad input fails fast and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from unmemorize.attacks.perturb import Masking, NeighbourCache, Perturber, make_perturber
+from unmemorize.attacks.registry import ATTACKS, MEMBERS, NONMEMBERS, PARTS, AttackContext, AttackOptions
+from unmemorize.attacks.scoring import DEFAULT_FPRS, Evaluation, check_fprs, evaluate, resolvable_fprs
+from unmemorize.data import SequenceSet
+from unmemorize.errors import UserError
+from unmemorize.runs import to_jsonable, write_frame, write_json
+
+
+@dataclass
+class AttackResult:
+    name: str
+    title: str
+    source: str
+    evaluation: Evaluation
+    calibration: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "source": self.source, **self.evaluation.as_dict(),
+                "calibration": self.calibration, "summary": self.summary}
+
+
+@dataclass
+class AttackResults:
+    """Everything one attack run found: per-attack evaluations and one row of scores per sequence."""
+
+    attacks: dict[str, AttackResult]
+    scores: pd.DataFrame  # columns: set, id, member, <attack> (score), <attack>.<extra>
+    fprs: tuple[float, ...]
+    options: AttackOptions
+    inputs: dict
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        opts = dataclasses.asdict(self.options)
+        opts["band"] = {"lo": self.options.band.lo, "hi": self.options.band.hi}
+        return to_jsonable({"inputs": self.inputs, "fprs": list(self.fprs), "options": opts, "notes": self.notes,
+                            "attacks": {n: r.as_dict() for n, r in self.attacks.items()}})
+
+    def table(self) -> pd.DataFrame:
+        """One row per attack: AUC and TPR@FPR with their intervals, and the below-chance flag."""
+        rows = []
+        for name, r in self.attacks.items():
+            ev = r.evaluation
+            row = {"attack": name, "AUC": ev.auc.value, "AUC 95% CI": _ci(ev.auc)}
+            for a in self.fprs:
+                iv = ev.tpr.get(a)
+                row[f"TPR@{100 * a:g}%FPR"] = iv.value if iv else math.nan
+                row[f"TPR@{100 * a:g}% CI"] = _ci(iv) if iv else "n/a"
+            row["flag"] = "BELOW CHANCE (over-unlearned: flip the score)" if ev.below_chance else ""
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _ci(iv) -> str:
+    return "n/a" if iv is None or math.isnan(iv.low) else f"[{iv.low:.3f}, {iv.high:.3f}]"
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def select_attacks(requested: tuple[str, ...] | None, has_original: bool) -> tuple[tuple[str, ...], list[str]]:
+    """The attacks to run, in registry order, and notes on the ones left out."""
+    notes = []
+    if requested is None:
+        names = [n for n, a in ATTACKS.items() if has_original or not a.needs_original]
+        skipped = [n for n in ATTACKS if n not in names]
+        if skipped:
+            notes.append(f"not run: {', '.join(skipped)} (needs the original model: pass --original)")
+        return tuple(names), notes
+    unknown = [n for n in requested if n not in ATTACKS]
+    if unknown or not requested:
+        raise UserError(f"unknown attack {', '.join(unknown) or '(none given)'}; choose from {', '.join(ATTACKS)}")
+    needs = [n for n in requested if ATTACKS[n].needs_original and not has_original]
+    if needs:
+        raise UserError(f"attack {', '.join(needs)} compares with the original (pre-unlearning) model: "
+                        "pass --original MODEL, or leave it out of --attacks")
+    return tuple(n for n in ATTACKS if n in requested), notes
+
+
+def same_tokenizer(a, b) -> bool:
+    """Same vocabulary (token ↔ id) and the same special tokens: ids mean the same text in both."""
+    return (a.get_vocab() == b.get_vocab()
+            and (a.eos_token_id, a.bos_token_id) == (b.eos_token_id, b.bos_token_id))
+
+
+def check_inputs(model, forget: SequenceSet, reference: SequenceSet, options: AttackOptions,
+                 names: tuple[str, ...], tokenizer=None, original=None, original_tokenizer=None) -> tuple[float, ...]:
+    """Raise a :class:`UserError` for anything that would make the attack meaningless; return the FPRs."""
+    for role, seqs in (("forget (member) set", forget), ("reference (non-member) set", reference)):
+        if len(seqs) == 0:
+            raise UserError(f"the {role} {seqs.source} is empty: membership attacks need members and non-members")
+    options.validate(names)
+    vocab = model.get_input_embeddings().num_embeddings
+    for role, seqs in (("forget", forget), ("reference", reference)):
+        top = int(seqs.input_ids.max())
+        if top >= vocab:
+            raise UserError(f"the {role} set {seqs.source} holds token id {top}, beyond the model's vocabulary "
+                            f"of {vocab}: it was tokenized with another tokenizer")
+    if original is not None:
+        if original_tokenizer is not None and tokenizer is not None and not same_tokenizer(tokenizer, original_tokenizer):
+            raise UserError("the model and the original (reference) model use different tokenizers "
+                            f"({len(tokenizer)} vs {len(original_tokenizer)} tokens, or different ids): their "
+                            "likelihoods of the same token ids are not comparable")
+        original_vocab = original.get_input_embeddings().num_embeddings
+        top = int(max(forget.input_ids.max(), reference.input_ids.max()))
+        if top >= original_vocab:
+            raise UserError(f"the sequences hold token id {top}, beyond the original model's vocabulary of "
+                            f"{original_vocab}: the two models use different tokenizers")
+    if options.fprs is not None:
+        check_fprs(tuple(options.fprs), len(reference))
+        return tuple(options.fprs)
+    return DEFAULT_FPRS
+
+
+# ---------------------------------------------------------------- the run
+
+
+def build_perturber(options: AttackOptions, lm, lm_tokenizer, lm_fingerprint: str | None = None,
+                    device: str | None = None) -> Perturber:
+    """The perturber named in ``options``; ``lm`` refills spans for the offline default."""
+    return make_perturber(options.perturber, Masking(options.mask_fraction, options.span_words),
+                          lm=lm, lm_tokenizer=lm_tokenizer, lm_fingerprint=lm_fingerprint,
+                          top_k=options.refill_top_k, temperature=options.refill_temperature,
+                          t5_path=options.t5_path, device=device)
+
+
+def neighbour_cache(options: AttackOptions) -> NeighbourCache:
+    from unmemorize.models import cache_dir
+
+    root = options.neighbour_cache
+    if root is True:
+        return NeighbourCache(cache_dir() / "neighbours")
+    return NeighbourCache(None if root in (False, None) else Path(root))
+
+
+def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *, original=None,
+                original_tokenizer=None, options: AttackOptions | None = None, perturber: Perturber | None = None,
+                progress=None) -> AttackResults:
+    """Run the attacks in ``options.attacks`` (default: all the inputs allow) on ``model``.
+
+    Members are ``forget``, non-members ``reference`` (same form, never trained on). ``original`` is the
+    pre-unlearning model for the reference attack (its tokenizer must match; pass ``original_tokenizer``
+    to have that checked). MIAU's neighbours come from ``perturber``, else from the one named in the
+    options, refilling with ``original`` (else ``model``) so that the original and the unlearned model
+    are compared on the same neighbours.
+    """
+    opts = options or AttackOptions()
+    names, notes = select_attacks(opts.attacks, original is not None)
+    fprs = check_inputs(model, forget, reference, opts, names, tokenizer, original, original_tokenizer)
+    if opts.fprs is None:
+        fprs, dropped = resolvable_fprs(fprs, len(reference))
+        if dropped:
+            notes.append(f"TPR at {', '.join(f'{100 * a:g}%' for a in dropped)} FPR not reported: the reference set "
+                         f"has {len(reference)} sequences (needs ≥ {math.ceil(1 / min(dropped))})")
+    if "miau" in names and perturber is None:
+        lm = original if original is not None else model
+        perturber = build_perturber(opts, lm, original_tokenizer or tokenizer, device=None)
+    ctx = AttackContext(model=model, tokenizer=tokenizer, sets={MEMBERS: forget, NONMEMBERS: reference},
+                        options=opts, original=original, perturber=perturber,
+                        neighbour_cache=neighbour_cache(opts) if "miau" in names else None, progress=progress)
+    results: dict[str, AttackResult] = {}
+    columns: dict[str, list[pd.DataFrame]] = {p: [] for p in PARTS}
+    for name in names:
+        a = ATTACKS[name]
+        calibration = ctx.setup(name)
+        frames = {part: a.score(ctx, part).reset_index(drop=True) for part in PARTS}
+        summary = a.summarize(ctx, frames) if a.summarize else {}
+        ev = evaluate(frames[MEMBERS]["score"], frames[NONMEMBERS]["score"], fprs, opts.bootstrap,
+                      opts.confidence, opts.seed)
+        results[name] = AttackResult(name, a.title, a.source, ev, calibration, summary)
+        for part in PARTS:
+            columns[part].append(frames[part].rename(
+                columns={c: name if c == "score" else f"{name}.{c}" for c in frames[part].columns}))
+    scores = pd.concat([
+        pd.concat([pd.DataFrame({"set": part, "id": ctx.sets[part].ids, "member": part == MEMBERS}), *columns[part]],
+                  axis=1)
+        for part in PARTS], ignore_index=True)
+    inputs = {part: ctx.sets[part].describe() for part in PARTS}
+    return AttackResults(results, scores, tuple(fprs), opts, inputs, notes)
+
+
+def write_results(results: AttackResults, folder: str | Path, prefix: str = "") -> dict[str, Path]:
+    """Write ``{prefix}attacks.json``, ``{prefix}attack_scores.parquet`` (+ .csv) and ``{prefix}roc.png``."""
+    from unmemorize.attacks.report import roc_plot
+
+    folder = Path(folder)
+    paths = {"json": folder / f"{prefix}attacks.json", "scores": folder / f"{prefix}attack_scores.parquet",
+             "roc": folder / f"{prefix}roc.png"}
+    write_json(paths["json"], results.as_dict())
+    write_frame(paths["scores"].with_suffix(""), results.scores)
+    roc_plot(paths["roc"], results)
+    return paths

@@ -1,0 +1,124 @@
+"""What the attacks read from a model: per-token statistics of one teacher-forced pass.
+
+Every likelihood attack (loss, zlib, min-k%, min-k%++), the threshold attack on g(x) and sampling
+extraction are pure functions of these arrays, so a model is run once per set, whatever attacks are
+asked for. Position t (0-based) holds the prediction of token x[t+1] from x[:t+1]; ``valid`` masks the
+padding (a sequence of true length L has L-1 valid positions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unmemorize.data import SequenceSet
+from unmemorize.memorization import memorization_accuracy, sequence_loss, teacher_forced
+from unmemorize.progress import task
+
+
+@dataclass
+class TokenStats:
+    """Per-position statistics, arrays of shape [N, T-1] (``ma`` is [N])."""
+
+    logp: np.ndarray  # log p(x[t+1] | x[:t+1])
+    mu: np.ndarray  # μ_t = E_{z~p(·|x[:t+1])} log p(z | x[:t+1])
+    sigma: np.ndarray  # σ_t = sqrt(E_z (log p(z))² − μ_t²)
+    q: np.ndarray  # probability of the true next token under the *sampling* distribution (top-k, temperature)
+    correct: np.ndarray  # bool: the greedy (argmax) prediction is the true next token
+    valid: np.ndarray  # bool: position predicts a real token, not padding
+    ma: np.ndarray  # g(x) = memorization accuracy (PAPER_SPEC §2.2), from the same pass
+
+    def __len__(self) -> int:
+        return len(self.ma)
+
+
+def position_statistics(logits: torch.Tensor, targets: torch.Tensor, top_k: int | None, temperature: float):
+    """For logits [P, V] and targets [P]: (log p(target), μ, σ, q(target)), all fp32 [P].
+
+    q is the probability of the target under the distribution a sampler draws from: softmax of
+    logits/temperature restricted to the top-k logits (ties at the k-th value kept, as Hugging Face's
+    top-k warper does) and renormalised; 0 when the target is outside the top k.
+    """
+    logits = logits.float()
+    logp_all = F.log_softmax(logits, dim=-1)
+    p = logp_all.exp()
+    mu = (p * logp_all).sum(-1)
+    second = (p * logp_all.square()).sum(-1)
+    sigma = (second - mu.square()).clamp(min=0).sqrt()
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    scaled = logits / temperature
+    if top_k is not None and 0 < top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    q = (scaled.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)).exp()
+    return logp, mu, sigma, q
+
+
+def token_mean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(1/(L−1)) Σ_t v_t over each row's valid positions (NaN for a row without one); with v = log p this
+    is ℓ(x), the mean token log-likelihood."""
+    n = valid.sum(1)
+    total = np.where(valid, values, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+@torch.no_grad()
+def token_statistics(model, seqs: SequenceSet, *, top_k: int | None = 40, temperature: float = 1.0,
+                     batch_size: int = 8, progress=None, label: str = "") -> TokenStats:
+    """One teacher-forced pass over ``seqs``: the statistics every token-level attack needs."""
+    device = next(model.parameters()).device
+    N, T = seqs.input_ids.shape
+    shape = (N, T - 1)
+    out = {k: np.zeros(shape, dtype=np.float64) for k in ("logp", "mu", "sigma", "q")}
+    valid = (np.arange(1, T)[None, :] < seqs.lengths.numpy()[:, None])
+    correct = np.zeros(shape, dtype=bool)
+    ma = np.zeros(N, dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with task(progress, f"token statistics {label}".strip(), N) as bar:
+            for s in range(0, N, batch_size):
+                ids = seqs.input_ids[s:s + batch_size].to(device)
+                mask = seqs.attention_mask[s:s + batch_size].to(device)
+                logits = teacher_forced(model, ids, mask)
+                greedy = logits.argmax(-1)
+                ma[s:s + len(ids)] = memorization_accuracy(greedy, ids, seqs.lengths[s:s + len(ids)].to(device)
+                                                           ).cpu().numpy()
+                correct[s:s + len(ids)] = (greedy[:, :-1] == ids[:, 1:]).cpu().numpy()
+                for b in range(len(ids)):  # one row at a time: [T, V] fp32 stays small for 50k vocabularies
+                    stats = position_statistics(logits[b, :-1], ids[b, 1:], top_k, temperature)
+                    for key, v in zip(("logp", "mu", "sigma", "q"), stats):
+                        out[key][s + b] = v.double().cpu().numpy()
+                bar.advance(len(ids))
+    finally:
+        model.train(was_training)
+    for key in out:
+        out[key][~valid] = np.nan
+    correct &= valid
+    return TokenStats(valid=valid, ma=ma, correct=correct, **out)
+
+
+@torch.no_grad()
+def mean_log_likelihood(model, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 16,
+                        progress=None, label: str = "log-likelihood") -> np.ndarray:
+    """ℓ(x) = (1/(L−1)) Σ_{t=1}^{L−1} log p(x[t] | x[:t]) for every row: minus the token-mean CE (pads masked)."""
+    device = next(model.parameters()).device
+    out = np.empty(len(input_ids), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with task(progress, label, len(input_ids)) as bar:
+            for s in range(0, len(input_ids), batch_size):
+                ids = input_ids[s:s + batch_size].to(device)
+                ln = lengths[s:s + batch_size].to(device)
+                mask = (torch.arange(ids.shape[1], device=device)[None, :] < ln[:, None]).long()
+                logits = teacher_forced(model, ids, mask)
+                out[s:s + len(ids)] = -sequence_loss(logits, ids, ln).cpu().numpy()
+                bar.advance(len(ids))
+    finally:
+        model.train(was_training)
+    return out

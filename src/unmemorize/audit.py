@@ -1,0 +1,136 @@
+"""The memorization audit as a library call: profile a forget set against unseen reference text.
+
+``audit`` is what the `unmemorize audit` command, the demo and later recipes share: measure every
+forget sequence (MA, EL_n, exact extraction, loss), calibrate τ on the reference set (globally or per
+group), give each sequence its verdict, and summarize with c(D_f) and the distance to τ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from unmemorize.data import SequenceSet
+from unmemorize.errors import UserError
+from unmemorize.memorization import ProfileOptions, profile
+from unmemorize.thresholds import Band, Summary, acceptable_level, acceptable_level_by_group, summarize, verdict
+
+
+@dataclass
+class AuditResult:
+    forget: pd.DataFrame  # one row per forget sequence: metrics, tau, verdict
+    reference: pd.DataFrame  # one row per reference sequence
+    summary: Summary
+    tau: float  # global τ (mean MA of the reference)
+    tau_by_group: dict[str, float] = field(default_factory=dict)
+    tau_el: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    options: ProfileOptions = field(default_factory=ProfileOptions)
+
+
+def _short_warnings(seqs: SequenceSet, opts: ProfileOptions, what: str) -> list[str]:
+    out = []
+    lengths = seqs.lengths.tolist()
+    if "ma" in opts.metrics:
+        bad = [i for i, n in zip(seqs.ids, lengths) if n < 2]
+        if bad:
+            out.append(f"{what}: {len(bad)} sequence(s) under 2 tokens, no MA: {', '.join(bad[:5])}")
+    if "el" in opts.metrics:
+        bad = [i for i, n in zip(seqs.ids, lengths) if n < opts.el_n + 1]
+        if bad:
+            out.append(f"{what}: {len(bad)} sequence(s) under {opts.el_n + 1} tokens, no EL_{opts.el_n}: "
+                       f"{', '.join(bad[:5])}")
+    return out
+
+
+def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: ProfileOptions,
+          band: Band = Band(), tau: float | None = None, tau_by: str | None = None,
+          progress=None, reference_metrics: tuple[str, ...] | None = None) -> AuditResult:
+    """Profile ``forget``; τ from ``reference`` (mean MA) unless ``tau`` is given.
+
+    The reference gets MA, loss and (when asked for the forget set) EL_n, for τ and τ_EL;
+    ``reference_metrics`` asks for more (the demo adds extraction to show non-members stay unextracted).
+    """
+    if reference is None and tau is None:
+        raise UserError("give a reference set of unseen text (--reference) or a τ value (--tau)")
+    metrics = tuple(dict.fromkeys(("ma", "loss", *opts.metrics)))  # MA is the paper's g(x): always
+    opts = ProfileOptions(**{**opts.__dict__, "metrics": metrics})
+    warnings = _short_warnings(forget, opts, "forget set")
+    prof = profile(model, forget, opts, progress)
+    if prof["ma"].isna().all():
+        raise UserError(f"{forget.source}: no sequence can be measured (all are shorter than 2 tokens)")
+    ref_prof = pd.DataFrame()
+    tau_el = None
+    if reference is not None:
+        ref_metrics = reference_metrics or tuple(m for m in metrics if m in ("ma", "loss", "el"))
+        ref_metrics = tuple(dict.fromkeys(("ma", *ref_metrics)))
+        ref_opts = ProfileOptions(**{**opts.__dict__, "metrics": ref_metrics})
+        warnings += _short_warnings(reference, ref_opts, "reference set")
+        ref_prof = profile(model, reference, ref_opts, progress)
+        global_tau = acceptable_level(ref_prof["ma"])
+        el_col = f"el_{opts.el_n}"
+        if el_col in ref_prof and ref_prof[el_col].notna().any():
+            tau_el = float(ref_prof[el_col].mean())
+    else:
+        global_tau = float(tau)
+    if tau is not None:
+        global_tau = float(tau)
+    by_group: dict[str, float] = {}
+    prof["tau"] = global_tau
+    prof["tau_source"] = "reference" if tau is None else "given"
+    if tau_by:
+        if reference is None:
+            raise UserError("--tau-by needs a reference set")
+        if tau_by not in prof.columns:
+            raise UserError(f"--tau-by {tau_by}: the forget set has no column {tau_by!r}")
+        by_group = acceptable_level_by_group(ref_prof, tau_by)
+        groups = prof[tau_by].astype(str)
+        prof["tau"] = [by_group.get(g, global_tau) for g in groups]
+        prof["tau_source"] = [f"{tau_by}={g}" if g in by_group else "reference (no such group in reference)"
+                              for g in groups]
+        missing = sorted(set(groups) - set(by_group))
+        if missing:
+            warnings.append(f"--tau-by {tau_by}: no reference text for {', '.join(missing)}; "
+                            f"those sequences are held against the global τ = {global_tau:.3f}")
+    prof["verdict"] = [verdict(g, band) for g in prof["ma"]]
+    summary = summarize(prof["ma"].to_numpy(), prof["tau"].to_numpy(), band)
+    return AuditResult(prof, ref_prof, summary, global_tau, by_group, tau_el, warnings, opts)
+
+
+def profile_table(result: AuditResult, tokenizer=None) -> pd.DataFrame:
+    """The per-sequence table for files: decoded continuations instead of token lists."""
+    df = result.forget.copy()
+    if "extraction_tokens" in df.columns:
+        if tokenizer is not None:
+            df["extraction_text"] = [tokenizer.decode(t) for t in df["extraction_tokens"]]
+        df = df.drop(columns=["extraction_tokens"])
+    return df
+
+
+def summary_rows(result: AuditResult) -> list[tuple[str, str]]:
+    s = result.summary
+    rows = [("sequences (measured)", f"{s.sequences} ({s.measured})"),
+            ("mean g(x) = MA ± std", f"{s.mean:.3f} ± {s.std:.3f}"),
+            ("τ (unseen reference)", f"{result.tau:.3f}"),
+            ("acceptable band", f"[{s.lo:.2f}, {s.hi:.2f}]"),
+            ("c_high (extractable, g ≥ hi)", str(s.c_high)),
+            ("c_low (over-forgotten, g ≤ lo)", str(s.c_low)),
+            ("c(D_f) = c_low + c_high", str(s.c)),
+            ("distance to τ (MA points)", f"{s.distance_to_tau:.2f}")]
+    if result.tau_el is not None:
+        el_col = f"el_{result.options.el_n}"
+        rows.insert(3, (f"mean EL_{result.options.el_n} (τ_EL on reference)",
+                        f"{np.nanmean(result.forget[el_col]):.3f} ({result.tau_el:.3f})"))
+    if "extraction_exact" in result.forget:
+        ex = result.forget["extraction_exact"]
+        rows.append(("exact extraction (greedy suffix)", f"{int(ex.sum())} of {len(ex)}"))
+    for g, t in sorted(result.tau_by_group.items()):
+        rows.append((f"τ[{g}]", f"{t:.3f}"))
+    return rows
+
+
+def nan_to_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

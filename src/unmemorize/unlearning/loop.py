@@ -1,0 +1,578 @@
+"""The one unlearning loop under every method (PAPER_SPEC §4.0).
+
+    measure g(x) for every x on the evaluated model (θ, or θ_b + c·(θ − θ_b) in a task-arithmetic phase)
+    ├─ record the trajectory; hand over to the next phase if its threshold is crossed
+    ├─ stop?  mean rule: mean g < τ  ·  per-sequence rule: no sequence at or above the band's top
+    └─ else one optimizer update over the *whole* forget set: a seeded random partition into
+       micro-batches; per micro-batch the selector picks rows (only rows still above the band under the
+       per-sequence rule), the objective's loss is backpropagated and accumulated; the step's gradient
+       is the mean over the micro-batches that contributed; Adam(0.9, 0.98), lr 5e-5, no schedule.
+
+Measuring and training share forward passes: the weights a step's gradient is taken at are the
+weights just measured, so when most of a micro-batch will be selected, its one forward pass (with
+gradient) yields both the MA of every row and the loss of the selected rows; otherwise the rows are
+measured without gradient and only the selected ones are run again with it. Either way the
+selection uses the scores of the weights the gradient is taken at (the code's scores of the previous
+validation). Dropout is off (the model stays in eval mode while training).
+
+Safety: the input model is not modified (``copy=True``, and the CLI never writes to its folder);
+a non-finite loss or gradient stops the run before the update, and non-finite outputs after an
+update roll the weights back to the last ones measured finite; every ``checkpoint_every`` updates the
+whole state is written so that a resumed run ends with exactly the numbers of an uninterrupted one
+(the micro-batch partition of step k depends only on (seed, k)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy as _copy
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from unmemorize.data import SequenceSet
+from unmemorize.errors import UserError
+from unmemorize.memorization import memorization_accuracy
+from unmemorize.progress import task
+from unmemorize.thresholds import Band, Summary, outlier_count, summarize
+from unmemorize.unlearning import checkpoint as ckpt
+from unmemorize.unlearning import losses
+from unmemorize.unlearning.methods import Method, MicroBatch, ObjectiveContext, Phase, resolve_method
+from unmemorize.unlearning.retain import RetainData
+from unmemorize.unlearning.task_vectors import apply_edit_, copy_state, edited, load_state_
+
+STOP_RULES = ("mean", "per-sequence")
+BEFORE = "before"
+
+
+@dataclass(frozen=True)
+class UnlearnOptions:
+    """The harness's settings; defaults are the paper's (PAPER_SPEC §4.0, §4.9)."""
+
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_steps: int = 150
+    micro_batch: int = 8  # sequences per forward pass; the update always covers the whole forget set
+    seed: int = 42
+    selector: str | None = None  # replaces the selector of the method's selective phases
+    switch_below: float | None = None  # TA's 0.9 / TAU's 0.5 hand-over threshold
+    edit_coef: float | None = None  # task-arithmetic c (TA −3, TAU −1)
+    reset_optimizer_at_switch: bool = False  # the code carries Adam's state over (§8.7)
+    parity: bool = False  # MA counts padding and sees no attention mask, as the code (§2.2)
+    base_on_cpu: bool = True  # keep θ_b (and θ_ft while the edit is measured) off the accelerator
+    fuse: str = "auto"  # share forward passes between measuring and training: auto | always | never
+    checkpoint_every: int = 1  # updates between checkpoints (when a checkpoint folder is given)
+    dpd_lambda: float = 0.2
+    dpd_mode: str = "logits"
+    dpd_top_k: int = 50
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.max_steps < 0 or self.micro_batch < 1 or self.checkpoint_every < 0:
+            raise UserError("need lr > 0, max steps ≥ 0, micro-batch ≥ 1 and checkpoint interval ≥ 0")
+        if self.fuse not in ("auto", "always", "never"):
+            raise UserError(f"fuse must be auto, always or never, got {self.fuse!r}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class StepInfo:
+    """What the loop knows after measuring step k (passed to ``on_step``)."""
+
+    step: int
+    phase: str  # the phase of the update that led here ("before" at step 0)
+    mean: float
+    above: int  # sequences with g ≥ band.hi (still extractable)
+    below: int  # sequences with g ≤ band.lo (over-forgotten)
+    sequences: int
+    selected: int  # sequences that received gradient in the update that led here
+
+
+@dataclass
+class UnlearningResult:
+    """The unlearned model with its per-sequence history.
+
+    ``trajectory`` has one row per sequence per measured step: step, id, ma, loss, selected (received
+    gradient in the update that led to this step), phase (of that update; "before" at step 0). For
+    task-arithmetic phases ma and loss are those of the edited model, which is also the model returned.
+    """
+
+    model: torch.nn.Module
+    method: Method
+    stop_rule: str
+    tau: float
+    band: Band
+    options: UnlearnOptions
+    trajectory: pd.DataFrame
+    steps: int
+    seconds: float
+    stop_reason: str
+    converged: bool  # the stop rule was met (not the step cap, not a non-finite loss)
+    rolled_back: bool
+    events: list[str] = field(default_factory=list)
+    iteration_seconds: list[float] = field(default_factory=list)  # measure + update, per update
+    resumed_from: int | None = None
+
+    def at(self, step: int) -> pd.DataFrame:
+        return self.trajectory[self.trajectory["step"] == step].reset_index(drop=True)
+
+    @property
+    def before(self) -> pd.DataFrame:
+        return self.at(int(self.trajectory["step"].min()))
+
+    @property
+    def after(self) -> pd.DataFrame:
+        return self.at(int(self.trajectory["step"].max()))
+
+    def summary(self, step: int | None = None) -> Summary:
+        frame = self.after if step is None else self.at(step)
+        return summarize(frame["ma"].to_numpy(), self.tau, self.band)
+
+    def steps_table(self) -> pd.DataFrame:
+        """One row per measured step: phase, mean, std, c_low, c_high, selected."""
+        rows = []
+        for step, grp in self.trajectory.groupby("step", sort=True):
+            s = summarize(grp["ma"].to_numpy(), self.tau, self.band)
+            rows.append({"step": int(step), "phase": grp["phase"].iloc[0], "mean_ma": s.mean, "std_ma": s.std,
+                         "c_low": s.c_low, "c_high": s.c_high, "selected": int(grp["selected"].sum()),
+                         "mean_loss": float(grp["loss"].mean())})
+        return pd.DataFrame(rows)
+
+    def as_dict(self) -> dict:
+        return {"method": self.method.name, "title": self.method.title, "stop_rule": self.stop_rule,
+                "tau": self.tau, "band": [self.band.lo, self.band.hi], "steps": self.steps,
+                "seconds": self.seconds, "stop_reason": self.stop_reason, "converged": self.converged,
+                "rolled_back": self.rolled_back, "events": self.events, "resumed_from": self.resumed_from,
+                "before": self.summary(int(self.trajectory["step"].min())).as_dict(),
+                "after": self.summary().as_dict(),
+                "median_iteration_seconds": float(np.median(self.iteration_seconds)) if self.iteration_seconds else None}
+
+
+def unlearn(model, tokenizer, forget: SequenceSet, *, tau: float, method: str | Method = "sga",
+            band: Band = Band(), stop: str = "mean", options: UnlearnOptions | None = None,
+            retain: RetainData | None = None, checkpoint_dir: str | Path | None = None,
+            progress=None, on_step: Callable[[StepInfo], None] | None = None,
+            copy: bool = True) -> UnlearningResult:
+    """Unlearn ``forget`` from ``model`` with a registered method, stopping by ``stop``.
+
+    ``tau`` is the acceptable memorization level (mean MA of the original model on unseen text of
+    the same form, :func:`unmemorize.thresholds.acceptable_level`). With ``copy=True`` the model
+    passed in is left untouched and the result holds a trained copy. With ``checkpoint_dir`` the run
+    is checkpointed every ``options.checkpoint_every`` updates, and a compatible checkpoint found
+    there is resumed. ``tokenizer`` is kept for callers that save the model; the loop needs none.
+    """
+    del tokenizer  # the loop works on token ids; kept in the signature for symmetry with save_model
+    opts = options or UnlearnOptions()
+    m = resolve_method(method, opts.selector, opts.switch_below, opts.edit_coef)
+    if stop not in STOP_RULES:
+        raise UserError(f"unknown stop rule {stop!r}; choose from {', '.join(STOP_RULES)}")
+    if not isinstance(tau, (int, float)) or not math.isfinite(tau):
+        raise UserError(f"τ must be a finite number, got {tau!r}")
+    if len(forget) == 0:
+        raise UserError("the forget set is empty")
+    if m.needs_retain and retain is None:
+        raise UserError(f"method {m.name} needs retain data: pass --retain FILE (e.g. a TruthfulQA CSV)")
+    if copy:
+        model = _copy.deepcopy(model)
+    if m.decoding:
+        return _decode_only(model, forget, m, float(tau), band, stop, opts, progress)
+    return _Loop(model, forget, m, float(tau), band, stop, opts, retain, checkpoint_dir, progress, on_step).run()
+
+
+# ---------------------------------------------------------------- DPD: no training
+
+def _decode_only(model, forget, m: Method, tau, band, stop, opts, progress) -> UnlearningResult:
+    from unmemorize.decoding import sampled_memorization_accuracy
+    from unmemorize.memorization import ProfileOptions, profile
+
+    t0 = time.perf_counter()
+    greedy = profile(model, forget, ProfileOptions(metrics=("ma", "loss"), batch_size=opts.micro_batch,
+                                                   parity=opts.parity), progress)
+    sampled = sampled_memorization_accuracy(model, forget, opts.dpd_lambda, opts.dpd_mode, opts.dpd_top_k,
+                                            opts.seed, opts.micro_batch, opts.parity, progress)
+    frames = [pd.DataFrame({"step": 0, "id": forget.ids, "ma": greedy["ma"].to_numpy(),
+                            "loss": greedy["loss"].to_numpy(), "selected": False, "phase": "greedy"}),
+              pd.DataFrame({"step": 1, "id": forget.ids, "ma": sampled, "loss": greedy["loss"].to_numpy(),
+                            "selected": False, "phase": f"dpd λ={opts.dpd_lambda:g} ({opts.dpd_mode})"})]
+    met = _stop_met(stop, sampled, tau, band)
+    return UnlearningResult(model, m, stop, tau, band, opts, pd.concat(frames, ignore_index=True), steps=0,
+                            seconds=time.perf_counter() - t0,
+                            stop_reason=f"decoding-time defence: MA under sampling, {_rule_text(stop, sampled, tau, band)}",
+                            converged=met, rolled_back=False)
+
+
+# ---------------------------------------------------------------- the loop
+
+def _stop_met(rule: str, g: np.ndarray, tau: float, band: Band) -> bool:
+    measured = g[~np.isnan(g)]
+    if measured.size == 0:
+        return True
+    if rule == "mean":
+        return bool(measured.mean() < tau)
+    return bool((measured >= band.hi).sum() == 0)
+
+
+def _rule_text(rule: str, g: np.ndarray, tau: float, band: Band) -> str:
+    c_low, c_high = outlier_count(g, band)
+    if rule == "mean":
+        return f"mean MA {np.nanmean(g):.4f} {'<' if np.nanmean(g) < tau else '≥'} τ = {tau:.4f}"
+    if c_high == 0 and c_low == 0:
+        return f"every sequence inside the band [{band.lo:g}, {band.hi:g}]"
+    if c_high == 0:
+        return (f"no sequence at or above {band.hi:g}; {c_low} below {band.lo:g} (over-forgotten, "
+                "which more unlearning cannot repair)")
+    return f"{c_high} sequences still at or above {band.hi:g}"
+
+
+@dataclass
+class _Measurement:
+    ma: np.ndarray
+    loss: np.ndarray
+    selected: np.ndarray  # selection for the next update (by the measured scores)
+    finite: bool = True  # every logit finite
+    loss_finite: bool = True  # every objective value that was backpropagated finite
+    done: set[int] = field(default_factory=set)  # micro-batches whose gradient is already accumulated
+    contributed: int = 0
+
+
+class _Loop:
+    def __init__(self, model, forget: SequenceSet, method: Method, tau: float, band: Band, stop: str,
+                 opts: UnlearnOptions, retain: RetainData | None, checkpoint_dir, progress, on_step):
+        if not method.phases:
+            raise UserError(f"method {method.name} has no training phase")
+        self.model, self.forget, self.method = model, forget, method
+        self.tau, self.band, self.stop, self.opts = tau, band, stop, opts
+        self.progress, self.on_step = progress, on_step
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.device = next(model.parameters()).device
+        self.base_device = torch.device("cpu") if opts.base_on_cpu else self.device
+        self.N = len(forget)
+        model.eval()  # dropout off, as in the paper's harness; gradients flow in eval mode too
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise UserError("the model has no trainable parameters")
+        self.optimizer = self._new_optimizer()
+        needs = [p.spec for p in method.phases]
+        reference_model = None
+        if any(s.needs_reference_model for s in needs):
+            reference_model = _copy.deepcopy(model).requires_grad_(False)
+        self.ctx = ObjectiveContext(model, opts.seed, forget.pad_id, retain, reference_model)
+        self.reference_ll = self._reference_ll() if any(s.needs_reference_ll for s in needs) else None
+        # the state that a checkpoint saves
+        self.k = 0
+        self.phase_idx = 0
+        self.base: dict[str, torch.Tensor] | None = None
+        self.prev_scores = np.full(self.N, np.nan)
+        self.pending_selected = np.zeros(self.N, dtype=bool)
+        self.pending_phase = BEFORE
+        self.frames: list[pd.DataFrame] = []
+        self.events: list[str] = []
+        self.iteration_seconds: list[float] = []
+        self.elapsed = 0.0
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.snapshot_step: int | None = None
+        self.snapshot_phase: int | None = None
+        self.resumed_from: int | None = None
+        self.fingerprint = self._fingerprint(retain)
+
+    # ------------------------------------------------------------ setup helpers
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        o = self.opts
+        return torch.optim.Adam(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+    @property
+    def phase(self) -> Phase:
+        return self.method.phases[self.phase_idx]
+
+    def _fingerprint(self, retain: RetainData | None) -> str:
+        h = hashlib.sha256()
+        opts = {k: v for k, v in self.opts.as_dict().items() if k != "checkpoint_every"}
+        h.update(json.dumps({"method": self.method.describe(), "options": opts, "stop": self.stop,
+                             "tau": self.tau, "band": [self.band.lo, self.band.hi], "ids": self.forget.ids,
+                             "retain": None if retain is None else retain.describe()},
+                            sort_keys=True, default=str).encode())
+        h.update(self.forget.input_ids.numpy().tobytes())
+        h.update(self.forget.lengths.numpy().tobytes())
+        for n, p in self.model.named_parameters():
+            h.update(f"{n}{tuple(p.shape)}{p.dtype}".encode())
+        first = next(self.model.parameters())
+        h.update(first.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:24]
+
+    @torch.no_grad()
+    def _reference_ll(self) -> torch.Tensor:
+        """log π_ref(x) of every forget sequence under the model before unlearning (for NPO)."""
+        out = torch.empty(self.N, dtype=torch.float32)
+        for s in range(0, self.N, self.opts.micro_batch):
+            rows = np.arange(s, min(self.N, s + self.opts.micro_batch))
+            ids, lengths, attn, _ = self._batch(rows)
+            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            nll = losses.token_nll(logits, ids)
+            out[rows] = losses.sequence_log_likelihood(nll, losses.position_mask(lengths, ids.shape[1])).cpu()
+        return out
+
+    def _batch(self, rows: np.ndarray):
+        """Token ids of the rows, trimmed to the longest (parity: full width, no attention mask)."""
+        lengths = self.forget.lengths[rows]
+        width = self.forget.length if self.opts.parity else int(lengths.max())
+        ids = self.forget.input_ids[rows, :width].to(self.device)
+        attn = None if self.opts.parity else self.forget.attention_mask[rows, :width].to(self.device)
+        ma_lengths = torch.full_like(lengths, self.forget.length) if self.opts.parity else lengths
+        return ids, lengths.to(self.device), attn, ma_lengths.to(self.device)
+
+    def _partition(self, step: int) -> list[np.ndarray]:
+        perm = np.random.default_rng([self.opts.seed, step]).permutation(self.N)
+        return [perm[s:s + self.opts.micro_batch] for s in range(0, self.N, self.opts.micro_batch)]
+
+    def _eligible(self, scores: np.ndarray, unknown_ok: bool) -> np.ndarray:
+        nan = np.isnan(scores)
+        if self.stop == "per-sequence":
+            ok = np.where(nan, unknown_ok, scores >= self.band.hi)
+        else:
+            ok = np.where(nan, unknown_ok, True)
+        return ok.astype(bool)
+
+    # ------------------------------------------------------------ one measurement (+ fused gradient)
+
+    def _objective_batch(self, rows, ids, lengths, logits, weights) -> MicroBatch:
+        ref = None if self.reference_ll is None else self.reference_ll[rows].to(self.device)
+        return MicroBatch(self.k, 0, ids, lengths, logits,
+                          torch.as_tensor(weights, dtype=torch.float32, device=self.device), ref)
+
+    def _backward(self, mb: MicroBatch, index: int, meas: _Measurement) -> None:
+        mb.index = index
+        loss = self.phase.objective_fn()(mb, self.ctx)
+        if not torch.isfinite(loss):
+            meas.loss_finite = False
+            self.events.append(f"step {self.k + 1}: non-finite loss ({loss.item()}) in micro-batch {index}")
+            return
+        loss.backward()
+        meas.contributed += 1
+
+    def _measure(self, train: bool) -> _Measurement:
+        phase = self.phase
+        selector = phase.make_selector()
+        edit = phase.edit_coef is not None
+        meas = _Measurement(np.full(self.N, np.nan), np.full(self.N, np.nan), np.zeros(self.N, dtype=bool))
+        context = edited(self.model, self.base, phase.edit_coef, self.base_device) if edit else contextlib.nullcontext()
+        with context:
+            for j, rows in enumerate(self._partition(self.k)):
+                fuse = train and not edit and self._fuse(selector, rows)
+                ids, lengths, attn, ma_lengths = self._batch(rows)
+                with torch.set_grad_enabled(fuse):
+                    logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+                if not bool(torch.isfinite(logits).all()):
+                    meas.finite = False
+                    return meas
+                mb = self._objective_batch(rows, ids, lengths, logits, np.zeros(len(rows)))
+                ma = memorization_accuracy(logits.detach().argmax(-1), ids, ma_lengths).cpu().numpy()
+                meas.ma[rows] = ma
+                meas.loss[rows] = losses.per_sequence_mean(mb.nll.detach(), mb.mask).cpu().numpy()
+                sel = selector(ma, self._eligible(ma, unknown_ok=False))
+                meas.selected[rows] = sel
+                if fuse:
+                    meas.done.add(j)
+                    if sel.any():
+                        mb.weights = torch.as_tensor(sel, dtype=torch.float32, device=self.device)
+                        self._backward(mb, j, meas)
+                del logits, mb
+        return meas
+
+    def _fuse(self, selector, rows: np.ndarray) -> bool:
+        if self.opts.fuse != "auto":
+            return self.opts.fuse == "always"
+        prior = self.prev_scores[rows]
+        return bool(selector(prior, self._eligible(prior, unknown_ok=True)).mean() >= 0.5)
+
+    def _train(self, meas: _Measurement) -> None:
+        """Gradient of the selected rows of the micro-batches not already done during measuring."""
+        for j, rows in enumerate(self._partition(self.k)):
+            if j in meas.done:
+                continue
+            chosen = rows[meas.selected[rows]]
+            if chosen.size == 0:
+                continue
+            ids, lengths, attn, _ = self._batch(chosen)
+            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            self._backward(self._objective_batch(chosen, ids, lengths, logits, np.ones(len(chosen))), j, meas)
+            del logits
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _record(self, meas: _Measurement) -> StepInfo:
+        self.frames.append(pd.DataFrame({"step": self.k, "id": self.forget.ids, "ma": meas.ma, "loss": meas.loss,
+                                         "selected": self.pending_selected.copy(), "phase": self.pending_phase}))
+        c_low, c_high = outlier_count(meas.ma, self.band)
+        return StepInfo(self.k, self.pending_phase, float(np.nanmean(meas.ma)) if not np.isnan(meas.ma).all() else math.nan,
+                        c_high, c_low, self.N, int(self.pending_selected.sum()))
+
+    def _switch_phases(self, g: np.ndarray) -> bool:
+        switched = False
+        while self.phase.until_mean_below is not None and self.phase_idx + 1 < len(self.method.phases) \
+                and float(np.nanmean(g)) < self.phase.until_mean_below:
+            old = self.phase
+            self.phase_idx += 1
+            switched = True
+            if self.phase.edit_coef is not None:
+                self.base = copy_state(self.model, self.base_device)
+            if self.opts.reset_optimizer_at_switch:
+                self.optimizer = self._new_optimizer()
+            self.events.append(f"step {self.k}: mean MA {np.nanmean(g):.4f} < {old.until_mean_below:g}: "
+                               f"phase {old.name} → {self.phase.name}"
+                               + (f" (θ_b = the weights of step {self.k})" if self.phase.edit_coef is not None else "")
+                               + (", optimizer reset" if self.opts.reset_optimizer_at_switch else ", optimizer carried over"))
+        return switched
+
+    def _grads_finite(self) -> bool:
+        return all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
+
+    def _take_snapshot(self) -> None:
+        if self.snapshot is None:
+            self.snapshot = copy_state(self.model, self.base_device)
+        else:
+            with torch.no_grad():
+                for n, p in self.model.named_parameters():
+                    self.snapshot[n].copy_(p)
+        self.snapshot_step, self.snapshot_phase = self.k, self.phase_idx
+
+    def _trajectory(self) -> pd.DataFrame:
+        if not self.frames:
+            return pd.DataFrame(columns=["step", "id", "ma", "loss", "selected", "phase"])
+        return pd.concat(self.frames, ignore_index=True)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self) -> None:
+        ckpt.save(self.checkpoint_dir,
+                  state={"fingerprint": self.fingerprint, "k": self.k, "phase_idx": self.phase_idx,
+                         "pending_phase": self.pending_phase, "events": self.events, "elapsed": self.elapsed,
+                         "iteration_seconds": self.iteration_seconds, "snapshot_step": self.snapshot_step,
+                         "snapshot_phase": self.snapshot_phase, "method": self.method.name},
+                  weights={n: p for n, p in self.model.named_parameters()}, base=self.base, snapshot=self.snapshot,
+                  optimizer=self.optimizer.state_dict(),
+                  arrays={"prev_scores": self.prev_scores, "pending_selected": self.pending_selected.astype(np.uint8)},
+                  trajectory=self._trajectory())
+
+    def _resume(self) -> None:
+        found = ckpt.load(self.checkpoint_dir)
+        if found is None:
+            return
+        st = found.state
+        if st.get("fingerprint") != self.fingerprint:
+            raise UserError(f"checkpoint {self.checkpoint_dir} belongs to a different run (method, options, data or "
+                            "model differ); delete it, or start over without resuming")
+        load_state_(self.model, found.weights)
+        self.k, self.phase_idx = int(st["k"]), int(st["phase_idx"])
+        self.base = None if found.base is None else {k: v.to(self.base_device) for k, v in found.base.items()}
+        self.snapshot = None if found.snapshot is None else {k: v.to(self.base_device) for k, v in found.snapshot.items()}
+        self.snapshot_step, self.snapshot_phase = st["snapshot_step"], st["snapshot_phase"]
+        self.optimizer.load_state_dict(found.optimizer)
+        self.prev_scores = found.arrays["prev_scores"].astype(np.float64)
+        self.pending_selected = found.arrays["pending_selected"].astype(bool)
+        self.pending_phase = st["pending_phase"]
+        self.events = list(st["events"]) + [f"resumed at step {self.k} from {self.checkpoint_dir}"]
+        self.iteration_seconds = list(st["iteration_seconds"])
+        self.elapsed = float(st["elapsed"])
+        traj = found.trajectory
+        self.frames = [traj[traj["step"] == s].reset_index(drop=True) for s in sorted(traj["step"].unique())]
+        self.resumed_from = self.k
+
+    # ------------------------------------------------------------ the loop itself
+
+    def run(self) -> UnlearningResult:
+        if self.checkpoint_dir is not None:
+            self._resume()
+        opts = self.opts
+        reason, converged, rolled_back = "", False, False
+        t_start = time.perf_counter() - self.elapsed
+        with task(self.progress, f"{self.method.name} unlearning", opts.max_steps) as bar:
+            bar.update(completed=self.k)
+            while True:
+                t0 = time.perf_counter()
+                train = self.k < opts.max_steps
+                meas = self._measure(train)
+                if not meas.finite:
+                    rolled_back = self._roll_back()
+                    reason = (f"non-finite outputs after step {self.k}: rolled back to the weights of step "
+                              f"{self.snapshot_step}, the last ones measured finite")
+                    self.events.append(reason)
+                    break
+                info = self._record(meas)
+                if self.on_step is not None:
+                    self.on_step(info)
+                bar.update(description=f"{self.method.name} step {self.k} · mean MA {info.mean:.3f} · "
+                                       f"{info.above} above band")
+                switched = self._switch_phases(meas.ma)
+                if _stop_met(self.stop, meas.ma, self.tau, self.band):
+                    reason, converged = f"stop rule met at step {self.k}: {_rule_text(self.stop, meas.ma, self.tau, self.band)}", True
+                    break
+                if not train:
+                    reason = f"reached the step cap ({opts.max_steps}): {_rule_text(self.stop, meas.ma, self.tau, self.band)}"
+                    break
+                if switched:  # the gradient accumulated while measuring was for the previous phase
+                    self.optimizer.zero_grad(set_to_none=True)
+                    meas.done.clear()
+                    meas.contributed = 0
+                    meas.selected = self._reselect(meas.ma)
+                self._train(meas)
+                if not meas.loss_finite or not self._grads_finite():
+                    reason = (f"non-finite loss or gradient in update {self.k + 1}: no update made; the model is "
+                              f"the one of step {self.k}, the last good weights")
+                    self.events.append(reason)
+                    rolled_back = True
+                    break
+                if meas.contributed == 0:
+                    reason = f"no sequence selected for update {self.k + 1}: nothing left to unlearn"
+                    break
+                with torch.no_grad():
+                    for p in self.params:
+                        if p.grad is not None:
+                            p.grad.div_(meas.contributed)
+                self._take_snapshot()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.prev_scores = meas.ma
+                self.pending_selected = meas.selected
+                self.pending_phase = self.phase.name
+                self.k += 1
+                self.iteration_seconds.append(time.perf_counter() - t0)
+                bar.advance(1)
+                self.elapsed = time.perf_counter() - t_start
+                if self.checkpoint_dir is not None and opts.checkpoint_every and self.k % opts.checkpoint_every == 0:
+                    self._save_checkpoint()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.phase.edit_coef is not None:
+            apply_edit_(self.model, self.base, self.phase.edit_coef)
+        trajectory = self._trajectory()
+        return UnlearningResult(self.model, self.method, self.stop, self.tau, self.band, opts, trajectory,
+                                steps=int(trajectory["step"].max()), seconds=time.perf_counter() - t_start,
+                                stop_reason=reason, converged=converged, rolled_back=rolled_back, events=self.events,
+                                iteration_seconds=self.iteration_seconds, resumed_from=self.resumed_from)
+
+    def _reselect(self, g: np.ndarray) -> np.ndarray:
+        selector = self.phase.make_selector()
+        selected = np.zeros(self.N, dtype=bool)
+        for rows in self._partition(self.k):
+            selected[rows] = selector(g[rows], self._eligible(g[rows], unknown_ok=False))
+        return selected
+
+    def _roll_back(self) -> bool:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.snapshot is None or self.snapshot_step is None:
+            raise UserError("the model's outputs are not finite before any unlearning step; check the model and dtype")
+        load_state_(self.model, self.snapshot)
+        self.k, self.phase_idx = self.snapshot_step, self.snapshot_phase
+        return True

@@ -1,0 +1,287 @@
+"""Unlearning methods as data: a registry of (objective, selector, phases) compositions.
+
+A :class:`Method` is a sequence of :class:`Phase` s. Each phase names an *objective* (how a
+micro-batch's loss is made from the pure functions in :mod:`~unmemorize.unlearning.losses`), a
+*selector* (which sequences get gradient, :mod:`~unmemorize.unlearning.selectors`), whether the
+model that is measured and stopped on is the task-arithmetic edit θ_b + c·(θ − θ_b) rather than θ
+itself, and when to hand over to the next phase. The one loop in :mod:`~unmemorize.unlearning.loop`
+runs them all.
+
+=============  =====================================================================  ===========
+method         phases                                                                 PAPER_SPEC
+=============  =====================================================================  ===========
+ga             ascent on every sequence                                               §4.1
+sga            ascent on {g ≥ 0.7} ∪ {argmax of each micro-batch}                     §4.2
+ta             ascent until mean g < 0.9, then fine-tune θ; measure θ_b − 3(θ − θ_b)  §4.3
+tau            SGA until mean g < 0.5, then fine-tune θ; measure θ_b − 1(θ − θ_b)     §4.4
+npo            NPO on the forget set (+ NLL on retain data when given)                Zhang 2024
+ga+mismatch    0.5·ascent(tokens ≥ 50) + random-answer descent + CE to θ_0 on normal  §4.7
+dpd            no training: differentially-private decoding (a logits processor)     §4.6
+=============  =====================================================================  ===========
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from unmemorize.errors import UserError
+from unmemorize.unlearning import losses
+from unmemorize.unlearning.retain import RetainData
+from unmemorize.unlearning.selectors import Selector, parse_selector
+
+
+# ---------------------------------------------------------------- what an objective sees
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of forget sequences, already run through the model (with gradient)."""
+
+    step: int  # the update this gradient is for, counted from 0
+    index: int  # micro-batch number within the step
+    input_ids: torch.Tensor  # [b, W], W trimmed to the longest row
+    lengths: torch.Tensor  # [b]
+    logits: torch.Tensor  # [b, W, V]
+    weights: torch.Tensor  # [b] 1.0 = selected, 0.0 = not
+    reference_ll: torch.Tensor | None = None  # [b] log π_ref(x) under the model before unlearning
+
+    @cached_property
+    def nll(self) -> torch.Tensor:
+        return losses.token_nll(self.logits, self.input_ids)
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        return losses.position_mask(self.lengths, self.input_ids.shape[1])
+
+
+@dataclass
+class ObjectiveContext:
+    """What some objectives need beyond the forget micro-batch."""
+
+    model: torch.nn.Module
+    seed: int
+    pad_id: int
+    retain: RetainData | None = None
+    reference_model: torch.nn.Module | None = None  # frozen copy of the model before unlearning
+
+    def rng(self, mb: MicroBatch, tag: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, mb.step, mb.index, tag])
+
+    def forward(self, rows: list[torch.Tensor], model: torch.nn.Module | None = None):
+        """Right-pad token rows into a batch and run ``model`` (default: the one being trained)."""
+        model = model or self.model
+        device = next(model.parameters()).device
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+        ids, lengths = ids.to(device), lengths.to(device)
+        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+        return ids, lengths, model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    def retain_rows(self, mb: MicroBatch, tag: int) -> list[torch.Tensor]:
+        """As many retain sequences as the micro-batch has rows, drawn reproducibly."""
+        normal = self.retain.normal
+        idx = self.rng(mb, tag).choice(len(normal), size=len(mb.lengths), replace=len(normal) < len(mb.lengths))
+        return [normal.input_ids[i, : int(normal.lengths[i])] for i in idx]
+
+
+Objective = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    fn: Objective
+    needs_retain: bool = False
+    needs_reference_model: bool = False
+    needs_reference_ll: bool = False
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {}
+
+
+def objective(name: str, **needs: bool):
+    def register(fn: Objective) -> Objective:
+        OBJECTIVES[name] = ObjectiveSpec(fn, **needs)
+        return fn
+    return register
+
+
+@objective("ascent")
+def _ascent(mb: MicroBatch, ctx: ObjectiveContext) -> torch.Tensor:
+    return losses.ascent(mb.nll, mb.mask, mb.weights)
+
+
+@objective("descent")
+def _descent(mb: MicroBatch, ctx: ObjectiveContext) -> torch.Tensor:
+    return losses.descent(mb.nll, mb.mask, mb.weights)
+
+
+@objective("npo", needs_reference_ll=True)
+def _npo(mb: MicroBatch, ctx: ObjectiveContext, beta: float = 0.1, retain_weight: float = 1.0) -> torch.Tensor:
+    ll = losses.sequence_log_likelihood(mb.nll, mb.mask)
+    loss = losses.npo(ll, mb.reference_ll, mb.weights, beta)
+    if ctx.retain is not None and retain_weight:
+        ids, lengths, logits = ctx.forward(ctx.retain_rows(mb, tag=1))
+        nll = losses.token_nll(logits, ids)
+        loss = loss + retain_weight * losses.descent(nll, losses.position_mask(lengths, ids.shape[1]),
+                                                     torch.ones_like(lengths, dtype=torch.float32))
+    return loss
+
+
+@objective("mismatch", needs_retain=True, needs_reference_model=True)
+def _mismatch(mb: MicroBatch, ctx: ObjectiveContext, start: int = 50, k: int = 5, bad: float = 0.5,
+              random: float = 1.0, normal: float = 1.0) -> torch.Tensor:
+    """GA+Mismatch (§4.7): 0.5·ascent on tokens ≥ 50 + descent on (prefix + random answer) + CE to θ_0."""
+    width = mb.input_ids.shape[1]
+    loss = bad * losses.ascent(mb.nll, losses.position_mask(mb.lengths, width, start), mb.weights)
+    rng = ctx.rng(mb, tag=2)
+    rows, starts = [], []
+    for i in torch.nonzero(mb.weights > 0).flatten().tolist():
+        prefix = mb.input_ids[i, : min(start, int(mb.lengths[i]))].cpu()
+        for _ in range(k):
+            answer = ctx.retain.answers[int(rng.integers(len(ctx.retain.answers)))]
+            rows.append(torch.cat([prefix, answer[: max(1, width - len(prefix))]]))
+            starts.append(len(prefix))
+    if rows and random:
+        ids, lengths, logits = ctx.forward(rows)
+        mask = losses.position_mask(lengths, ids.shape[1], torch.tensor(starts, device=lengths.device))
+        loss = loss + random * losses.descent(losses.token_nll(logits, ids), mask,
+                                              torch.ones_like(lengths, dtype=torch.float32))
+    if normal:
+        rows = ctx.retain_rows(mb, tag=3)
+        ids, lengths, logits = ctx.forward(rows)
+        with torch.no_grad():
+            ref = ctx.forward(rows, ctx.reference_model)[2].to(logits.device)
+        loss = loss + normal * losses.cross_entropy_to_reference(logits, ref, losses.position_mask(lengths, ids.shape[1]))
+    return loss
+
+
+# ---------------------------------------------------------------- methods
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    objective: str
+    selector: str = "all"
+    objective_args: dict[str, Any] = field(default_factory=dict)
+    edit_coef: float | None = None  # measure/stop on θ_b + c·(θ − θ_b), θ_b = the weights at phase start
+    until_mean_below: float | None = None  # hand over to the next phase once mean g < this
+    selective: bool = True  # whether a user's --selector replaces this phase's selector
+
+    @property
+    def spec(self) -> ObjectiveSpec:
+        return OBJECTIVES[self.objective]
+
+    def make_selector(self) -> Selector:
+        return parse_selector(self.selector)
+
+    def objective_fn(self) -> Callable[[MicroBatch, ObjectiveContext], torch.Tensor]:
+        fn, args = self.spec.fn, dict(self.objective_args)
+        return lambda mb, ctx: fn(mb, ctx, **args)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    paper: str
+    phases: tuple[Phase, ...]
+    decoding: bool = False  # no training: a decoding-time defence (DPD)
+    description: str = ""
+
+    @property
+    def needs_retain(self) -> bool:
+        return any(p.spec.needs_retain for p in self.phases)
+
+    @property
+    def uses_retain(self) -> bool:
+        return self.needs_retain or any(p.objective == "npo" for p in self.phases)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "title": self.title, "paper": self.paper,
+                "phases": [dataclasses.asdict(p) for p in self.phases], "decoding": self.decoding}
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    for p in method.phases:
+        if p.objective not in OBJECTIVES:
+            raise ValueError(f"method {method.name}: unknown objective {p.objective!r}")
+        parse_selector(p.selector)
+    METHODS[method.name] = method
+    return method
+
+
+register(Method("ga", "Gradient ascent (Jang et al.)", "§4.1",
+                (Phase("ga", "ascent", "all"),),
+                description="ascent on every sequence until the stop rule holds"))
+register(Method("sga", "Selective gradient ascent", "§4.2",
+                (Phase("sga", "ascent", "threshold:0.7"),),
+                description="ascent only on sequences with g ≥ γ = 0.7, plus each micro-batch's most memorized"))
+register(Method("ta", "Task arithmetic", "§4.3",
+                (Phase("ga", "ascent", "all", until_mean_below=0.9),
+                 Phase("ta", "descent", "all", edit_coef=-3.0, selective=False)),
+                description="fine-tune on the forget set; measure and report θ_b − 3·(θ_ft − θ_b) "
+                            "(gradient ascent first while mean g ≥ 0.9, as in the code)"))
+register(Method("tau", "Task arithmetic for unlearning (SGA → TA)", "§4.4",
+                (Phase("sga", "ascent", "threshold:0.7", until_mean_below=0.5),
+                 Phase("ta", "descent", "all", edit_coef=-1.0, selective=False)),
+                description="SGA until mean g < 0.5, then TA with c = −1 from the SGA model, Adam state carried over"))
+register(Method("npo", "Negative preference optimization (Zhang et al. 2024)", "baseline",
+                (Phase("npo", "npo", "all", {"beta": 0.1, "retain_weight": 1.0}),),
+                description="NPO on the forget set, β = 0.1; plus NLL on retain data when --retain is given"))
+register(Method("ga+mismatch", "GA + Mismatch (Yao et al. 2023)", "§4.7",
+                (Phase("mismatch", "mismatch", "all", {"start": 50, "k": 5, "bad": 0.5, "random": 1.0, "normal": 1.0}),),
+                description="0.5·ascent on tokens ≥ 50 + descent on prefix + random answers + CE to θ_0 on normal data; "
+                            "full-parameter, in the shared harness (the code: AdaLoRA, AdamW 2e-4, batch 1)"))
+register(Method("dpd", "Differentially-private decoding (Majmudar et al.)", "§4.6", (), decoding=True,
+                description="no training: sample from λ·z + (1−λ)·mean(z) (the code), or λ·p + (1−λ)/|V| (the original)"))
+
+
+def resolve_method(name: str | Method, selector: str | None = None, switch_below: float | None = None,
+                   edit_coef: float | None = None) -> Method:
+    """A registered method with the user's overrides applied.
+
+    ``selector`` replaces the selector of every selective phase; ``switch_below`` the hand-over
+    threshold of the phase before task arithmetic (TA's 0.9, TAU's 0.5; 1.0 skips that phase for
+    TAU, i.e. plain TA); ``edit_coef`` the task-arithmetic coefficient c.
+    """
+    if isinstance(name, Method):
+        method = name
+    else:
+        key = name.strip().lower()
+        if key not in METHODS:
+            raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        method = METHODS[key]
+    if selector is not None:
+        parse_selector(selector)
+    if switch_below is not None and not 0.0 <= switch_below <= 1.0:
+        raise UserError(f"the phase switch threshold must be in [0, 1], got {switch_below}")
+    phases = []
+    for i, p in enumerate(method.phases):
+        changes: dict[str, Any] = {}
+        if selector is not None and p.selective:
+            changes["selector"] = selector
+        nxt = method.phases[i + 1] if i + 1 < len(method.phases) else None
+        if switch_below is not None and p.until_mean_below is not None and nxt is not None and nxt.edit_coef is not None:
+            changes["until_mean_below"] = switch_below
+        if edit_coef is not None and p.edit_coef is not None:
+            changes["edit_coef"] = edit_coef
+        phases.append(dataclasses.replace(p, **changes))
+    if selector is not None and method.phases and not any(p.selective for p in method.phases):
+        raise UserError(f"method {method.name} has no phase a selector applies to")
+    if edit_coef is not None and not any(p.edit_coef is not None for p in method.phases):
+        raise UserError(f"method {method.name} uses no task arithmetic; --ta-coef applies to ta and tau")
+    if switch_below is not None and not any(p.until_mean_below is not None for p in method.phases):
+        raise UserError(f"method {method.name} has a single phase; --switch-below applies to ta and tau")
+    return dataclasses.replace(method, phases=tuple(phases))

@@ -1,0 +1,234 @@
+"""The two model calls of the utility suite: scoring continuations and greedy generation.
+
+**Scoring** (:func:`score_continuations`) takes (context tokens, continuation tokens) requests and
+returns, for each continuation token, its log-probability and the greedy argmax at its position.
+It applies the original code's window rule to each request (:func:`window`), then requests whose
+windowed context is the same — the choices of one question — share one pass over that context:
+
+1. one forward pass over a batch of distinct contexts, left-padded, with attention mask and
+   position ids, keeping only the last position's logits (which score each continuation's first
+   token) and the KV cache;
+2. one forward pass over all the continuations of those contexts at once (the cache rows
+   repeated per continuation), scoring the remaining continuation tokens.
+
+Left padding shifts every real token of a row by the same amount, so the relative distances seen by
+attention — including GPT-Neo's local (windowed) attention — are the unpadded ones; position ids
+are passed explicitly. Batches are filled up to a token budget, longest contexts first, so that a
+batch that does not fit in memory fails at the start.
+
+**Generation** (:func:`greedy_generate`) is greedy, KV-cached, stops per row at an end token, and
+either left-pads (the clean way) or reproduces the original's right-padded 512-token prompt with
+the attention mask zero on the pads and the old transformers position ids (PAPER_SPEC §6.3 quirk).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unmemorize.progress import task
+
+# Memory allowed for one batch's logits (positions × vocabulary × 4 bytes).
+_LOGITS_BYTES = 256 << 20
+
+
+@dataclass
+class Scored:
+    """What the model says about one continuation: the tokens scored (after the window rule), the
+    log-probability of each, and the argmax at each position."""
+
+    target: list[int]
+    logprobs: np.ndarray
+    greedy: np.ndarray
+
+    @property
+    def nll(self) -> float:
+        """−Σ log p(target): the summed negative log-likelihood (§6.1 score, §6.2 loss)."""
+        return -float(self.logprobs.sum())
+
+
+def window(context: Sequence[int], continuation: Sequence[int], max_length: int) -> tuple[list[int], list[int]]:
+    """The original code's truncation (PAPER_SPEC §6.1 step 1, §6.3): keep the last ``max_length``
+    tokens of context + continuation; every continuation token inside that window that has a token
+    before it is scored. Returns (context part, scored part); a continuation longer than
+    ``max_length − 1`` keeps its last ``max_length − 1`` tokens, its head becoming context.
+    """
+    full = (list(context) + list(continuation))[-max_length:]
+    n = min(len(continuation), len(full) - 1)
+    return full[: len(full) - n], full[len(full) - n:]
+
+
+def _accepts(model, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+def _vocab_size(model) -> int:
+    emb = model.get_output_embeddings()
+    return int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+
+
+def _pack(groups: list[tuple[tuple[int, ...], list[int]]], lengths: list[int], batch_tokens: int,
+          max_logits: int) -> Iterable[list[tuple[tuple[int, ...], list[int]]]]:
+    """Consecutive groups in batches: rows × (context + fed continuation) ≤ batch_tokens and
+    rows × fed continuation ≤ max_logits. A group too big for one batch is split into several
+    groups with the same context (a batch always takes at least one row)."""
+    pieces = []
+    for ctx, members in groups:
+        chunk: list[int] = []
+        fed = 0
+        for i in members:
+            f = max(fed, lengths[i] - 1)
+            if chunk and ((len(chunk) + 1) * (len(ctx) + f) > batch_tokens or (len(chunk) + 1) * f > max_logits):
+                pieces.append((ctx, chunk))
+                chunk, f = [], lengths[i] - 1
+            chunk.append(i)
+            fed = f
+        pieces.append((ctx, chunk))
+    batch: list = []
+    rows = ctx_len = fed_len = 0
+    for ctx, members in pieces:
+        fed = max(lengths[i] for i in members) - 1
+        r, c, k = rows + len(members), max(ctx_len, len(ctx)), max(fed_len, fed)
+        if batch and (r * (c + k) > batch_tokens or r * k > max_logits):
+            yield batch
+            batch, r, c, k = [], len(members), len(ctx), fed
+        batch.append((ctx, members))
+        rows, ctx_len, fed_len = r, c, k
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def score_continuations(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_length: int = 512,
+                        batch_tokens: int = 4096, progress=None, description: str = "scoring") -> list[Scored]:
+    """Log-probabilities and greedy argmaxes of each request's continuation tokens.
+
+    A request whose continuation is empty (or whose window leaves nothing to score) gets an empty
+    :class:`Scored`. The result is independent of batching up to floating-point noise.
+    """
+    windows = [window(c, t, max_length) for c, t in requests]
+    results = [Scored(t, np.zeros(0), np.zeros(0, dtype=np.int64)) for _, t in windows]
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, tgt) in enumerate(windows):
+        if tgt:
+            by_context.setdefault(tuple(ctx), []).append(i)
+    groups = sorted(by_context.items(), key=lambda g: -len(g[0]))
+    lengths = [len(t) for _, t in windows]
+    max_logits = max(64, _LOGITS_BYTES // (4 * _vocab_size(model)))
+    keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    device = next(model.parameters()).device
+    with task(progress, description, len(requests)) as bar:
+        bar.advance(len(requests) - sum(len(m) for _, m in groups))
+        for batch in _pack(groups, lengths, batch_tokens, max_logits):
+            _score_batch(model, batch, windows, results, device, keep_last)
+            bar.advance(sum(len(m) for _, m in batch))
+    return results
+
+
+def _score_batch(model, batch, windows, results, device, keep_last) -> None:
+    G, P = len(batch), max(len(ctx) for ctx, _ in batch)
+    ids = torch.zeros(G, P, dtype=torch.long)
+    mask = torch.zeros(G, P, dtype=torch.long)
+    for g, (ctx, _) in enumerate(batch):
+        ids[g, P - len(ctx):] = torch.tensor(ctx)
+        mask[g, P - len(ctx):] = 1
+    rows = [(g, i) for g, (_, members) in enumerate(batch) for i in members]
+    fed = max(len(windows[i][1]) for _, i in rows) - 1
+    ids, mask = ids.to(device), mask.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=fed > 0, **keep_last)
+    first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # scores each continuation's first token
+    rest = None
+    if fed > 0:
+        sel = torch.tensor([g for g, _ in rows], device=device)
+        cache = out.cache
+        cache.batch_select_indices(sel)
+        cont = torch.zeros(len(rows), fed, dtype=torch.long)
+        cont_mask = torch.zeros(len(rows), fed, dtype=torch.long)
+        for r, (_, i) in enumerate(rows):
+            t = windows[i][1][:-1]
+            cont[r, :len(t)] = torch.tensor(t, dtype=torch.long)
+            cont_mask[r, :len(t)] = 1
+        cont, cont_mask = cont.to(device), cont_mask.to(device)
+        # pads after a short continuation get position 0: they are masked, and must stay in range
+        positions = (mask.sum(1)[sel][:, None] + torch.arange(fed, device=device)[None, :]) * cont_mask
+        out = model(input_ids=cont, attention_mask=torch.cat([mask[sel], cont_mask], dim=1),
+                    position_ids=positions, cache=cache, use_cache=True)
+        rest = F.log_softmax(out.logits.float(), dim=-1)
+    for r, (g, i) in enumerate(rows):
+        target = torch.tensor(windows[i][1], dtype=torch.long, device=device)
+        dist = first[g][None] if rest is None else torch.cat([first[g][None], rest[r, : len(target) - 1]])
+        results[i].logprobs = dist.gather(1, target[:, None]).squeeze(1).double().cpu().numpy()
+        results[i].greedy = dist.argmax(-1).cpu().numpy()
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """The ids at which ``generate`` would stop: the model's generation config, else the tokenizer's eos."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, stop_ids: Iterable[int] = (),
+                    batch_size: int = 16, right_pad_to: int | None = None, pad_id: int = 0, progress=None,
+                    description: str = "generating") -> list[list[int]]:
+    """Greedy continuations of ``prompts``, each cut before its first stop token.
+
+    Default: left-padded batches with attention mask and position ids = cumsum(mask) − 1 (exact).
+    ``right_pad_to=W`` reproduces the original code instead (PAPER_SPEC §6.3 quirk): every prompt
+    right-padded with ``pad_id`` to W tokens, mask = (ids ≠ pad_id), and transformers-4.3x position
+    ids (cumsum(mask) − 1, pads set to 1), so the first new token is predicted at the last pad.
+    """
+    stop = set(stop_ids)
+    device = next(model.parameters()).device
+    keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]))
+    results: list[list[int]] = [[] for _ in prompts]
+    with task(progress, description, len(prompts)) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = right_pad_to or max(len(prompts[r]) for r in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            for b, r in enumerate(chunk):
+                p = torch.tensor(list(prompts[r])[:width], dtype=torch.long)
+                if right_pad_to:
+                    ids[b, :len(p)] = p
+                else:
+                    ids[b, width - len(p):] = p
+            if right_pad_to:
+                mask = ids.ne(pad_id).long()
+                positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
+            else:
+                mask = torch.zeros_like(ids)
+                for b, r in enumerate(chunk):
+                    mask[b, width - min(len(prompts[r]), width):] = 1
+                positions = (mask.cumsum(1) - 1).clamp(min=0)
+            ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep_last)
+            tokens = out.logits[:, -1].argmax(-1)
+            generated, done = [tokens], torch.tensor([int(t) in stop for t in tokens], device=device)
+            for _ in range(max_new_tokens - 1):
+                if bool(done.all()):
+                    break
+                mask = torch.cat([mask, mask.new_ones(len(chunk), 1)], dim=1)
+                out = model(input_ids=tokens[:, None], attention_mask=mask,
+                            position_ids=(mask.cumsum(1) - 1)[:, -1:], cache=out.cache, use_cache=True)
+                tokens = out.logits[:, -1].argmax(-1)
+                generated.append(tokens)
+                done |= torch.tensor([int(t) in stop for t in tokens], device=device)
+            gen = torch.stack(generated, dim=1).cpu().tolist()
+            for b, r in enumerate(chunk):
+                row = gen[b]
+                cut = next((j for j, t in enumerate(row) if t in stop), len(row))
+                results[r] = row[:cut]
+            bar.advance(len(chunk))
+    return results
