@@ -18,6 +18,14 @@ from unmemorize.unlearning.selectors import All, Threshold, TopK, parse_selector
 from unmemorize.unlearning.task_vectors import add_scaled, apply_edit_, edit, edited, task_vector
 from unmemorize.tiny import tiny_model
 
+from unlearning_fixtures import one_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
 
 # ---------------------------------------------------------------- losses
 
@@ -227,3 +235,35 @@ def test_top_k_filter_and_processor_in_generate():
                          do_sample=True, top_k=50, max_new_tokens=5, pad_token_id=0,
                          logits_processor=[DPDLogitsProcessor(0.2)])
     assert out.shape == (1, 8)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip_and_recovery_after_a_crash_between_renames(tmp_path):
+    import os
+
+    import pandas as pd
+
+    from unmemorize.unlearning import checkpoint as ckpt
+
+    w = {"a": torch.randn(3, 2), "b": torch.randn(4)}
+    model = torch.nn.Linear(2, 3)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(5, 2)).sum().backward()
+    opt.step()
+    traj = pd.DataFrame({"step": [0, 0], "id": ["x", "y"], "ma": [0.5, 0.25], "selected": [False, True]})
+    path = tmp_path / "ck"
+    assert not ckpt.exists(path) and ckpt.load(path) is None
+    ckpt.save(path, state={"k": 3}, weights=w, base=None, snapshot=w, optimizer=opt.state_dict(),
+              arrays={"scores": np.array([0.1, np.nan])}, trajectory=traj)
+    got = ckpt.load(path)
+    assert got.state["k"] == 3 and got.base is None and torch.equal(got.snapshot["a"], w["a"])
+    assert np.array_equal(got.arrays["scores"], np.array([0.1, np.nan]), equal_nan=True)
+    pd.testing.assert_frame_equal(got.trajectory, traj)
+    fresh = torch.optim.Adam(model.parameters())
+    fresh.load_state_dict(got.optimizer)
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    os.replace(path, tmp_path / f".ck.old-{os.getpid()}")  # a crash after the first rename of a save
+    assert ckpt.exists(path) and ckpt.load(path).state["k"] == 3
+    ckpt.remove(path)
+    assert not ckpt.exists(path)

@@ -293,6 +293,19 @@ def test_greedy_generate_left_padded_equals_reference(model, tokenizer):
     assert len(cut[0]) <= 2
 
 
+@pytest.mark.parametrize("max_length", [512, 12])
+def test_scoring_pass_also_generates(model, tokenizer, max_length):
+    """generate=k decodes from each request's windowed context in the scoring pass, on a copy of
+    its cache; the scores are those of the plain call."""
+    reqs = requests_of(tokenizer, QUESTIONS)
+    stop = [tokenizer.eos_token_id]
+    both = score_continuations(model, reqs, max_length=max_length, generate=5, stop_ids=stop, batch_tokens=64)
+    plain = score_continuations(model, reqs, max_length=max_length)
+    for (ctx, cont), b, p in zip(reqs, both, plain):
+        np.testing.assert_allclose(b.logprobs, p.logprobs, atol=2e-5)
+        assert b.generated == greedy_reference(model, window(ctx, cont, max_length)[0], 5, stop_ids=stop)
+
+
 def test_greedy_generate_right_padded_parity_quirk(model, tokenizer):
     pad = tokenizer.pad_token_id
     short = tokenizer("User 1: Hi.\nUser 2:")["input_ids"]
@@ -399,6 +412,8 @@ def test_save_load_compare_and_report(data_dir, tokenizer, tmp_path):
     assert json.loads((tmp_path / "utility.json").read_text())["tasks"]["piqa"]["n"] == 4
     pd.testing.assert_frame_equal(again["tasks"]["piqa"]["examples"], before["tasks"]["piqa"]["examples"],
                                   check_dtype=False)
+    save_utility(before, tmp_path, name="utility_before")
+    assert load_utility(tmp_path, name="utility_before")["tasks"]["lambada"]["n"] == 3
     same = compare_utility(again, before, n_boot=200)
     assert (same["change"].abs() < 1e-12).all() and (same["ci_low"] == same["ci_high"]).all()
     # flip one piqa answer: the change is −1/4 and lies inside its interval
@@ -480,3 +495,83 @@ def test_bad_options(kwargs, message, data_dir, tokenizer):
     model = tiny_model("gpt2", vocab_size=len(tokenizer), n_layer=1, d_model=32, eos_id=tokenizer.eos_token_id)
     with pytest.raises(UserError, match=message):
         evaluate_utility(model, tokenizer, "piqa", data_dir, **{"mode": "full", **kwargs})
+
+
+# ---------------------------------------------------------------- the real task files (../shared/data/eval)
+
+SPLIT_SIZES = {"piqa": 1838, "hellaswag": 10042, "arc_easy": 570, "arc_challenge": 299, "copa": 100, "winogrande": 1267,
+               "mathqa": 2985, "pubmed_qa": 500, "lambada": 4992, "wizard_of_wikipedia": 967,
+               "empathetic_dialogues": 2758, "blended_skill_talk": 1009, "wizard_of_internet": 516, "wikitext": 500,
+               "pile": 1500}
+
+
+@pytest.mark.shared
+def test_every_shared_file_reads_whole():
+    """Every row of every task file becomes an example (sizes as in each SOURCE.md)."""
+    from conftest import shared_data
+
+    data = shared_data("eval")
+    assert set(SPLIT_SIZES) == set(TASKS)
+    for name, size in SPLIT_SIZES.items():
+        loaded = load_task(TASKS[name], data, "full", None)
+        assert len(loaded.items) == size, name
+        assert len({it.id for it in loaded.items}) == size, name
+    assert load_task(TASKS["mathqa"], data, "full", 1).notes == [
+        "the paper evaluated hub math_qa / validation; this is the test split"]
+
+
+@pytest.mark.shared
+def test_first_rows_of_the_shared_files():
+    from conftest import shared_data
+
+    data = shared_data("eval")
+
+    def first(name, mode="full", n=1):
+        return [it.example for it in load_task(TASKS[name], data, mode, n).items]
+
+    piqa = first("piqa")[0]
+    assert piqa.context == "How do I ready a guinea pig cage for it's new occupants?" and piqa.gold == 0
+    assert piqa.choices[0].startswith(" Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper")
+    hs = first("hellaswag")[0]
+    assert hs == ChoiceExample("A man is sitting on a roof. he", (
+        " is using wrap to wrap a pair of skis.", " is ripping level tiles off.", " is holding a rubik's cube.",
+        " starts pulling up roofing on a roof."), 3)
+    assert first("arc_easy")[0] == ChoiceExample("Which technology was developed most recently?",
+                                                 (" cellular telephone", " television", " refrigerator", " airplane"), 0)
+    # ARC-Easy row 17 (line 18) has 3 choices: full mode keeps it, parity drops it like the original
+    assert [it.id for it in load_task(TASKS["arc_easy"], data, "full", 20).items][17] == "18"
+    assert "18" not in [it.id for it in load_task(TASKS["arc_easy"], data, "parity", 20).items]
+    assert first("copa")[0] == ChoiceExample("The man turned on the faucet.",
+                                             (" The toilet filled with water.", " Water flowed from the spout."), 1)
+    assert first("winogrande")[0] == ChoiceExample(
+        "Sarah was a much better surgeon than Maria so",
+        (" Sarah always got the easier cases.", " Maria always got the easier cases."), 1)
+    assert first("mathqa")[0].choices == ("38", "27.675", "30", "data inadequate", "none of these")
+    pub = first("pubmed_qa")[0]
+    assert pub.context.startswith("Context: Rapid prescreening (RPS) is one of the quality assurance (QA) methods")
+    assert pub.context.endswith("\nQuestion: Pap smears with glandular cell abnormalities: Are they detected by "
+                                "rapid prescreening?\nAnswer:") and pub.gold == 0
+    lam = first("lambada")[0]
+    assert lam.target == " glen" and lam.context.endswith("He took another step, but he was still in the")
+    ed = first("empathetic_dialogues")[0]
+    assert ed.prompt == (
+        "User 1: My upstairs neighbors make a ton of noise at all hours of the night. It makes it difficult for me "
+        "to sleep.\nUser 2: That really sucks. Maybe you should try egging their door? Or just break in and pretend "
+        "you're bigfoot while they're trying to sleep.\nUser 1: I'm not trying to get arrested! I think I'll just "
+        "wait things out until I move in two months.\nUser 2:")
+    assert ed.target == ("I would go with the bigfoot option. You can get a costume on the cheap on ebay nowadays. "
+                         "I've used that tactic countless times and it has never failed!")
+    assert first("wikitext")[0].text.startswith(" \n = Homarus gammarus = \n")
+
+
+def test_parity_drops_what_pandas_dropna_drops(tmp_path):
+    """In a CSV, an empty or "NA" value in *any* column makes pandas' dropna drop the row (parity);
+    full mode only needs the task's own fields."""
+    pd.DataFrame({"pubid": [1, 2, 3, 4], "question": ["q1", "q2", "q3", "q4"], "abstract": ["a1", "a2", "a3", "a4"],
+                  "final_decision": ["yes", "no", "maybe", "yes"], "long_answer": ["x", "", "NA", "y"]}).to_csv(
+        tmp_path / "pubmed_qa.csv", index=False)
+    full = load_task(TASKS["pubmed_qa"], tmp_path, "full", None)
+    parity = load_task(TASKS["pubmed_qa"], tmp_path, "parity", None)
+    assert [it.id for it in full.items] == ["2", "3", "4", "5"]
+    assert [it.id for it in parity.items] == ["2", "5"]
+    assert parity.notes == ["parity: skipped 2 row(s) the original code drops (empty fields)"]

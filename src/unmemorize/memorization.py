@@ -128,7 +128,8 @@ def greedy_decode(model, prompts: list[torch.Tensor], new_tokens: list[int], bat
                 mask[b, P - len(p):] = 1
             ids, mask = ids.to(device), mask.to(device)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
             nxt = out.logits[:, -1].argmax(-1)
             generated = [nxt]
             past = out.cache

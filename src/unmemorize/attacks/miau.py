@@ -41,10 +41,11 @@ def encode_texts(tokenizer, texts: list[str], length: int, pad_id: int) -> tuple
     return ids, lengths
 
 
-def _neighbour_log_likelihoods(ctx: AttackContext, part: str) -> tuple[np.ndarray, int]:
+def _neighbour_log_likelihoods(ctx: AttackContext, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """ℓ_θ of every neighbour, [N, K], and whether each text came back unchanged (too short to mask)."""
     o, seqs = ctx.options, ctx.sets[part]
     neighbours = neighbours_for(seqs.texts, ctx.perturber, o.neighbours, o.seed, ctx.neighbour_cache, ctx.progress)
-    unchanged = sum(all(n == t for n in ns) for ns, t in zip(neighbours, seqs.texts))
+    unchanged = np.array([all(n == t for n in ns) for ns, t in zip(neighbours, seqs.texts)])
     flat = [n for ns in neighbours for n in ns]
     ids, lengths = encode_texts(ctx.tokenizer, flat, seqs.length, seqs.pad_id)
     ll = mean_log_likelihood(ctx.model, ids, lengths, batch_size=2 * o.batch_size, progress=ctx.progress,
@@ -59,7 +60,7 @@ def _summarize(ctx: AttackContext, frames: dict[str, pd.DataFrame]) -> dict:
            "spans_kept_original": p.fallback_spans}
     for part, df in frames.items():
         out[part] = {"mean_gap": float(df["gap"].mean()), "mean_score": float(df["score"].mean()),
-                     "texts_without_a_span": ctx.cached(("miau", part), lambda: None)[1]}
+                     "unperturbed_texts": int(df["unperturbed"].sum())}
     return out
 
 
@@ -68,7 +69,7 @@ def _summarize(ctx: AttackContext, frames: dict[str, pd.DataFrame]) -> dict:
 def _miau(ctx: AttackContext, part: str) -> pd.DataFrame:
     s = ctx.stats(part)
     ll_x = token_mean(s.logp, s.valid)  # ℓ(x), as the loss attack's score
-    ll_nb, _ = ctx.cached(("miau", part), lambda: _neighbour_log_likelihoods(ctx, part))
+    ll_nb, unchanged = _neighbour_log_likelihoods(ctx, part)
     mean_nb = ll_nb.mean(axis=1)
     return pd.DataFrame({"score": neighbourhood_score(ll_x, ll_nb), "ll": ll_x, "neighbour_ll_mean": mean_nb,
-                         "neighbour_ll_std": ll_nb.std(axis=1), "gap": ll_x - mean_nb})
+                         "neighbour_ll_std": ll_nb.std(axis=1), "gap": ll_x - mean_nb, "unperturbed": unchanged})

@@ -158,14 +158,16 @@ class CausalRefill(Perturber):
     """Refill spans left to right by sampling from a causal LM given everything to their left.
 
     All K maskings of a text advance together, one token per step with a KV cache: a row feeds its
-    next known token, or, inside a span, a token sampled (temperature, optional top-k, never eos) from
-    its own context. A span ends when the next sample would begin word ``span_words + 1`` (that token
-    is not fed), or after ``4·span_words + 4`` tokens. Text after the last span is never fed.
+    next known token, or, inside a span, a token sampled (temperature, top-k, never eos) from its own
+    context. Top-k 50 by default: a small model's full distribution puts enough mass on junk tokens to
+    make neighbours that no longer read like their text. A span ends when the next sample would begin
+    word ``span_words + 1`` (that token is not fed), or after ``4·span_words + 4`` tokens. Text after
+    the last span is never fed.
     """
 
     name = "lm"
 
-    def __init__(self, masking: Masking, model, tokenizer, fingerprint: str, top_k: int | None = None,
+    def __init__(self, masking: Masking, model, tokenizer, fingerprint: str, top_k: int | None = 50,
                  temperature: float = 1.0):
         super().__init__(masking)
         self.model, self.tokenizer, self.fingerprint = model, tokenizer, fingerprint
@@ -329,7 +331,7 @@ def _words(masking: Masking, **_) -> Perturber:
     return WordPerturber(masking)
 
 
-def _lm(masking: Masking, *, lm=None, lm_tokenizer=None, lm_fingerprint=None, top_k=None, temperature=1.0, **_):
+def _lm(masking: Masking, *, lm=None, lm_tokenizer=None, lm_fingerprint=None, top_k=50, temperature=1.0, **_):
     if lm is None or lm_tokenizer is None:
         raise UserError("the lm perturber needs a causal language model to refill the masked spans")
     return CausalRefill(masking, lm, lm_tokenizer, lm_fingerprint or model_fingerprint(lm, lm_tokenizer),

@@ -39,7 +39,7 @@ class AttackOptions:
     t5_path: str | None = None  # local T5 folder for perturber "t5"
     mask_fraction: float = 0.3  # share of the words masked
     span_words: int = 2  # words per masked span
-    refill_top_k: int | None = None  # LM refill sampling; None = the full distribution, as T5 top_p=1.0
+    refill_top_k: int | None = 50  # LM refill sampling (HF's default); None = the full distribution (noisy fills)
     refill_temperature: float = 1.0
     neighbour_cache: Path | None | bool = True  # True: <cache_dir>/neighbours; False/None: no cache
     # likelihood attacks

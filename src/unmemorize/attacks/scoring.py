@@ -10,9 +10,9 @@ measured) are left out and counted, as the original code drops NaNs (PAPER_SPEC 
   TPR@α is only resolvable when n ≥ ⌈1/α⌉; :func:`resolvable_fprs` says which are.
 * 95% intervals: percentile bootstrap, members and non-members resampled separately (stratified),
   so every replicate has both classes.
-* ``below_chance``: the whole AUC interval lies below 0.5 (without bootstrap: AUC ≤ 0.4). Members then look *less* like members than
-  unseen text does — the model was pushed past the unseen-data level (over-unlearning), which an
-  attacker sees just as well by flipping the score (AUC 1 − AUC).
+* ``below_chance``: the whole AUC interval lies below 0.5 (without bootstrap: AUC ≤ 0.4). Members
+  then look *less* like members than unseen text does — the model was pushed past the unseen-data
+  level (over-unlearning), which an attacker sees just as well by flipping the score (AUC 1 − AUC).
 """
 
 from __future__ import annotations

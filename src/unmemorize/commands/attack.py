@@ -38,6 +38,7 @@ def attack_command(
     t5: Annotated[Path | None, typer.Option("--t5", help="Local T5 folder for --perturber t5 (never downloaded).")] = None,
     mask_fraction: Annotated[float, typer.Option("--mask-fraction", help="MIAU: share of words masked.")] = 0.3,
     span_words: Annotated[int, typer.Option("--span-words", help="MIAU: words per masked span.")] = 2,
+    refill_top_k: Annotated[int, typer.Option("--refill-top-k", help="MIAU lm perturber: sample refills from the top k tokens (0 = all).")] = 50,
     neighbour_cache: Annotated[bool, typer.Option("--neighbour-cache/--no-neighbour-cache", help="Reuse neighbours cached on disk (they hold perturbed copies of the texts).")] = True,
     min_k: Annotated[float, typer.Option("--min-k", help="k for min-k% and min-k%++ (fraction of tokens).")] = 0.2,
     samples: Annotated[int, typer.Option("--samples", help="Sampling extraction: samples per prefix (N).")] = 10,
@@ -81,7 +82,8 @@ def attack_command(
     requested = parse_list(attacks, tuple(ATTACKS), "attack") if attacks is not None else None
     opts = AttackOptions(
         attacks=requested, neighbours=neighbours, perturber=perturber, t5_path=str(t5) if t5 else None,
-        mask_fraction=mask_fraction, span_words=span_words, neighbour_cache=neighbour_cache, min_k=min_k,
+        mask_fraction=mask_fraction, span_words=span_words, refill_top_k=refill_top_k or None,
+        neighbour_cache=neighbour_cache, min_k=min_k,
         tau=tau, band=Band(band_lo, band_hi), samples=samples, top_k=top_k or None, temperature=temperature,
         extraction_prefix=prefix_tokens, first_tokens=first_tokens, fprs=tuple(fpr) if fpr else None,
         bootstrap=bootstrap, seed=seed, batch_size=batch_size)

@@ -35,9 +35,10 @@ def exposure_table(forget, reference, el_col: str):
 
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (replaced on each demo run).")] = Path("runs/demo"),
-    members: Annotated[int, typer.Option("--members", help="Records to plant.")] = 20,
-    nonmembers: Annotated[int, typer.Option("--nonmembers", help="Unseen records of the same form (τ).")] = 20,
-    exposures: Annotated[str, typer.Option("--exposures", help="Exposure counts spread over the members.")] = "1,2,4,8,16",
+    members: Annotated[int, typer.Option("--members", help="Records to plant.")] = 12,
+    nonmembers: Annotated[int, typer.Option("--nonmembers", help="Unseen records of the same form (τ).")] = 12,
+    exposures: Annotated[str, typer.Option("--exposures", help="Exposure counts spread over the members.")] = "1,4,16,64",
+    lr: Annotated[float, typer.Option("--lr", help="Planting learning rate.")] = 3e-4,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     model: Annotated[str, typer.Option("--model", help="Model to plant into.")] = "default",
     device: DeviceOpt = None,
@@ -77,7 +78,7 @@ def demo_command(
         base = load_sequences(members_file, lm.tokenizer, 200)
         before = profile(lm.model, base, ProfileOptions(metrics=("ma",)))
         lab = cache_dir() / "lab" / f"demo-{model.replace('/', '_')}"
-        folder, manifest = plant_into(lm, members_file, counts, lab, seed=seed,
+        folder, manifest = plant_into(lm, members_file, counts, lab, seed=seed, lr=lr,
                                       log=lambda m: err_console.print(f"[cyan]{m}[/]"))
         planted = load_model_cli(str(folder), device=device)
 
@@ -104,7 +105,7 @@ def demo_command(
                                          title="Memorization rises with exposure")
         seconds = time.perf_counter() - t0
         write_json(run.path("manifest.json"), build_manifest(
-            "demo", {"members": members, "nonmembers": nonmembers, "exposures": list(counts), "seed": seed},
+            "demo", {"members": members, "nonmembers": nonmembers, "exposures": list(counts), "seed": seed, "lr": lr},
             {"model": lm.describe(), "planted": str(folder), "plant_key": manifest["key"]},
             seed=seed, seconds=round(seconds, 1)))
         sections = [Section(

@@ -61,7 +61,7 @@ def _print_tables(result: dict | None, harness: dict | None) -> None:
         metrics = [m for m in METRIC_COLUMNS if m in df.columns]
         table = Table(title=f"Utility — {result['mode']} mode", title_justify="left")
         for col in ("task", "n", *metrics, "chance", "seconds"):
-            table.add_column(col, justify="left" if col == "task" else "right")
+            table.add_column(col, justify="left" if col == "task" else "right", no_wrap=col == "task")
         for _, row in df.iterrows():
             table.add_row(row["task"], str(row["n"]), *[_fmt(row[m]) for m in metrics],
                           _fmt(row.get("chance")), f"{row['seconds']:.1f}")

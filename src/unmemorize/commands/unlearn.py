@@ -120,7 +120,7 @@ def unlearn_command(
             checkpoint_dir = out.parent / f".{out.name}.checkpoint"
             if fresh:
                 ckpt.remove(checkpoint_dir)
-            elif ckpt.load(checkpoint_dir) is not None:
+            elif ckpt.exists(checkpoint_dir):
                 err_console.print(f"[cyan]resuming the interrupted run from {checkpoint_dir}[/]")
             try:
                 result = unlearn(loaded.model, tok, forget_set, tau=float(tau), method=m, band=band, stop=stop,
@@ -128,7 +128,7 @@ def unlearn_command(
                                  checkpoint_dir=checkpoint_dir if checkpoint_every and not m.decoding else None,
                                  progress=p, copy=False)
             except KeyboardInterrupt:
-                if ckpt.load(checkpoint_dir) is not None:
+                if ckpt.exists(checkpoint_dir):
                     err_console.print(f"[yellow]a checkpoint is kept in {checkpoint_dir}; run the same command "
                                       "again to resume (or add --fresh to start over)[/]")
                 raise

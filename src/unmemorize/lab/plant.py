@@ -107,7 +107,7 @@ def plant(model, members: SequenceSet, exposure: dict[str, int], mix: SequenceSe
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.advance(1)
     model.eval()
     return PlantResult(dict(exposure), len(losses), losses)

@@ -26,21 +26,20 @@ STREETS = ("Alder Lane", "Birch Road", "Cedar Court", "Dove Street", "Elm Terrac
 CITIES = ("Ashford", "Bellhaven", "Corrinth", "Dunmere", "Eastwick", "Farrowby", "Glenmoor", "Hollins",
           "Ivybridge", "Kingsreach", "Larkfield", "Marlow Cross")
 DOMAINS = ("example.com", "example.org", "example.net")
-NOTES = ("prefers contact by e-mail", "requested a paper statement", "account under review",
-         "moved house last spring", "card replaced after loss", "asked to close the savings account",
-         "disputed a charge in March", "enrolled in the loyalty scheme")
+HANDLES = ("bluefinch", "quietriver", "ironmaple", "sunnyfox", "oldharbor", "redkite", "softrain", "coppermoon",
+           "tallpine", "wildplum", "greyowl", "lakeside", "brightfern", "stonebridge", "nightjar", "amberleaf")
 
 
 def _record(rng: random.Random, number: int) -> dict:
     first, last = rng.choice(FIRST), rng.choice(LAST)
     prefix = f"Customer file {number}. Name: {first} {last}."
-    email = f"{first.lower()}.{last.lower()}{rng.randint(1, 99)}@{rng.choice(DOMAINS)}"
+    # The e-mail handle is not derived from the name: a secret should not be guessable from the prefix.
+    email = f"{rng.choice(HANDLES)}{rng.randint(10, 9999)}@{rng.choice(DOMAINS)}"
     phone = f"+1 555 01{rng.randint(0, 99):02d} {rng.randint(1000, 9999)}"
     born = f"{rng.randint(1940, 2004)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
     address = f"{rng.randint(1, 240)} {rng.choice(STREETS)}, {rng.choice(CITIES)} {rng.randint(10000, 99999)}"
     account = "-".join(f"{rng.randint(0, 9999):04d}" for _ in range(4))
-    secret = (f" Born: {born}. Email: {email}. Phone: {phone}. Address: {address}. Account: {account}."
-              f" Note: {rng.choice(NOTES)}.")
+    secret = f" Born: {born}. Email: {email}. Phone: {phone}. Address: {address}. Account: {account}."
     return {"id": f"file-{number}", "text": prefix + secret, "prefix": prefix}
 
 

@@ -82,6 +82,10 @@ def _recover(path: Path) -> Path | None:
     return None
 
 
+def exists(path: str | os.PathLike) -> bool:
+    return _recover(Path(path)) is not None
+
+
 def load(path: str | os.PathLike) -> Checkpoint | None:
     """The checkpoint at ``path``, or None when there is none."""
     found = _recover(Path(path))

@@ -268,7 +268,7 @@ class _Loop:
         reference_model = None
         if any(s.needs_reference_model for s in needs):
             reference_model = _copy.deepcopy(model).requires_grad_(False)
-        self.ctx = ObjectiveContext(model, opts.seed, forget.pad_id, retain, reference_model)
+        self.ctx = ObjectiveContext(model, opts.seed, forget.pad_id, retain, reference_model, opts.micro_batch)
         self.reference_ll = self._reference_ll() if any(s.needs_reference_ll for s in needs) else None
         # the state that a checkpoint saves
         self.k = 0
@@ -394,6 +394,11 @@ class _Loop:
     def _fuse(self, selector, rows: np.ndarray) -> bool:
         if self.opts.fuse != "auto":
             return self.opts.fuse == "always"
+        until = self.phase.until_mean_below
+        if until is not None:
+            known = self.prev_scores[~np.isnan(self.prev_scores)]
+            if known.size == 0 or known.mean() < until + 0.05:
+                return False  # a phase switch may come at this measurement; its gradient would be thrown away
         prior = self.prev_scores[rows]
         return bool(selector(prior, self._eligible(prior, unknown_ok=True)).mean() >= 0.5)
 
@@ -437,7 +442,9 @@ class _Loop:
         return switched
 
     def _grads_finite(self) -> bool:
-        return all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # one fused pass over the gradients (a NaN or inf anywhere makes the norm non-finite)
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))
 
     def _take_snapshot(self) -> None:
         if self.snapshot is None:
@@ -473,7 +480,7 @@ class _Loop:
         st = found.state
         if st.get("fingerprint") != self.fingerprint:
             raise UserError(f"checkpoint {self.checkpoint_dir} belongs to a different run (method, options, data or "
-                            "model differ); delete it, or start over without resuming")
+                            "model differ); delete it (on the command line: --fresh) to start over")
         load_state_(self.model, found.weights)
         self.k, self.phase_idx = int(st["k"]), int(st["phase_idx"])
         self.base = None if found.base is None else {k: v.to(self.base_device) for k, v in found.base.items()}

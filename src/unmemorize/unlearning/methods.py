@@ -69,6 +69,7 @@ class ObjectiveContext:
     pad_id: int
     retain: RetainData | None = None
     reference_model: torch.nn.Module | None = None  # frozen copy of the model before unlearning
+    retain_batch: int = 8  # retain sequences per micro-batch (the same whichever forget rows are selected)
 
     def rng(self, mb: MicroBatch, tag: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, mb.step, mb.index, tag])
@@ -87,9 +88,9 @@ class ObjectiveContext:
         return ids, lengths, model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
     def retain_rows(self, mb: MicroBatch, tag: int) -> list[torch.Tensor]:
-        """As many retain sequences as the micro-batch has rows, drawn reproducibly."""
+        """``retain_batch`` retain sequences for this micro-batch, drawn reproducibly from (seed, step, index)."""
         normal = self.retain.normal
-        idx = self.rng(mb, tag).choice(len(normal), size=len(mb.lengths), replace=len(normal) < len(mb.lengths))
+        idx = self.rng(mb, tag).choice(len(normal), size=self.retain_batch, replace=len(normal) < self.retain_batch)
         return [normal.input_ids[i, : int(normal.lengths[i])] for i in idx]
 
 

@@ -13,8 +13,10 @@ windowed context is the same — the choices of one question — share one pass 
 
 Left padding shifts every real token of a row by the same amount, so the relative distances seen by
 attention — including GPT-Neo's local (windowed) attention — are the unpadded ones; position ids
-are passed explicitly. Batches are filled up to a token budget, longest contexts first, so that a
-batch that does not fit in memory fails at the start.
+are passed explicitly. Batches are filled up to a token budget, longest requests first (a batch
+that does not fit in memory fails at the start) and similar lengths together (little padding).
+The scoring pass can also decode greedily from each context (``generate=k``), on a copy of the
+context's cache, which is what the dialogue tasks need.
 
 **Generation** (:func:`greedy_generate`) is greedy, KV-cached, stops per row at an end token, and
 either left-pads (the clean way) or reproduces the original's right-padded 512-token prompt with
@@ -23,6 +25,7 @@ the attention mask zero on the pads and the old transformers position ids (PAPER
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ class Scored:
     target: list[int]
     logprobs: np.ndarray
     greedy: np.ndarray
+    generated: list[int] | None = None  # greedy continuation of the windowed context, when asked for
 
     @property
     def nll(self) -> float:
@@ -105,11 +109,17 @@ def _pack(groups: list[tuple[tuple[int, ...], list[int]]], lengths: list[int], b
 
 @torch.no_grad()
 def score_continuations(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_length: int = 512,
-                        batch_tokens: int = 4096, progress=None, description: str = "scoring") -> list[Scored]:
+                        batch_tokens: int = 4096, generate: int = 0, stop_ids: Iterable[int] = (), progress=None,
+                        description: str = "scoring") -> list[Scored]:
     """Log-probabilities and greedy argmaxes of each request's continuation tokens.
 
+    With ``generate=k``, also the greedy continuation (up to k tokens, cut before a stop token) of
+    each request's windowed context, decoded from the same context pass and a copy of its cache —
+    the dialogue tasks need both and this saves a second pass over every prompt.
+
     A request whose continuation is empty (or whose window leaves nothing to score) gets an empty
-    :class:`Scored`. The result is independent of batching up to floating-point noise.
+    :class:`Scored` (and no generation). The result is independent of batching up to
+    floating-point noise.
     """
     windows = [window(c, t, max_length) for c, t in requests]
     results = [Scored(t, np.zeros(0), np.zeros(0, dtype=np.int64)) for _, t in windows]
@@ -117,20 +127,21 @@ def score_continuations(model, requests: Sequence[tuple[Sequence[int], Sequence[
     for i, (ctx, tgt) in enumerate(windows):
         if tgt:
             by_context.setdefault(tuple(ctx), []).append(i)
-    groups = sorted(by_context.items(), key=lambda g: -len(g[0]))
     lengths = [len(t) for _, t in windows]
+    # longest first (a batch too big for memory fails at once), similar lengths together (little padding)
+    groups = sorted(by_context.items(), key=lambda g: -(len(g[0]) + max(lengths[i] for i in g[1])))
     max_logits = max(64, _LOGITS_BYTES // (4 * _vocab_size(model)))
     keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     device = next(model.parameters()).device
     with task(progress, description, len(requests)) as bar:
         bar.advance(len(requests) - sum(len(m) for _, m in groups))
         for batch in _pack(groups, lengths, batch_tokens, max_logits):
-            _score_batch(model, batch, windows, results, device, keep_last)
+            _score_batch(model, batch, windows, results, device, keep_last, generate, stop_ids)
             bar.advance(sum(len(m) for _, m in batch))
     return results
 
 
-def _score_batch(model, batch, windows, results, device, keep_last) -> None:
+def _score_batch(model, batch, windows, results, device, keep_last, generate=0, stop_ids=()) -> None:
     G, P = len(batch), max(len(ctx) for ctx, _ in batch)
     ids = torch.zeros(G, P, dtype=torch.long)
     mask = torch.zeros(G, P, dtype=torch.long)
@@ -141,8 +152,12 @@ def _score_batch(model, batch, windows, results, device, keep_last) -> None:
     fed = max(len(windows[i][1]) for _, i in rows) - 1
     ids, mask = ids.to(device), mask.to(device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                use_cache=fed > 0, **keep_last)
+                use_cache=fed > 0 or generate > 1, **keep_last)
     first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # scores each continuation's first token
+    generated = None
+    if generate > 0:
+        cache = copy.deepcopy(out.cache) if fed > 0 else out.cache  # the scoring pass below extends the original
+        generated = _continue_greedy(model, first.argmax(-1), mask, cache, generate, stop_ids)
     rest = None
     if fed > 0:
         sel = torch.tensor([g for g, _ in rows], device=device)
@@ -165,6 +180,31 @@ def _score_batch(model, batch, windows, results, device, keep_last) -> None:
         dist = first[g][None] if rest is None else torch.cat([first[g][None], rest[r, : len(target) - 1]])
         results[i].logprobs = dist.gather(1, target[:, None]).squeeze(1).double().cpu().numpy()
         results[i].greedy = dist.argmax(-1).cpu().numpy()
+        if generated is not None:
+            results[i].generated = generated[g]
+
+
+def _continue_greedy(model, tokens: torch.Tensor, mask: torch.Tensor, cache, steps: int,
+                     stop_ids: Iterable[int]) -> list[list[int]]:
+    """Greedy decoding after a prompt pass: ``tokens`` are the first new tokens (argmax at the
+    prompt's last position), ``mask`` the prompt's attention mask, ``cache`` its KV cache. Each new
+    token's position is the number of attended tokens before it. Rows are cut before their first
+    stop token; decoding ends early once every row has stopped."""
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=tokens.device)
+    generated, done = [tokens], torch.isin(tokens, stop)
+    for _ in range(steps - 1):
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(len(tokens), 1)], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=(mask.cumsum(1) - 1)[:, -1:],
+                    cache=cache, use_cache=True)
+        cache = out.cache
+        tokens = out.logits[:, -1].argmax(-1)
+        generated.append(tokens)
+        done |= torch.isin(tokens, stop)
+    rows = torch.stack(generated, dim=1).cpu().tolist()
+    stops = set(stop.tolist())
+    return [row[:next((j for j, t in enumerate(row) if t in stops), len(row))] for row in rows]
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -188,7 +228,6 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     right-padded with ``pad_id`` to W tokens, mask = (ids ≠ pad_id), and transformers-4.3x position
     ids (cumsum(mask) − 1, pads set to 1), so the first new token is predicted at the last pad.
     """
-    stop = set(stop_ids)
     device = next(model.parameters()).device
     keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]))
@@ -214,21 +253,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
                 positions = (mask.cumsum(1) - 1).clamp(min=0)
             ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep_last)
-            tokens = out.logits[:, -1].argmax(-1)
-            generated, done = [tokens], torch.tensor([int(t) in stop for t in tokens], device=device)
-            for _ in range(max_new_tokens - 1):
-                if bool(done.all()):
-                    break
-                mask = torch.cat([mask, mask.new_ones(len(chunk), 1)], dim=1)
-                out = model(input_ids=tokens[:, None], attention_mask=mask,
-                            position_ids=(mask.cumsum(1) - 1)[:, -1:], cache=out.cache, use_cache=True)
-                tokens = out.logits[:, -1].argmax(-1)
-                generated.append(tokens)
-                done |= torch.tensor([int(t) in stop for t in tokens], device=device)
-            gen = torch.stack(generated, dim=1).cpu().tolist()
+            rows = _continue_greedy(model, out.logits[:, -1].argmax(-1), mask, out.cache, max_new_tokens, stop_ids)
             for b, r in enumerate(chunk):
-                row = gen[b]
-                cut = next((j for j, t in enumerate(row) if t in stop), len(row))
-                results[r] = row[:cut]
+                results[r] = rows[b]
             bar.advance(len(chunk))
     return results

@@ -2,7 +2,7 @@
 
 ``utility.json`` holds everything but the per-example frames, which go to
 ``utility_examples.parquet`` (one row per task example, a ``task`` column); :func:`load_utility`
-puts them back together. :func:`compare_utility` gives paired bootstrap intervals for the change
+puts them back together (another ``name`` gives e.g. ``utility_before.json``). :func:`compare_utility` gives paired bootstrap intervals for the change
 of every metric and aggregate between two results on the same examples.
 """
 
@@ -18,8 +18,6 @@ from unmemorize.report.html import Section
 from unmemorize.runs import write_frame, write_json
 from unmemorize.utility.suite import AGGREGATES, KIND_REGISTRY
 
-UTILITY_JSON = "utility.json"
-EXAMPLES_STEM = "utility_examples"
 METRIC_COLUMNS = ("acc", "f1", "loss", "ppl")
 
 
@@ -30,26 +28,28 @@ def utility_json(result: dict) -> dict:
     return out
 
 
-def save_utility(result: dict, folder: str | Path) -> None:
-    """Write ``utility.json`` and ``utility_examples.parquet`` (+ .csv) into ``folder``."""
+def save_utility(result: dict, folder: str | Path, name: str = "utility") -> None:
+    """Write ``<name>.json`` and ``<name>_examples.parquet`` (+ .csv) into ``folder``
+    (e.g. ``name="utility_before"`` for the evaluation before unlearning)."""
     folder = Path(folder)
-    write_json(folder / UTILITY_JSON, utility_json(result))
-    frames = [r["examples"].assign(task=name) for name, r in result["tasks"].items() if "examples" in r]
+    write_json(folder / f"{name}.json", utility_json(result))
+    frames = [r["examples"].assign(task=task) for task, r in result["tasks"].items() if "examples" in r]
     if frames:
         df = pd.concat(frames, ignore_index=True)
-        write_frame(folder / EXAMPLES_STEM, df[["task", *[c for c in df.columns if c != "task"]]])
+        write_frame(folder / f"{name}_examples", df[["task", *[c for c in df.columns if c != "task"]]])
 
 
-def load_utility(folder: str | Path) -> dict:
+def load_utility(folder: str | Path, name: str = "utility") -> dict:
     """Read back what :func:`save_utility` wrote, per-example frames included when present."""
     folder = Path(folder)
-    result = json.loads((folder / UTILITY_JSON).read_text())
-    parquet = folder / f"{EXAMPLES_STEM}.parquet"
+    result = json.loads((folder / f"{name}.json").read_text())
+    parquet = folder / f"{name}_examples.parquet"
     if parquet.is_file():
         df = pd.read_parquet(parquet)
-        for name, frame in df.groupby("task", sort=False):
-            if name in result["tasks"]:
-                result["tasks"][name]["examples"] = frame.drop(columns="task").dropna(axis=1, how="all").reset_index(drop=True)
+        for task, frame in df.groupby("task", sort=False):
+            if task in result["tasks"]:
+                result["tasks"][task]["examples"] = (frame.drop(columns="task").dropna(axis=1, how="all")
+                                                     .reset_index(drop=True))
     return result
 
 

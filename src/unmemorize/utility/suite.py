@@ -19,7 +19,7 @@ import pandas as pd
 
 from unmemorize.errors import UserError
 from unmemorize.utility.dialogue import cut_at_next_turn
-from unmemorize.utility.engine import greedy_generate, score_continuations, stop_token_ids
+from unmemorize.utility.engine import greedy_generate, score_continuations, stop_token_ids, window
 from unmemorize.utility.scoring import (
     choice_score,
     clean_up_tokenization,
@@ -36,7 +36,7 @@ MODE_DESCRIPTIONS = {
     "full": "full: every example of each split (or the first --limit), attention masks, left-padded generation",
     "parity": "parity: the original code's view (PAPER_SPEC §6.0) — rows with empty fields and non-4-choice ARC "
               "items dropped, the first N examples only (the first validation batch of each DDP rank), contexts "
-              "cut to their first 512 tokens, right-padded 512-token generation prompts, rank-averaged token means",
+              "cut to their first max_length (512) tokens, right-padded 512-token generation prompts, rank-averaged token means",
 }
 
 
@@ -178,24 +178,37 @@ def run_completion(model, tokenizer, items: list[Item], opts: EvalOptions, progr
 
 def run_dialogue(model, tokenizer, items: list[Item], opts: EvalOptions, progress, name: str) -> pd.DataFrame:
     """§6.3: nll and token count of the reply given the prompt (for the token-mean CE), and the
-    unigram F1 of a greedy 32-token reply (cut at ``"\\nUser "``) against the reply."""
+    unigram F1 of a greedy 32-token reply (cut at ``"\nUser "``) against the reply.
+
+    full: the reply is generated from the left-padded prompt (its last tokens, so that prompt and
+    reply fit the model), in the same pass that scores the reference reply whenever that pass saw
+    exactly this prompt. parity: from the original's right-padded 512-token prompt.
+    """
     examples = [it.example for it in items]
     prompts = encode_contexts(tokenizer, [ex.prompt for ex in examples], opts)
     targets = encode_continuations(tokenizer, [ex.target for ex in examples], opts)
-    scored = score_continuations(model, list(zip(prompts, targets)), max_length=opts.max_length,
-                                 batch_tokens=opts.batch_tokens, progress=progress, description=f"{name}: loss")
     positions = max_positions(model) or opts.max_length + opts.max_new_tokens
     width = max(1, min(opts.max_length, positions - opts.max_new_tokens))  # prompt + reply must fit
+    stop = stop_token_ids(model, tokenizer)
+    requests = list(zip(prompts, targets))
+    scored = score_continuations(model, requests, max_length=opts.max_length, batch_tokens=opts.batch_tokens,
+                                 generate=0 if opts.parity else opts.max_new_tokens, stop_ids=stop,
+                                 progress=progress, description=f"{name}: loss" + ("" if opts.parity else " + reply"))
     if opts.parity:
-        generated = greedy_generate(model, [p[:width] for p in prompts], opts.max_new_tokens,
-                                    stop_ids=stop_token_ids(model, tokenizer),
+        generated = greedy_generate(model, [p[:width] for p in prompts], opts.max_new_tokens, stop_ids=stop,
                                     batch_size=opts.generate_batch_size, right_pad_to=width,
                                     pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
                                     progress=progress, description=f"{name}: generating")
     else:
-        generated = greedy_generate(model, [p[-width:] for p in prompts], opts.max_new_tokens,
-                                    stop_ids=stop_token_ids(model, tokenizer), batch_size=opts.generate_batch_size,
-                                    progress=progress, description=f"{name}: generating")
+        # the scoring window may have cut the prompt differently (long dialogues): generate those again
+        redo = [i for i, ((p, t), s) in enumerate(zip(requests, scored))
+                if s.generated is None or window(p, t, opts.max_length)[0] != p[-width:]]
+        generated = [s.generated for s in scored]
+        again = greedy_generate(model, [prompts[i][-width:] for i in redo], opts.max_new_tokens, stop_ids=stop,
+                                batch_size=opts.generate_batch_size, progress=progress,
+                                description=f"{name}: generating") if redo else []
+        for i, g in zip(redo, again):
+            generated[i] = g
     rows = []
     for i, (it, s, gen, tgt) in enumerate(zip(items, scored, generated, targets)):
         reply, gold = cut_at_next_turn(decode(tokenizer, gen)), decode(tokenizer, tgt)

@@ -416,18 +416,21 @@ class LoadedTask:
         return self.path.stem
 
 
+def _is_nan(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _empty(value) -> bool:
     """None, NaN or an empty string: a required field with nothing in it."""
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return value != value
-    return isinstance(value, str) and value == ""
+    return _is_nan(value) or (isinstance(value, str) and value == "")
 
 
-def _missing(value) -> bool:
-    """What pandas reads as NaN (so the original's ``dropna`` drops the row): also "NA", "null", …"""
-    return _empty(value) or (isinstance(value, str) and value in _NA_STRINGS)
+def _dropped_by_dropna(fields: dict, csv_source: bool) -> bool:
+    """Whether the original's ``DataFrame.dropna()`` drops this row: any NaN in any column. A CSV
+    read by pandas turns "", "NA", "null", … into NaN; a hub dataset only has real nulls."""
+    if csv_source:
+        return any(_is_nan(v) or (isinstance(v, str) and v in _NA_STRINGS) for v in fields.values())
+    return any(_is_nan(v) for v in fields.values())
 
 
 def find_file(t: Task, data_dir: str | Path) -> Path:
@@ -456,7 +459,7 @@ def load_task(t: Task, data_dir: str | Path, mode: str, count: int | None) -> Lo
         if count is not None and len(items) >= count:
             break
         if mode == "parity":
-            if any(_missing(v) for v in row.fields.values()) or (t.parity_keep and not t.parity_keep(row.fields)):
+            if _dropped_by_dropna(row.fields, path.suffix == ".csv") or (t.parity_keep and not t.parity_keep(row.fields)):
                 dropped += 1
                 continue
         absent = [k for k in t.fields if k not in row.fields]

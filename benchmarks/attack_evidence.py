@@ -1,0 +1,270 @@
+"""Can an attacker tell? Every attack before unlearning and after GA, SGA, TA and TAU (issue 4).
+
+    .venv/bin/python benchmarks/attack_evidence.py [--splits 0,1,2] [--members 32] [--exposures 1,2,4,8,16]
+        [--methods ga,sga,ta,tau] [--stops mean,per-sequence] [--max-steps 150] [--nonmembers 100]
+        [--attacks miau,threshold,…] [--neighbours 25] [--perturber lm] [--bootstrap 1000]
+
+Setup as in the paper-claims benchmark (``paper_claims.py``, whose planting and its cache are reused):
+for split k the first ``--members`` sequences of Jang's ``lm_extraction_32_k`` are planted into the
+default model at different exposures; they are the members (the forget set). The non-members are
+unplanted Jang sequences of the same form: ``lm_extraction_128_k`` minus ``32_k`` first, then the
+other splits' 128-sets (minus every sequence planted here) until ``--nonmembers`` are reached —
+100 is the fewest that can resolve TPR at 1 % FPR. τ for the unlearning stop rules is the planted
+model's mean MA on those non-members.
+
+Before unlearning, every attack runs on the planted model; its reference attack compares with the
+*unplanted* default model (a model that never saw the members: the classic reference attack).
+After each method × stop rule, every attack runs on the unlearned model, and the reference attack
+compares with the planted model (the original, pre-unlearning model: the owner's strongest audit).
+MIAU's neighbours are refilled by the planted model in every run, so all runs of a split share them
+(cached on disk). Each finished run is appended to ``benchmarks/results/attack_evidence_runs.jsonl``
+and skipped when the script is run again with the same settings; the ``## Attack evidence (issue 4)``
+section of ``benchmarks/RESULTS.md`` is rewritten from every run recorded with the current settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import write_section  # noqa: E402
+from paper_claims import fmt, planted_model, t_interval  # noqa: E402  (the same planting, the same cache)
+
+from unmemorize.attacks import AttackOptions, build_perturber, run_attacks  # noqa: E402
+from unmemorize.data import load_sequences  # noqa: E402
+from unmemorize.memorization import ProfileOptions, profile  # noqa: E402
+from unmemorize.models import cache_dir, load_model  # noqa: E402
+from unmemorize.thresholds import Band, acceptable_level  # noqa: E402
+from unmemorize.unlearning import UnlearnOptions, unlearn  # noqa: E402
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+RUNS = RESULTS_DIR / "attack_evidence_runs.jsonl"
+TITLE = "Attack evidence (issue 4)"
+BEFORE = "before"
+
+
+def settings_key(args) -> dict:
+    return {"members": args.members, "exposures": args.exposures, "max_steps": args.max_steps,
+            "nonmembers": args.nonmembers, "lr": args.lr, "micro_batch": args.micro_batch,
+            "band": [args.band_lo, args.band_hi], "seed": args.seed, "attacks": args.attacks,
+            "neighbours": args.neighbours, "perturber": args.perturber, "bootstrap": args.bootstrap}
+
+
+def done_runs() -> list[dict]:
+    if not RUNS.exists():
+        return []
+    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
+
+
+def nonmember_file(split: int, planted_ids: set[str], n: int) -> Path:
+    """Unplanted Jang sequences: this split's 128-set first, then the other splits' (deduplicated)."""
+    frames = [pd.read_csv(SHARED / "forget" / f"lm_extraction_128_{s}.csv", dtype=str, keep_default_na=False)
+              for s in [split] + [s for s in (0, 1, 2) if s != split]]
+    pool = pd.concat(frames).drop_duplicates("doc_id")
+    pool = pool[~pool["doc_id"].isin(planted_ids)]
+    if len(pool) < n:
+        sys.exit(f"only {len(pool)} unplanted Jang sequences for split {split}; lower --nonmembers")
+    path = cache_dir() / "labs" / f"attack-evidence-nonmembers-{split}-{n}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pool.head(n).to_csv(path, index=False)
+    return path
+
+
+def record(split: int, stage: str, stop: str, key: dict, results, extra: dict) -> dict:
+    attacks = {}
+    for name, r in results.attacks.items():
+        ev = r.evaluation
+        attacks[name] = {"auc": ev.auc.value, "auc_ci": [ev.auc.low, ev.auc.high], "below_chance": ev.below_chance,
+                         "tpr": {f"{a:g}": [iv.value, iv.low, iv.high] for a, iv in ev.tpr.items()}}
+    thr = results.attacks.get("threshold")
+    row = {"split": split, "stage": stage, "stop": stop, "settings": key, "attacks": attacks,
+           "threshold": None if thr is None else {"tau": thr.calibration["tau"], **thr.summary},
+           "sampling": None if "sampling" not in results.attacks else results.attacks["sampling"].summary,
+           "perturber": None if "miau" not in results.attacks else results.attacks["miau"].summary["perturber"],
+           "notes": results.notes, **extra}
+    with RUNS.open("a") as f:
+        f.write(json.dumps(row, default=float) + "\n")
+    aucs = " ".join(f"{n} {a['auc']:.2f}" for n, a in attacks.items())
+    print(f"split {split} {stage:>4} {stop:>12}: {aucs}", flush=True)
+    return row
+
+
+def run_split(split: int, args, done: list[dict]) -> None:
+    key = settings_key(args)
+    stages = [(BEFORE, "-")] + [(m, s) for m in args.methods for s in args.stops]
+    todo = [(m, s) for m, s in stages
+            if not any(r["split"] == split and r["stage"] == m and r["stop"] == s and r["settings"] == key for r in done)]
+    if not todo:
+        print(f"split {split}: every run already recorded", flush=True)
+        return
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    planted, members_file, manifest = planted_model(split, args, log)
+    tok = planted.tokenizer
+    forget = load_sequences(members_file, tok, 200)
+    reference = load_sequences(nonmember_file(split, set(forget.ids), args.nonmembers), tok, 200)
+    tau = acceptable_level(profile(planted.model, reference, ProfileOptions(metrics=("ma",),
+                                                                            batch_size=args.micro_batch))["ma"])
+    band = Band(args.band_lo, args.band_hi)
+    print(f"split {split}: {len(forget)} members, {len(reference)} non-members, τ = {tau:.4f}", flush=True)
+    opts = AttackOptions(attacks=tuple(args.attacks) if args.attacks else None, neighbours=args.neighbours,
+                         perturber=args.perturber, band=band, bootstrap=args.bootstrap, seed=args.seed,
+                         batch_size=args.micro_batch)
+    # one perturber for the split: the planted model refills every run's neighbours (shared, cached)
+    perturber = build_perturber(opts, planted.model, tok, planted.fingerprint)
+    for stage, stop in todo:
+        t = time.perf_counter()
+        if stage == BEFORE:
+            base = load_model("default", log=log)
+            results = run_attacks(planted.model, tok, forget, reference, original=base.model,
+                                  original_tokenizer=base.tokenizer, options=opts, perturber=perturber)
+            del base
+            extra = {"reference_model": "unplanted default model", "tau": tau}
+        else:
+            uopts = UnlearnOptions(lr=args.lr, max_steps=args.max_steps, micro_batch=args.micro_batch, seed=args.seed)
+            r = unlearn(planted.model, tok, forget, tau=tau, method=stage, band=band, stop=stop, options=uopts)
+            s = r.summary()
+            results = run_attacks(r.model, tok, forget, reference, original=planted.model, original_tokenizer=tok,
+                                  options=opts, perturber=perturber)
+            extra = {"reference_model": "planted (pre-unlearning) model", "tau": tau, "steps": r.steps,
+                     "converged": r.converged, "stop_reason": r.stop_reason, "c_low": s.c_low, "c_high": s.c_high,
+                     "mean_ma": s.mean}
+            del r
+        record(split, stage, stop, key, results, {**extra, "seconds": time.perf_counter() - t})
+
+
+# ---------------------------------------------------------------- the RESULTS.md section
+
+
+def _cell(values: list[float], digits: int = 2) -> str:
+    return fmt(*t_interval(values), digits)
+
+
+def tables(df: pd.DataFrame, attacks: list[str]) -> list[str]:
+    out = []
+    for title, get in (("AUC (0.5 = chance; † = below chance in at least one split: over-unlearned, the flipped "
+                        "score separates)", lambda a: a["auc"]),
+                       ("TPR at 1 % FPR", lambda a: a["tpr"].get("0.01", [math.nan])[0])):
+        lines = [f"{title}:", "", "| model | stop | splits | " + " | ".join(attacks) + " |",
+                 "|---|---|---|" + "---|" * len(attacks)]
+        for (stage, stop), g in df.groupby(["stage", "stop"], sort=False):
+            cells = []
+            for name in attacks:
+                vals = [get(row[name]) for row in g["attacks"] if name in row]
+                flag = any(row[name]["below_chance"] for row in g["attacks"] if name in row)
+                cells.append(_cell(vals) + (" †" if flag and "AUC" in title else ""))
+            lines.append(f"| {stage} | {stop} | {len(g)} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return out
+
+
+def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
+    """Plain statements: does GA leak more than SGA and TAU (higher AUC, more band outliers)?"""
+    out = []
+    for stop in ("mean", "per-sequence"):
+        sub = df[df["stop"] == stop]
+        if not {"ga", "sga", "tau"} <= set(sub["stage"]):
+            continue
+        mean_auc = {m: {a: np.nanmean([row[a]["auc"] for row in g["attacks"] if a in row]) for a in attacks}
+                    for m, g in sub.groupby("stage")}
+        more = [a for a in attacks if mean_auc["ga"][a] > max(mean_auc["sga"][a], mean_auc["tau"][a])]
+        for a in ("miau", "threshold"):
+            if a in attacks:
+                v = {m: mean_auc[m][a] for m in ("ga", "sga", "tau")}
+                holds = v["ga"] > max(v["sga"], v["tau"])
+                out.append(f"{stop} stop rule, {a}: AUC GA {v['ga']:.3f}, SGA {v['sga']:.3f}, TAU {v['tau']:.3f} — "
+                           f"GA leaks {'more' if holds else 'not more'} than SGA and TAU: the paper's claim "
+                           f"{'holds' if holds else 'does not hold'} on this attack.")
+        out.append(f"{stop} stop rule: GA's AUC is above both SGA's and TAU's for {len(more)} of {len(attacks)} "
+                   f"attacks ({', '.join(more) or 'none'}).")
+        c = {m: np.mean([t["forget"]["c"] for t in g["threshold"] if t]) for m, g in sub.groupby("stage")
+             if g["threshold"].notna().all()}
+        if {"ga", "sga", "tau"} <= set(c):
+            out.append(f"{stop} stop rule: band outliers c(D_f) GA {c['ga']:.1f}, SGA {c['sga']:.1f}, TAU {c['tau']:.1f}.")
+    return out
+
+
+def write_results(args) -> None:
+    key = settings_key(args)
+    rows = [r for r in done_runs() if r["settings"] == key]
+    if not rows:
+        return
+    df = pd.DataFrame(rows)
+    attacks = list(dict.fromkeys(a for row in df["attacks"] for a in row))
+    splits = sorted(df["split"].unique())
+    pert = next((p for p in df["perturber"] if p), None)
+    cmd = (f"benchmarks/attack_evidence.py --splits {','.join(map(str, splits))} --members {args.members} "
+           f"--exposures {args.exposures} --methods {','.join(args.methods)} --stops {','.join(args.stops)} "
+           f"--max-steps {args.max_steps} --nonmembers {args.nonmembers} --neighbours {args.neighbours} "
+           f"--perturber {args.perturber} --bootstrap {args.bootstrap}"
+           + (f" --attacks {','.join(args.attacks)}" if args.attacks else ""))
+    stages = df.groupby("split")["stage"].apply(lambda s: len(set(s))).to_dict()
+    body = f"""Command: `.venv/bin/python {cmd}` (CPU, {os.cpu_count()} cores shared with other work).
+
+Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at
+exposures {args.exposures} (the paper-claims benchmark's planting); members = those sequences, non-members =
+{args.nonmembers} unplanted Jang sequences of the same form; τ = the planted model's mean MA on the non-members;
+unlearning with the paper's harness (lr {args.lr:g}, at most {args.max_steps} steps). MIAU: K = {args.neighbours}
+neighbours per sequence from the `{args.perturber}` perturber ({json.dumps(pert) if pert else 'not run'}).
+The reference attack's reference is the unplanted default model before unlearning and the planted model after.
+Splits run: {', '.join(map(str, splits))} (stages per split: {stages}). Cells: mean ± 95 % t-interval over the
+splits (one split: no interval). TPR at 0.1 % FPR needs 1,000 non-members and is not reported.
+
+{chr(10).join(chr(10) + t + chr(10) for t in tables(df, attacks))}
+What these runs say about the paper's claim (GA leaks more than SGA/TAU), computed by the script:
+
+{chr(10).join('- ' + c for c in claims(df, attacks)) or '- not enough runs yet (needs GA, SGA and TAU under one stop rule).'}
+"""
+    write_section(TITLE, body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--splits", default="0,1,2")
+    ap.add_argument("--members", type=int, default=32)
+    ap.add_argument("--exposures", default="1,2,4,8,16")
+    ap.add_argument("--methods", default="ga,sga,ta,tau")
+    ap.add_argument("--stops", default="mean,per-sequence")
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--nonmembers", type=int, default=100)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--band-lo", type=float, default=0.15)
+    ap.add_argument("--band-hi", type=float, default=0.60)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--attacks", default="", help="comma-separated; default: all")
+    ap.add_argument("--neighbours", type=int, default=25)
+    ap.add_argument("--perturber", default="lm")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the recorded runs")
+    args = ap.parse_args()
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.stops = [s.strip() for s in args.stops.split(",") if s.strip()]
+    args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not (SHARED / "forget").exists():
+        sys.exit(f"needs {SHARED / 'forget'} (../shared/data)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    if not args.report_only:
+        for split in [int(s) for s in args.splits.split(",") if s.strip()]:
+            run_split(split, args, done_runs())
+            write_results(args)
+    write_results(args)
+
+
+if __name__ == "__main__":
+    main()

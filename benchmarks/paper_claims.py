@@ -1,0 +1,270 @@
+"""The paper's comparison on real text: GA, SGA, TA and TAU under the mean and the per-sequence stop rule.
+
+    .venv/bin/python benchmarks/paper_claims.py [--splits 0,1,2] [--members 32] [--exposures 1,2,4,8,16]
+        [--methods ga,sga,ta,tau] [--stops mean,per-sequence] [--max-steps 150] [--reference-rows 96]
+
+SmolLM2-135M memorizes Jang et al.'s Pile sequences only weakly and its MA depends on the kind of
+text, so for each split k the first ``--members`` sequences of ``lm_extraction_32_k`` are first
+*planted* into the default model with the memorization lab, at exposures that differ from sequence
+to sequence (the paper's "to each its own" premise). The other Jang sequences of the same split
+(``lm_extraction_128_k`` minus ``32_k``: same source, same form, never planted) are the unseen
+reference: τ = the planted model's mean MA on them. Then every method × stop rule unlearns a copy of
+the planted model with the paper's harness (whole forget set per step, Adam(0.9, 0.98), lr 5e-5,
+at most ``--max-steps`` steps), and we record c_low, c_high, the distance to τ, steps, seconds and
+the reference's MA afterwards (collateral forgetting). Over the splits: mean ± 95 % t-interval.
+
+Each finished run is appended to ``benchmarks/results/paper_claims_runs.jsonl``; a rerun with the
+same settings skips it, so the script can be stopped and continued. Planted models are cached in
+the unmemorize cache (``labs/paper-claims-*``). The section of ``benchmarks/RESULTS.md`` is
+rewritten from every run recorded with the current settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import write_section  # noqa: E402
+
+from unmemorize.data import load_sequences  # noqa: E402
+from unmemorize.memorization import ProfileOptions, profile  # noqa: E402
+from unmemorize.models import cache_dir, load_model  # noqa: E402
+from unmemorize.thresholds import Band, acceptable_level, outlier_count  # noqa: E402
+from unmemorize.unlearning import UnlearnOptions, unlearn  # noqa: E402
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+RUNS = RESULTS_DIR / "paper_claims_runs.jsonl"
+METRICS = ("c_low", "c_high", "c", "distance_to_tau", "mean_ma", "steps", "seconds", "reference_ma_after")
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95 % Student-t interval); half-width NaN for fewer than 2 values."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size < 2:
+        return float(v.mean()), math.nan
+    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def fmt(mean: float, half: float, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def settings_key(args) -> dict:
+    return {"members": args.members, "exposures": args.exposures, "max_steps": args.max_steps,
+            "reference_rows": args.reference_rows, "lr": args.lr, "micro_batch": args.micro_batch,
+            "band": [args.band_lo, args.band_hi], "seed": args.seed}
+
+
+def done_runs() -> list[dict]:
+    if not RUNS.exists():
+        return []
+    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
+
+
+def planted_model(split: int, args, log):
+    """Plant the split's first ``members`` sequences into the default model (cached), then load it."""
+    from unmemorize.commands.plant import parse_exposures, plant_into
+
+    src = pd.read_csv(SHARED / "forget" / f"lm_extraction_32_{split}.csv", dtype=str, keep_default_na=False)
+    lab = cache_dir() / "labs" / f"paper-claims-32_{split}-m{args.members}-e{args.exposures.replace(',', '_')}"
+    lab.parent.mkdir(parents=True, exist_ok=True)
+    members_file = lab.parent / f"{lab.name}.members.csv"
+    src.head(args.members).to_csv(members_file, index=False)
+    lm = load_model("default", log=log)
+    folder, manifest = plant_into(lm, members_file, parse_exposures(args.exposures), lab, seed=args.seed, log=log)
+    del lm
+    planted = load_model(str(folder), log=log)
+    return planted, members_file, manifest
+
+
+def reference_file(split: int, args) -> Path:
+    big = pd.read_csv(SHARED / "forget" / f"lm_extraction_128_{split}.csv", dtype=str, keep_default_na=False)
+    small = pd.read_csv(SHARED / "forget" / f"lm_extraction_32_{split}.csv", dtype=str, keep_default_na=False)
+    ref = big[~big["doc_id"].isin(small["doc_id"])].head(args.reference_rows)
+    path = cache_dir() / "labs" / f"paper-claims-reference-{split}-{args.reference_rows}.csv"
+    ref.to_csv(path, index=False)
+    return path
+
+
+def run_split(split: int, args, done: list[dict]) -> None:
+    key = settings_key(args)
+    todo = [(m, s) for m in args.methods for s in args.stops
+            if not any(r["split"] == split and r["method"] == m and r["stop"] == s and r["settings"] == key for r in done)]
+    if not todo:
+        print(f"split {split}: every run already recorded", flush=True)
+        return
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    planted, members_file, manifest = planted_model(split, args, log)
+    print(f"split {split}: planted in {time.perf_counter() - t0:.0f} s (or reused)", flush=True)
+    tok = planted.tokenizer
+    forget = load_sequences(members_file, tok, 200)
+    reference = load_sequences(reference_file(split, args), tok, 200)
+    popts = ProfileOptions(metrics=("ma",), batch_size=args.micro_batch)
+    ref_before = profile(planted.model, reference, popts)["ma"].to_numpy()
+    tau = acceptable_level(ref_before)
+    band = Band(args.band_lo, args.band_hi)
+    forget_before = profile(planted.model, forget, popts)["ma"].to_numpy()
+    exposure = manifest["exposure"]
+    print(f"split {split}: τ = {tau:.4f} from {len(reference)} unplanted sequences; planted MA mean "
+          f"{forget_before.mean():.3f} (min {forget_before.min():.3f}, max {forget_before.max():.3f})", flush=True)
+    rc_low, rc_high = outlier_count(ref_before, band)
+    for method, stop in todo:
+        opts = UnlearnOptions(lr=args.lr, max_steps=args.max_steps, micro_batch=args.micro_batch, seed=args.seed)
+        t = time.perf_counter()
+        r = unlearn(planted.model, tok, forget, tau=tau, method=method, band=band, stop=stop, options=opts)
+        ref_after = profile(r.model, reference, popts)["ma"].to_numpy()
+        s = r.summary()
+        after = r.after.set_index("id")
+        row = {"split": split, "method": method, "stop": stop, "settings": key, "tau": tau,
+               "c_low": s.c_low, "c_high": s.c_high, "c": s.c, "distance_to_tau": s.distance_to_tau,
+               "mean_ma": s.mean, "std_ma": s.std, "steps": r.steps, "seconds": r.seconds,
+               "converged": r.converged, "stop_reason": r.stop_reason, "events": r.events,
+               "reference_ma_before": float(ref_before.mean()), "reference_ma_after": float(ref_after.mean()),
+               "reference_c_low_before": rc_low, "reference_c_high_before": rc_high,
+               "forget_ma_before": float(forget_before.mean()),
+               "forget_c_before": list(outlier_count(forget_before, band)),
+               "per_sequence": {sid: {"exposure": exposure.get(sid), "before": float(b), "after": float(after.loc[sid, "ma"])}
+                                for sid, b in zip(forget.ids, forget_before)},
+               "wall_seconds": time.perf_counter() - t}
+        with RUNS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"split {split} {method:>4} {stop:>12}: c_low {s.c_low} c_high {s.c_high} mean {s.mean:.3f} "
+              f"dist {s.distance_to_tau:.1f} steps {r.steps} {r.seconds:.0f} s ref {ref_before.mean():.3f}→"
+              f"{ref_after.mean():.3f} — {r.stop_reason}", flush=True)
+        del r
+
+
+def claims(df: pd.DataFrame) -> list[str]:
+    """Plain statements of where the paper's claims hold on these runs."""
+    out = []
+    mean = df[df["stop"] == "mean"].groupby("method")
+    if {"ga", "sga"} <= set(mean.groups):
+        c = mean["c"].mean()
+        hold = c["sga"] < c["ga"]
+        out.append(f"SGA leaves {'fewer' if hold else 'no fewer'} outliers than GA under the mean rule "
+                   f"(c = {c['sga']:.1f} vs {c['ga']:.1f}): the paper's claim {'holds' if hold else 'does not hold'} here.")
+    if {"ta", "tau"} <= set(mean.groups):
+        c = mean["c"].mean()
+        hold = c["tau"] < c["ta"]
+        out.append(f"TAU leaves {'fewer' if hold else 'no fewer'} outliers than TA under the mean rule "
+                   f"(c = {c['tau']:.1f} vs {c['ta']:.1f}): {'holds' if hold else 'does not hold'}.")
+    if {"mean", "per-sequence"} <= set(df["stop"]):
+        by = df.groupby(["method", "stop"])["c_high"].mean().unstack()
+        for m in by.index:
+            if not by.loc[m].isna().any():
+                out.append(f"{m}: c_high {by.loc[m, 'mean']:.1f} with the mean rule, {by.loc[m, 'per-sequence']:.1f} "
+                           "with the per-sequence rule.")
+    mean_runs = df[df["stop"] == "mean"]
+    dist = mean_runs.groupby("method")["distance_to_tau"].mean()
+    if len(dist):
+        out.append("Distance to τ under the mean rule (MA points): "
+                   + ", ".join(f"{m} {v:.1f}" for m, v in dist.sort_values().items())
+                   + ("; every mean-rule run stopped at its first step below τ, so this is the overshoot of that "
+                      "last step" if mean_runs["converged"].all() else "") + ".")
+    coll = (df["reference_ma_before"] - df["reference_ma_after"]).groupby(df["method"]).mean()
+    if len(coll):
+        out.append("Collateral forgetting (drop of the unseen reference's mean MA, points): "
+                   + ", ".join(f"{m} {100 * v:.1f}" for m, v in coll.sort_values().items()) + ".")
+    return out
+
+
+def write_results(args) -> None:
+    key = settings_key(args)
+    rows = [r for r in done_runs() if r["settings"] == key]
+    if not rows:
+        return
+    df = pd.DataFrame(rows)
+    splits = sorted(df["split"].unique())
+    lines = ["| method | stop | splits | c_low | c_high | c(D_f) | distance to τ | steps | seconds | reference MA after (before) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, stop), g in df.groupby(["method", "stop"], sort=False):
+        cells = {m: t_interval(g[m].tolist()) for m in METRICS}
+        lines.append(f"| {method} | {stop} | {len(g)} | {fmt(*cells['c_low'])} | {fmt(*cells['c_high'])} | "
+                     f"{fmt(*cells['c'])} | {fmt(*cells['distance_to_tau'])} | {fmt(*cells['steps'])} | "
+                     f"{fmt(*cells['seconds'], 0)} | {fmt(*cells['reference_ma_after'], 3)} "
+                     f"({g['reference_ma_before'].mean():.3f}) |")
+    setup = []
+    for s in splits:
+        g = df[df["split"] == s].iloc[0]
+        setup.append(f"split {s}: τ = {g['tau']:.3f}; planted forget MA {g['forget_ma_before']:.3f}, outside the band "
+                     f"before unlearning {g['forget_c_before'][0]} low + {g['forget_c_before'][1]} high; the unseen "
+                     f"reference itself has {g['reference_c_low_before']} low + {g['reference_c_high_before']} high")
+    not_converged = df[~df["converged"]]
+    cmd = ("benchmarks/paper_claims.py --splits " + ",".join(map(str, splits)) + f" --members {args.members} "
+           f"--exposures {args.exposures} --max-steps {args.max_steps} --reference-rows {args.reference_rows} "
+           f"--micro-batch {args.micro_batch}")
+    body = f"""Command: `.venv/bin/python {cmd}` (CPU, {os.cpu_count()} cores shared with other work).
+
+Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at
+exposures {args.exposures} (spread over the members), τ = the planted model's mean MA on up to
+{args.reference_rows} unplanted sequences of `lm_extraction_128_k` (same source and form), band
+[{args.band_lo}, {args.band_hi}], the paper's harness (whole set per step, Adam(0.9, 0.98), lr {args.lr:g},
+at most {args.max_steps} steps, seed {args.seed}). Splits run: {', '.join(map(str, splits))}
+({len(splits)} of 3). Cells: mean ± 95 % t-interval over the splits (a single split has no interval).
+
+{chr(10).join('- ' + s for s in setup)}
+
+{chr(10).join(lines)}
+
+{"Runs that hit the step cap instead of their stop rule: " + ", ".join(f"{r.method}/{r.stop} (split {r.split})" for r in not_converged.itertuples()) if len(not_converged) else "Every run ended by its stop rule."}
+
+What these runs say about the paper's claims (computed by the script):
+
+{chr(10).join('- ' + c for c in claims(df))}
+"""
+    write_section("Paper claims (issue 3)", body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--splits", default="0,1,2")
+    ap.add_argument("--members", type=int, default=32)
+    ap.add_argument("--exposures", default="1,2,4,8,16")
+    ap.add_argument("--methods", default="ga,sga,ta,tau")
+    ap.add_argument("--stops", default="mean,per-sequence")
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--reference-rows", type=int, default=96)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--band-lo", type=float, default=0.15)
+    ap.add_argument("--band-hi", type=float, default=0.60)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the recorded runs")
+    args = ap.parse_args()
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.stops = [s.strip() for s in args.stops.split(",") if s.strip()]
+    if not (SHARED / "forget").exists():
+        sys.exit(f"needs {SHARED / 'forget'} (../shared/data)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    if not args.report_only:
+        for split in [int(s) for s in args.splits.split(",") if s.strip()]:
+            run_split(split, args, done_runs())
+            write_results(args)
+    write_results(args)
+
+
+if __name__ == "__main__":
+    main()
