@@ -97,11 +97,10 @@ def main() -> None:
             res = audit(model, f, pile, ProfileOptions(metrics=("ma",)), band, tau_by="corpus")
             g = res.forget["ma"].to_numpy()
             ref_prof = res.reference
-            c_low_g = int((res.forget["ma"] <= band.lo).sum())
             audits[f"32_{split}"] = {
                 "mean": float(g.mean()), "std": float(g.std()), "min": float(g.min()),
                 "quartiles": [float(q) for q in np.quantile(g, [0.25, 0.5, 0.75])], "max": float(g.max()),
-                "c_low": c_low_g, "c_high": res.summary.c_high, "tau": res.tau,
+                "c_low": res.summary.c_low, "c_high": res.summary.c_high, "tau": res.tau,
                 "distance_to_tau": float(abs(100 * g.mean() - 100 * res.tau)),
                 "corpora": res.forget["corpus"].value_counts().to_dict(),
                 "extractable_ids": res.forget.loc[res.forget["ma"] >= band.hi, "id"].tolist(),
