@@ -170,24 +170,29 @@ def tables(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     return out
 
 
+def leakage(auc: float) -> float:
+    """max(AUC, 1 − AUC): the AUC of an attacker free to flip the score (over-unlearning leaks too)."""
+    return max(auc, 1.0 - auc)
+
+
 def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
-    """Plain statements: does GA leak more than SGA and TAU (higher AUC, more band outliers)?"""
+    """Plain statements: does GA leak more than SGA and TAU (higher leakage, more band outliers)?"""
     out = []
     for stop in ("mean", "per-sequence"):
         sub = df[df["stop"] == stop]
         if not {"ga", "sga", "tau"} <= set(sub["stage"]):
             continue
-        mean_auc = {m: {a: np.nanmean([row[a]["auc"] for row in g["attacks"] if a in row]) for a in attacks}
-                    for m, g in sub.groupby("stage")}
-        more = [a for a in attacks if mean_auc["ga"][a] > max(mean_auc["sga"][a], mean_auc["tau"][a])]
+        leak = {m: {a: np.nanmean([leakage(row[a]["auc"]) for row in g["attacks"] if a in row]) for a in attacks}
+                for m, g in sub.groupby("stage")}
+        more = [a for a in attacks if leak["ga"][a] > max(leak["sga"][a], leak["tau"][a])]
         for a in ("miau", "threshold"):
             if a in attacks:
-                v = {m: mean_auc[m][a] for m in ("ga", "sga", "tau")}
+                v = {m: leak[m][a] for m in ("ga", "sga", "tau")}
                 holds = v["ga"] > max(v["sga"], v["tau"])
-                out.append(f"{stop} stop rule, {a}: AUC GA {v['ga']:.3f}, SGA {v['sga']:.3f}, TAU {v['tau']:.3f} — "
-                           f"GA leaks {'more' if holds else 'not more'} than SGA and TAU: the paper's claim "
-                           f"{'holds' if holds else 'does not hold'} on this attack.")
-        out.append(f"{stop} stop rule: GA's AUC is above both SGA's and TAU's for {len(more)} of {len(attacks)} "
+                out.append(f"{stop} stop rule, {a}: leakage max(AUC, 1 − AUC) GA {v['ga']:.3f}, SGA {v['sga']:.3f}, "
+                           f"TAU {v['tau']:.3f} — GA leaks {'more' if holds else 'not more'} than SGA and TAU: the "
+                           f"paper's claim {'holds' if holds else 'does not hold'} on this attack.")
+        out.append(f"{stop} stop rule: GA leaks more than both SGA and TAU on {len(more)} of {len(attacks)} "
                    f"attacks ({', '.join(more) or 'none'}).")
         c = {m: np.mean([t["forget"]["c"] for t in g["threshold"] if t]) for m, g in sub.groupby("stage")
              if g["threshold"].notna().all()}

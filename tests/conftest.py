@@ -48,7 +48,7 @@ def make_set(tokenizer, texts, length=48, ids=None):
 @pytest.fixture(scope="session")
 def memorized(tokenizer, corpus):
     """A tiny GPT-2 trained on 12 records, record r drawn with weight (r+1)², so that they end up
-    memorized to different degrees (MA from about 0.5 to 1.0): (model, members, others)."""
+    memorized to different degrees (MA from about 0.4 to 0.7): (model, members, others)."""
     members = [r["text"] for r in generate_records(12, seed=7)]
     others = [r["text"] for r in generate_records(12, seed=8)]
     seqs = make_set(tokenizer, members, length=64)

