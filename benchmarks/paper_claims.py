@@ -174,6 +174,15 @@ def claims(df: pd.DataFrame) -> list[str]:
         hold = c["tau"] < c["ta"]
         out.append(f"TAU leaves {'fewer' if hold else 'no fewer'} outliers than TA under the mean rule "
                    f"(c = {c['tau']:.1f} vs {c['ta']:.1f}): {'holds' if hold else 'does not hold'}.")
+    for r in df[df["method"] == "tau"].itertuples():
+        switch = [int(e.split(":")[0].split()[1]) for e in r.events if "sga → ta" in e]
+        ta_updates = r.steps - switch[0] if switch else 0
+        if ta_updates == 0:
+            out.append(f"TAU ({r.stop} rule, split {r.split}) made no task-arithmetic update: "
+                       + (f"it reached TAU's hand-over level 0.5 only at step {switch[0]}, where the stop rule held too"
+                          if switch else f"its stop rule held (τ = {r.tau:.3f}) before the mean fell under the hand-over "
+                                         "level 0.5")
+                       + ", so it ran as SGA throughout.")
     if {"mean", "per-sequence"} <= set(df["stop"]):
         by = df.groupby(["method", "stop"])["c_high"].mean().unstack()
         for m in by.index:
@@ -194,10 +203,11 @@ def claims(df: pd.DataFrame) -> list[str]:
                    f"{hi:g}, and SGA's γ = 0.7 lies above it (the paper's constants were set for GPT-Neo, τ ≈ 0.30–0.34). "
                    "SGA ascends a sequence between the band's top and γ only when it is the most memorized of its "
                    "micro-batch, so under the mean rule such sequences can stop the run still counted in c_high.")
-    coll = (df["reference_ma_before"] - df["reference_ma_after"]).groupby(df["method"]).mean()
-    if len(coll):
-        out.append("Collateral forgetting (drop of the unseen reference's mean MA, points): "
-                   + ", ".join(f"{m} {100 * v:.1f}" for m, v in coll.sort_values().items()) + ".")
+    coll = (df["reference_ma_before"] - df["reference_ma_after"]).groupby([df["stop"], df["method"]]).mean()
+    for stop in coll.index.get_level_values(0).unique():
+        c = coll.loc[stop].sort_values()
+        out.append(f"Collateral forgetting under the {stop} rule (drop of the unseen reference's mean MA, points): "
+                   + ", ".join(f"{m} {100 * v:.1f}" for m, v in c.items()) + ".")
     return out
 
 
