@@ -7,7 +7,6 @@ group), give each sequence its verdict, and summarize with c(D_f) and the distan
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,6 +130,3 @@ def summary_rows(result: AuditResult) -> list[tuple[str, str]]:
         rows.append((f"τ[{g}]", f"{t:.3f}"))
     return rows
 
-
-def nan_to_none(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

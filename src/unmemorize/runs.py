@@ -62,6 +62,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move the complete folder ``tmp`` to ``dest``, replacing any previous ``dest``.
+
+    The old folder is renamed aside first and removed only after the new one is in place, so at every
+    moment ``dest`` is either the old complete folder or the new complete one.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
 def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
@@ -161,13 +178,7 @@ class RunDir:
         return p
 
     def commit(self) -> Path:
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(self.tmp, self.out)
         self.committed = True
         return self.out
 

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unmemorize.errors import UserError
+from unmemorize.runs import replace_dir
 
 FORMAT = 1
 
@@ -58,13 +59,7 @@ def save(path: str | os.PathLike, *, state: dict, weights: dict[str, torch.Tenso
                   str(tmp / "arrays.safetensors"))
         trajectory.to_parquet(tmp / "trajectory.parquet", index=False)
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unmemorize.data import json_objects
 from unmemorize.errors import UserError
 from unmemorize.utility.dialogue import dialogue_prompt, dialogue_target
 
@@ -347,17 +348,8 @@ class Row:
 
 def read_jsonl(path: Path) -> Iterator[Row]:
     """One JSON object per line; blank lines are skipped; the id is the line number."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield Row(str(lineno), f"{path}:{lineno}", obj)
+    for lineno, obj in json_objects(path, where=lambda p, n: f"{p}:{n}"):
+        yield Row(str(lineno), f"{path}:{lineno}", obj)
 
 
 def read_csv(path: Path) -> Iterator[Row]:
