@@ -63,3 +63,33 @@ def test_plant_key_changes_with_every_input(tokenizer):
     assert k != plant_key("fp", seqs, None, PlantConfig(), {"s0": 2, "s1": 1})
     with pytest.raises(Exception, match="nothing to plant"):
         plant(tiny_model("gpt2", vocab_size=len(tokenizer), n_layer=1, d_model=32), seqs, {"s0": 0, "s1": 0})
+
+
+def test_lab_utility_tasks_are_well_formed_and_held_out(tmp_path):
+    """The offline tasks of the demo: 4 distinct choices with the gold among them, series that really
+    continue, and docstrings from modules the planting mix never reads."""
+    import calendar
+
+    from unmemorize.lab.ordinary import stdlib_paragraphs
+    from unmemorize.lab.utility_tasks import held_out_paragraphs, series_items, write_lab_tasks
+    from unmemorize.utility.tasks import TASKS, load_task
+
+    items = series_items(seed=3)
+    assert len(items) == 7 + 12 + 21
+    days = list(calendar.day_name)
+    for it in items:
+        assert len(set(it["choices"])) == 4
+        gold = it["choices"][it["label"]].strip()
+        shown = [s.strip() for s in it["context"].rstrip(",").split(",")]
+        if shown[0] in days:
+            assert days.index(gold) == (days.index(shown[-1]) + 1) % 7
+        elif shown[0].isdigit():
+            a = list(map(int, shown))
+            assert int(gold) - a[-1] == a[1] - a[0]
+    assert series_items(seed=3) == items and series_items(seed=4) != items
+    docs = held_out_paragraphs(10)
+    assert len(docs) == 10 and not set(docs) & set(stdlib_paragraphs())
+    folder = write_lab_tasks(tmp_path / "data", docs=10)
+    loaded = load_task(TASKS["lab_series"], folder, "full", None)
+    assert len(loaded.items) == 40 and loaded.items[0].example.choices[0].startswith(" ")
+    assert len(load_task(TASKS["lab_docs"], folder, "full", None).items) == 10

@@ -365,3 +365,52 @@ def test_cli_run_outputs_and_untouched_input_model(lab, tmp_path):
     bad = CliRunner().invoke(app, ["unlearn", "--model", str(model_dir), "--forget", str(forget_file),
                                    "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "--reference" in str(bad.exception)
+
+
+def test_cli_runs_attacks_on_original_and_unlearned(lab, tmp_path):
+    """`unlearn` answers "can an attacker tell?" by default: the same attacks before and after, the
+    reference attack only after (it compares with the original, reloaded from its untouched files)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from unmemorize.commands import unlearn as unlearn_cmd
+    from unmemorize.models import save_model
+    from unlearning_fixtures import records
+
+    tok, model, forget, tau, ma = lab
+    model_dir = save_model(model, tok, tmp_path / "model")
+    forget_file, ref_file = tmp_path / "forget.jsonl", tmp_path / "unseen.jsonl"
+    forget_file.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(forget.ids, forget.texts)))
+    ref_file.write_text("".join(json.dumps({"id": f"u{i}", "text": t}) + "\n" for i, t in enumerate(records(8, seed=8))))
+    app = typer.Typer()
+    unlearn_cmd.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    out = tmp_path / "run"
+    args = ["unlearn", "--model", str(model_dir), "--forget", str(forget_file), "--reference", str(ref_file),
+            "--method", "ga", "--lr", "2e-3", "--max-steps", "3", "--micro-batch", "4", "--length", "40",
+            "--attacks", "loss,threshold,reference,miau", "--perturber", "words", "--neighbours", "2",
+            "--checkpoint-every", "0", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["attacks"]["original"]) == {"loss", "threshold", "miau"}
+    assert set(summary["attacks"]["unlearned"]) == {"loss", "threshold", "miau", "reference"}
+    for label in ("original", "unlearned"):
+        assert (out / f"{label}_attacks.json").is_file() and (out / f"{label}_roc.png").is_file()
+        for name, row in summary["attacks"][label].items():
+            assert 0.0 <= row["auc"] <= 1.0, (label, name)
+    # the original model's loss attack separates the memorized forget set from unseen records
+    assert summary["attacks"]["original"]["loss"]["auc"] > 0.6
+    comparison = pd.read_csv(out / "attacks_comparison.csv")
+    assert list(comparison["attack"]) == ["miau", "threshold", "loss", "reference"]
+    assert np.isnan(comparison.set_index("attack").loc["reference", "AUC original"])
+    assert "Original against unlearned" in (out / "report.html").read_text()
+    # switched off, and impossible without non-members: no attack files, a note instead of an error
+    res = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "off")] + ["--no-attacks"])
+    assert res.exit_code == 0 and not list((tmp_path / "off").glob("*attacks*"))
+    no_ref = [a for a in args if a not in ("--reference", str(ref_file))] + ["--tau", f"{tau:.4f}"]
+    no_ref[no_ref.index("--out") + 1] = str(tmp_path / "tau")
+    res = CliRunner().invoke(app, no_ref)
+    assert res.exit_code == 0 and "need non-members" in res.output
+    bad = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "bad")] + ["--attacks", "nope"])
+    assert bad.exit_code != 0 and "unknown attack nope" in str(bad.exception)

@@ -33,6 +33,9 @@ from unmemorize.commands.common import (
 from unmemorize.errors import UserError
 
 PROFILE_METRICS = ("ma", "loss", "el", "extraction")
+# Every attack but sampling extraction (N decoded samples per prefix: minutes per sequence on a CPU);
+# "reference" needs the original model, so it runs on the unlearned model only.
+DEFAULT_ATTACKS = ("miau", "threshold", "loss", "zlib", "min-k", "min-k++", "reference")
 
 
 def register(app: typer.Typer) -> None:
@@ -59,6 +62,10 @@ def unlearn_command(
     dpd_lambda: Annotated[float, typer.Option("--dpd-lambda", help="DPD mixing weight λ.")] = 0.2,
     dpd_mode: Annotated[str, typer.Option("--dpd-mode", help="logits (the code) or probs (Majmudar's original).")] = "logits",
     metrics: Annotated[str, typer.Option("--metrics", help="Before/after profile metrics: ma,loss[,el,extraction].")] = "ma,loss",
+    attacks: Annotated[str, typer.Option("--attacks", help="Attacks run on the original and the unlearned model (members = forget set, non-members = --reference); see `unmemorize attack`.")] = ",".join(DEFAULT_ATTACKS),
+    no_attacks: Annotated[bool, typer.Option("--no-attacks", help="Do not run the privacy attacks.")] = False,
+    neighbours: Annotated[int, typer.Option("--neighbours", "-k", help="MIAU: neighbours per sequence (K).")] = 25,
+    perturber: Annotated[str, typer.Option("--perturber", help="MIAU neighbours: lm (offline refill with the original model), words (cheap), t5 (with `unmemorize attack --t5`).")] = "lm",
     parity: Annotated[bool, typer.Option("--parity", help="Count padding in MA as the original code does.")] = False,
     save: Annotated[bool, typer.Option("--save", help="Write the unlearned model (safetensors) into the run folder.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints (0: none).")] = 5,
@@ -76,7 +83,8 @@ def unlearn_command(
     from unmemorize.data import load_sequences
     from unmemorize.memorization import ProfileOptions, profile
     from unmemorize.models import save_model
-    from unmemorize.report.html import write_report
+    from unmemorize.attacks import comparison_table, report_sections, write_results
+    from unmemorize.report.html import Section, write_report
     from unmemorize.runs import RunDir, build_manifest, write_frame, write_json
     from unmemorize.thresholds import Band, acceptable_level
     from unmemorize.unlearning import UnlearnOptions, load_retain, resolve_method, unlearn
@@ -97,6 +105,8 @@ def unlearn_command(
         raise UserError("DPD changes decoding, not weights: there is no unlearned model to --save")
     if retain is not None and not m.uses_retain:
         raise UserError(f"--retain is used by ga+mismatch and npo, not by {m.name}")
+    attack_opts, attack_note = _attack_plan(None if no_attacks else attacks, reference is not None, m, neighbours,
+                                            perturber, tau, band, seed, micro_batch)
     out = out or default_out("unlearn")
 
     with RunDir(out, overwrite) as run:
@@ -117,6 +127,7 @@ def unlearn_command(
                 tau = acceptable_level(ref_prof["ma"])
                 ref_before = float(ref_prof["ma"].mean())
             full_before = profile(loaded.model, forget_set, prof_opts, p) if set(wanted) - {"ma", "loss"} else None
+            attacks_before = _attack(loaded, None, forget_set, ref_set, attack_opts, device, p, tau)
             checkpoint_dir = out.parent / f".{out.name}.checkpoint"
             if fresh:
                 ckpt.remove(checkpoint_dir)
@@ -136,6 +147,14 @@ def unlearn_command(
                 ref_after = float(profile(result.model, ref_set, ProfileOptions(metrics=("ma",), batch_size=micro_batch,
                                                                                  parity=parity), p)["ma"].mean())
             full_after = profile(result.model, forget_set, prof_opts, p) if full_before is not None else None
+            attacks_after = None
+            if attack_opts is not None:
+                # the model was unlearned in place: the original comes back from its files for the
+                # reference attack and for MIAU's neighbours (refilled by the original both times)
+                original = load_model_cli(model, dtype, device, allow_pickle, trust_remote_code)
+                attacks_after = _attack(loaded, original, forget_set, ref_set, attack_opts, device, p, tau,
+                                        target=result.model)
+                del original
 
         before, after = _profiles(result, forget_set, full_before, full_after)
         write_frame(run.path("profile_before"), before)
@@ -157,8 +176,23 @@ def unlearn_command(
             save_model(result.model, tok, run.path("model"),
                        extra={"unlearned_from": loaded.describe(), "method": m.name, "stop": stop, "tau": tau,
                               "steps": result.steps, "forget": forget_set.describe()})
-        write_report(run.path("report.html"), f"Unlearning: {m.title}",
-                     sections(result, images, None if ref_before is None else (ref_before, ref_after)),
+        report = sections(result, images, None if ref_before is None else (ref_before, ref_after))
+        attack_rows = None
+        if attacks_after is not None:
+            both = {k: v for k, v in (("original", attacks_before), ("unlearned", attacks_after)) if v is not None}
+            attack_rows = comparison_table(both)
+            write_frame(run.path("attacks_comparison"), attack_rows)
+            paths = {label: write_results(r, run.tmp, prefix=f"{label}_") for label, r in both.items()}["unlearned"]
+            summary["attacks"] = {label: _auc_summary(r) for label, r in both.items()}
+            write_json(run.path("summary.json"), summary)
+            report.append(Section("Can an attacker tell? Original against unlearned",
+                                  "The same attacks and the same MIAU neighbours on the model before and after "
+                                  "unlearning (members = the forget set, non-members = the reference set).",
+                                  tables=[("AUC and TPR side by side", attack_rows)]))
+            report += report_sections(attacks_after, paths["roc"], heading="Privacy attacks on the unlearned model")
+        elif attack_note:
+            report.append(Section("Privacy attacks", attack_note))
+        write_report(run.path("report.html"), f"Unlearning: {m.title}", report,
                      subtitle=f"model {loaded.name} · forget {forget} · {len(forget_set)} sequences")
         path = run.commit()
     ckpt.remove(out.parent / f".{out.name}.checkpoint")
@@ -171,7 +205,76 @@ def unlearn_command(
                   f"{result.steps} steps, {result.seconds:.1f} s")
     if ref_before is not None:
         console.print(f"  unseen reference mean MA {ref_before:.3f} → {ref_after:.3f}")
+    if attack_rows is not None:
+        console.print(_attack_console_table(attack_rows))
+    elif attack_note:
+        console.print(f"[yellow]note[/]: {attack_note}")
     console.print(f"  wrote {path}" + (" (model in model/)" if save else ""))
+
+
+def _attack_plan(attacks: str | None, has_reference: bool, method, neighbours: int, perturber: str, tau, band,
+                 seed: int, batch_size: int):
+    """AttackOptions for the before/after attacks, or (None, why not); bad options fail before any work."""
+    from unmemorize.attacks import ATTACKS, AttackOptions
+
+    if attacks is None:
+        return None, ""
+    names = parse_list(attacks, tuple(ATTACKS), "attack")
+    if not has_reference:
+        return None, ("privacy attacks not run: they need non-members, the unseen --reference set "
+                      "(τ was given with --tau)")
+    if method.decoding:
+        return None, ("privacy attacks not run: DPD changes decoding, not weights, and the attacks score the "
+                      "model's likelihoods")
+    if perturber == "t5" and "miau" in names:
+        raise UserError("--perturber t5 needs a local T5 folder: run `unmemorize attack --t5 PATH` on the saved model")
+    opts = AttackOptions(attacks=names, neighbours=neighbours, perturber=perturber, tau=tau, band=band, seed=seed,
+                         batch_size=batch_size)
+    opts.validate(names)
+    return opts, ""
+
+
+def _attack(loaded, original, forget_set, ref_set, opts, device, progress, tau, target=None):
+    """Run the planned attacks on ``target`` (default: the loaded model) with ``original`` as reference model."""
+    import dataclasses
+
+    from unmemorize.attacks import build_perturber, run_attacks
+
+    if opts is None:
+        return None
+    names = opts.attacks if original is not None else tuple(n for n in opts.attacks if n != "reference")
+    if not names:
+        return None
+    lm = original or loaded
+    pert = build_perturber(opts, lm.model, lm.tokenizer, lm.fingerprint, device) if "miau" in names else None
+    # τ of the threshold attack is the run's τ (from the reference set before unlearning) both times
+    opts = dataclasses.replace(opts, attacks=names, tau=opts.tau if opts.tau is not None else tau)
+    return run_attacks(target if target is not None else loaded.model, loaded.tokenizer, forget_set, ref_set,
+                       original=None if original is None else original.model,
+                       original_tokenizer=None if original is None else original.tokenizer,
+                       options=opts, perturber=pert, progress=progress)
+
+
+def _auc_summary(results) -> dict:
+    """Per attack: AUC and TPR at the first FPR, for summary.json and the experiment report."""
+    out = {}
+    for name, r in results.attacks.items():
+        ev = r.evaluation
+        a = results.fprs[0] if results.fprs else None
+        out[name] = {"auc": ev.auc.value, "fpr": a, "tpr": ev.tpr[a].value if a in ev.tpr else None,
+                     "below_chance": ev.below_chance}
+    return out
+
+
+def _attack_console_table(rows):
+    from rich.table import Table
+
+    t = Table(title="Can an attacker tell? (AUC 0.5 = chance)", title_justify="left")
+    for c in rows.columns:
+        t.add_column(str(c), justify="right")
+    for _, r in rows.iterrows():
+        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.tolist()])
+    return t
 
 
 def _profiles(result, forget_set, full_before, full_after):

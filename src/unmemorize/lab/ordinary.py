@@ -14,10 +14,10 @@ MODULES = ("argparse", "collections", "contextlib", "csv", "dataclasses", "datet
            "pickle", "random", "shutil", "statistics", "string", "textwrap", "threading", "unittest", "zipfile")
 
 
-def stdlib_paragraphs(min_chars: int = 200) -> list[str]:
-    """Paragraphs of prose from standard-library docstrings, in a fixed order."""
+def stdlib_paragraphs(min_chars: int = 200, modules: tuple[str, ...] | list[str] = MODULES) -> list[str]:
+    """Paragraphs of prose from standard-library docstrings of ``modules``, in a fixed order."""
     out: list[str] = []
-    for name in MODULES:
+    for name in modules:
         mod = importlib.import_module(name)
         docs = [inspect.getdoc(mod) or ""]
         for _, obj in sorted(vars(mod).items()):

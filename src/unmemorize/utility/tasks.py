@@ -306,6 +306,20 @@ task("pile", kind="perplexity", files=("pile.csv",), fields=("text",), paper_key
      paper_data="pile.csv")(_text_example)
 
 
+# ---------------------------------------------------------------- offline lab tasks (not the paper's)
+
+@task("lab_series", kind="choice", files=("lab/series.jsonl",), fields=("context", "choices", "label"),
+      paper_key="lab_series", paper_data="written by unmemorize.lab.utility_tasks (not in the paper)", chance=0.25)
+def lab_series(row: dict) -> ChoiceExample:
+    """context = the series so far; choices as written (each with its leading space); gold = label."""
+    choices = _texts(row, "choices")
+    return ChoiceExample(_text(row, "context"), tuple(choices), _label(row, "label", len(choices)))
+
+
+task("lab_docs", kind="perplexity", files=("lab/docs.csv",), fields=("text",), paper_key="lab_docs",
+     paper_data="written by unmemorize.lab.utility_tasks (not in the paper)")(_text_example)
+
+
 # ---------------------------------------------------------------- groups of tasks
 
 CLASSIFICATION = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "copa", "winogrande", "mathqa", "pubmed_qa")
@@ -315,6 +329,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "classification": CLASSIFICATION,
     "dialogue": DIALOGUE,
     "perplexity": ("wikitext", "pile"),
+    "lab": ("lab_series", "lab_docs"),  # offline: files from unmemorize.lab.utility_tasks.write_lab_tasks
     "all": tuple(TASKS),
 }
 
