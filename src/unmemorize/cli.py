@@ -24,7 +24,7 @@ app = typer.Typer(
 
 # Each module defines register(app). Heavy imports (torch, transformers) happen inside the commands,
 # so `unmemorize --help` stays fast.
-COMMAND_MODULES = ("audit", "plant", "demo", "evaluate", "attack", "unlearn")
+COMMAND_MODULES = ("audit", "plant", "demo", "evaluate", "attack", "unlearn", "run", "report")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"unmemorize.commands.{_name}").register(app)

@@ -1,0 +1,131 @@
+"""Benchmark: the paper-style table (PAPER_SPEC §7) for one model on Jang et al.'s forget sets.
+
+    .venv/bin/python benchmarks/paper_table.py                       # default model, sizes 8 and 32, splits 0-2
+    .venv/bin/python benchmarks/paper_table.py --sizes 8 --splits 0  # a smaller table
+    .venv/bin/python benchmarks/paper_table.py --model PATH --no-results   # another model; leave RESULTS.md alone
+
+Builds an experiment config from ``configs/default.yaml`` (methods GA, SGA, TA, TAU; τ from 100
+unseen Pile sequences; MIAU + loss + reference attacks; the paper's utility tasks, first 16
+examples each) with one forget entry per size, writes it to ``<out>/paper_table.yaml`` and runs it
+with :func:`unmemorize.experiments.run_experiment`. The runner skips finished runs, so stopping and
+running the same command again resumes where it stopped. Then it aggregates the runs (mean ± 95%
+t-interval over the splits) into ``<out>/report`` and rewrites the section of
+``benchmarks/RESULTS.md`` named after the model, with the command that made it.
+
+Needs ../shared/data (the forget sets and the evaluation files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import write_section  # noqa: E402
+
+
+def build_config(args) -> dict:
+    """configs/default.yaml with this command's model, sizes, splits, methods and budgets (absolute paths)."""
+    cfg = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    cfg["name"] = "paper-table"
+    if args.model != "default":
+        cfg["model"] = {"path": str(Path(args.model).resolve()), "name": args.model_name or Path(args.model).name}
+    cfg["forget"] = [{"name": f"jang{s}", "path": str(SHARED / "forget" / f"lm_extraction_{s}_{{split}}.csv"),
+                      "splits": args.splits} for s in args.sizes]
+    cfg["methods"] = args.methods
+    cfg["reference"] = str(SHARED / "eval" / "pile.csv")
+    cfg["reference_limit"] = args.reference_limit
+    cfg["length"] = args.length
+    cfg["training"] = {**cfg["training"], "max_steps": args.max_steps, "micro_batch": args.micro_batch}
+    cfg["attacks"] = {**cfg["attacks"], "neighbours": args.neighbours}
+    if args.utility_limit == 0:
+        cfg["utility"] = {"tasks": []}
+    else:
+        cfg["utility"] = {**cfg["utility"], "data_dir": str(SHARED / "eval"), "limit": args.utility_limit}
+    if args.device:
+        cfg["device"] = args.device
+    return cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M) or a Hugging Face model folder")
+    p.add_argument("--model-name", default=None, help="label of --model in the table")
+    p.add_argument("--sizes", default="8,32", help="forget-set sizes (Jang: 1, 4, 8, 32, 128)")
+    p.add_argument("--splits", default="0,1,2", help="splits per size (../shared/data has 0-2)")
+    p.add_argument("--methods", default="ga,sga,ta,tau")
+    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--micro-batch", type=int, default=8, help="must divide every size")
+    p.add_argument("--reference-limit", type=int, default=100)
+    p.add_argument("--neighbours", type=int, default=10, help="MIAU neighbours per sequence")
+    p.add_argument("--utility-limit", type=int, default=16, help="examples per utility task (0: no utility)")
+    p.add_argument("--length", type=int, default=200)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "paper_table")
+    p.add_argument("--no-results", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    args = p.parse_args()
+    args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.splits = [int(s) for s in args.splits.split(",") if s.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    command = " ".join([".venv/bin/python benchmarks/paper_table.py", *map(shlex.quote, sys.argv[1:])])
+
+    import torch
+
+    from unmemorize.errors import UserError
+    from unmemorize.experiments import config_from_dict, run_experiment
+    from unmemorize.progress import make_progress
+    from unmemorize.report.experiments import write_experiment_report
+    from unmemorize.runs import atomic_write_text
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    config_path = args.out / "paper_table.yaml"
+    raw = build_config(args)
+    atomic_write_text(config_path, yaml.safe_dump(raw, sort_keys=False))
+    print(f"command: {command}\nconfig:  {config_path}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        cfg = config_from_dict(raw, source=str(config_path))
+        with make_progress() as progress:
+            folders = run_experiment(cfg, args.out, progress=progress, log=lambda m: progress.console.print(m))
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    html = write_experiment_report(folders, args.out / "report", title="Paper table")
+    minutes = (time.perf_counter() - t0) / 60
+    tables = (args.out / "report" / "results.md").read_text().split("\n", 3)[-1]
+    print(tables)
+    print(f"report: {html}")
+    if args.no_results:
+        return
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    label = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
+    body = f"""Command (resumable: finished runs are skipped):
+
+```
+{command}
+```
+
+{len(folders)} runs, this invocation {minutes:.1f} min on {device}. Config: `{config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path}`
+(from `configs/default.yaml`); report with plots: `{html.relative_to(ROOT) if html.is_relative_to(ROOT) else html}`.
+τ = the model's mean MA on the first {args.reference_limit} sequences of `pile.csv`; the same sequences are the
+attacks' non-members. Stop rule: mean MA < τ, at most {args.max_steps} steps. Utility: the paper's 13 tasks,
+first {args.utility_limit} examples each (full mode). Cells: mean ± half-width of the 95% Student-t interval over
+splits {', '.join(map(str, args.splits))} (n = {len(args.splits)}).
+
+{tables}
+"""
+    write_section(f"Paper table: {label} on Jang's forget sets", body)
+    print("wrote its section of benchmarks/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
