@@ -201,7 +201,21 @@ def profile(model, seqs: SequenceSet, opts: ProfileOptions | None = None, progre
 
     Too-short sequences get NaN for the metrics they cannot support (L < 2 for MA, L < n+1 for EL_n,
     L < 2 for extraction); the caller decides whether that is worth a warning.
+
+    Under ``accelerate launch`` with several processes each rank measures a contiguous shard and
+    every rank gets the whole table back, in the original order (every rank must call this).
     """
+    from unmemorize import distributed
+
+    d = distributed.current()
+    if d is not None and len(seqs) >= d.world_size:
+        mine = distributed.shard(len(seqs), d.world_size, d.rank)
+        parts = d.gather_objects(_profile(model, seqs.subset(mine.tolist()), opts, progress))
+        return pd.concat(parts, ignore_index=True)
+    return _profile(model, seqs, opts, progress)
+
+
+def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress) -> pd.DataFrame:
     opts = opts or ProfileOptions()
     unknown = set(opts.metrics) - set(METRICS)
     if unknown:

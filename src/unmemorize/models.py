@@ -251,3 +251,58 @@ def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+# ---------------------------------------------------------------- precision and memory switches
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
+    """Refuse combinations that would silently run in another precision than asked.
+
+    bf16 autocast works on CPUs and on GPUs from Ampere on; fp16 autocast needs CUDA here, because it
+    needs dynamic loss scaling, and an fp16 step that overflows is skipped (PAPER_SPEC §4.0).
+    """
+    if mixed_precision not in MIXED_PRECISION:
+        raise UserError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError(f"--mixed-precision fp16 needs a CUDA device (this run is on {device.type}); "
+                        "use bf16, which needs no loss scaling and works on CPUs too")
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bf16 support (needs Ampere or newer); use --mixed-precision fp16")
+
+
+def autocast(mixed_precision: str, device: torch.device):
+    """Autocast context for forward passes: weights stay in their dtype (fp32 masters), matmuls in
+    bf16/fp16. ``"no"`` gives a null context, so full-precision runs execute exactly the same ops."""
+    import contextlib
+
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_gradient_checkpointing(model) -> int:
+    """Recompute each block's activations in the backward pass instead of keeping them.
+
+    transformers only checkpoints layers whose ``training`` flag is set, and the unlearning loop keeps
+    the model in eval mode (dropout off, as in the paper). So only the checkpointing layers are
+    flagged as training; their dropout submodules stay in eval mode and the numbers do not change.
+    Returns the number of checkpointed layers (0: the architecture does not support it).
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    target = getattr(model, "get_base_model", lambda: model)()
+    if not getattr(target, "supports_gradient_checkpointing", False):
+        raise UserError(f"{type(target).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):  # the transformers ≥ 5.2x name
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    layers = [m for m in target.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for m in layers:
+        m.training = True
+    return len(layers)

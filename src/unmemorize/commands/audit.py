@@ -59,7 +59,9 @@ def audit_command(
     band = Band(band_lo, band_hi)
     out = out or default_out("audit")
     torch.manual_seed(seed)
-    with RunDir(out, overwrite) as run:  # checks the output folder before any slow work
+    from unmemorize import distributed
+
+    with RunDir(distributed.output_dir(out), overwrite) as run:  # checks the output folder before any slow work; rank 0 writes `out`
         lm = load_model_cli(model, dtype, device, allow_pickle, trust_remote_code)
         forget_set = load_sequences(forget, lm.tokenizer, length)
         ref_set = load_sequences(reference, lm.tokenizer, length) if reference is not None else None

@@ -40,8 +40,14 @@ def parse_list(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ..
 
 def load_model_cli(spec: str, dtype: str = "float32", device: str | None = None, allow_pickle: bool = False,
                    trust_remote_code: bool = False):
+    from unmemorize import distributed
     from unmemorize.models import load_model
 
+    d = distributed.current()
+    if d is not None:  # under accelerate launch: each rank on its own device, only rank 0 talks
+        device = device or str(d.device)
+        if not d.is_main:
+            console.quiet = err_console.quiet = True
     with err_console.status(f"loading model {spec} …"):
         return load_model(spec, dtype=dtype, device=device, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code, log=lambda m: err_console.print(f"[cyan]{m}[/]"))

@@ -70,6 +70,12 @@ def unlearn_command(
     save: Annotated[bool, typer.Option("--save", help="Write the unlearned model (safetensors) into the run folder.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints (0: none).")] = 5,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore a checkpoint of an interrupted run and start over.")] = False,
+    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no, bf16 (CPU or Ampere+ GPU) or fp16 (CUDA; loss scaling).")] = "no",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in the backward pass (less memory, ~1/3 more compute).")] = False,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="Train a LoRA adapter of this rank instead of the weights (0: off); merged on save.")] = 0,
+    lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="LoRA α (default 2·rank).")] = None,
+    lora_targets: Annotated[str | None, typer.Option("--lora-targets", help="LoRA target modules (comma-separated, or all-linear; default: peft's for the architecture).")] = None,
+    base_on_disk: Annotated[bool, typer.Option("--base-on-disk", help="Task arithmetic: keep θ_b memory-mapped from a safetensors file instead of in RAM.")] = False,
     reference_limit: Annotated[int | None, typer.Option("--reference-limit", help="Use only the first N reference sequences.")] = None,
     length: LengthOpt = 200,
     seed: SeedOpt = 42,
@@ -99,7 +105,9 @@ def unlearn_command(
     band = Band(band_lo, band_hi)
     opts = UnlearnOptions(lr=lr, max_steps=max_steps, micro_batch=micro_batch, seed=seed, selector=selector,
                           switch_below=switch_below, edit_coef=ta_coef, reset_optimizer_at_switch=reset_optimizer,
-                          parity=parity, checkpoint_every=checkpoint_every, dpd_lambda=dpd_lambda, dpd_mode=dpd_mode)
+                          parity=parity, checkpoint_every=checkpoint_every, dpd_lambda=dpd_lambda, dpd_mode=dpd_mode,
+                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                          lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets, base_on_disk=base_on_disk)
     m = resolve_method(method, selector, switch_below, ta_coef)
     if m.decoding and save:
         raise UserError("DPD changes decoding, not weights: there is no unlearned model to --save")
@@ -109,7 +117,9 @@ def unlearn_command(
                                             perturber, tau, band, seed, micro_batch)
     out = out or default_out("unlearn")
 
-    with RunDir(out, overwrite) as run:
+    from unmemorize import distributed
+
+    with RunDir(distributed.output_dir(out), overwrite) as run:  # rank 0's is `out`; the other ranks' are thrown away
         loaded = load_model_cli(model, dtype, device, allow_pickle, trust_remote_code)
         tok = loaded.tokenizer
         forget_set = load_sequences(forget, tok, length)
@@ -172,7 +182,7 @@ def unlearn_command(
         options = {"method": m.describe(), "stop": stop, "tau": tau, "tau_from": "reference" if reference else "--tau",
                    "band": [band.lo, band.hi], "metrics": list(wanted), "save": save, **opts.as_dict()}
         write_json(run.path("manifest.json"), build_manifest("unlearn", options, inputs, result=summary))
-        if save:
+        if save and distributed.is_main():
             save_model(result.model, tok, run.path("model"),
                        extra={"unlearned_from": loaded.describe(), "method": m.name, "stop": stop, "tau": tau,
                               "steps": result.steps, "forget": forget_set.describe()})

@@ -15,6 +15,17 @@ measured without gradient and only the selected ones are run again with it. Eith
 selection uses the scores of the weights the gradient is taken at (the code's scores of the previous
 validation). Dropout is off (the model stays in eval mode while training).
 
+Scale (issue 7): ``mixed_precision`` autocasts the forward passes (weights stay fp32), gradient
+checkpointing recomputes activations in the backward pass, ``lora_rank`` trains a peft LoRA adapter
+instead of the weights (task arithmetic then acts on the adapter's weight deltas,
+:mod:`.lora`; the returned model is merged). Under ``accelerate launch`` with several processes
+(:mod:`unmemorize.distributed`) the step's micro-batches are dealt out round-robin over the ranks,
+per-sequence scores are gathered by owner before anything is selected or decided, and each
+micro-batch's loss is scaled by W/C (C = micro-batches that contribute, W = ranks) so that the
+engine's mean over ranks gives the same mean over micro-batches as one process: the trajectory is
+that of one process up to floating-point summation order. Measuring and training are not fused
+there (the selection must be known on every rank before a gradient pass).
+
 Safety: the input model is not modified (``copy=True``, and the CLI never writes to its folder);
 a non-finite loss or gradient stops the run before the update, and non-finite outputs after an
 update roll the weights back to the last ones measured finite; every ``checkpoint_every`` updates the
@@ -39,18 +50,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from unmemorize import distributed
 from unmemorize.data import SequenceSet
 from unmemorize.errors import UserError
 from unmemorize.memorization import memorization_accuracy
+from unmemorize.models import MIXED_PRECISION, autocast, check_mixed_precision, enable_gradient_checkpointing
 from unmemorize.progress import task
 from unmemorize.thresholds import Band, Summary, outlier_count, summarize
 from unmemorize.unlearning import checkpoint as ckpt
+from unmemorize.unlearning import lora as lora_
 from unmemorize.unlearning import losses
 from unmemorize.unlearning.methods import Method, MicroBatch, ObjectiveContext, Phase, resolve_method
 from unmemorize.unlearning.retain import RetainData
-from unmemorize.unlearning.task_vectors import apply_edit_, copy_state, edited, load_state_
+from unmemorize.unlearning.task_vectors import apply_edit_, copy_state, edited, load_state_, offload_to_disk, trainable_state
 
 STOP_RULES = ("mean", "per-sequence")
+_FP16_RETRIES = 20  # loss-scale halvings tried for one update before giving up (2^-20 of the initial scale)
 BEFORE = "before"
 
 
@@ -76,12 +91,23 @@ class UnlearnOptions:
     dpd_lambda: float = 0.2
     dpd_mode: str = "logits"
     dpd_top_k: int = 50
+    # scale (issue 7; docs/scaling.md)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16: CUDA only, with dynamic loss scaling)
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # > 0: train a LoRA adapter of this rank instead of the weights
+    lora_alpha: float | None = None  # default 2·rank (the code's air_peft: r = 32, α = 64)
+    lora_targets: str | None = None  # module names, "all-linear", or None for peft's default
+    base_on_disk: bool = False  # θ_b memory-mapped from a safetensors file instead of held in RAM
 
     def __post_init__(self):
         if self.lr <= 0 or self.max_steps < 0 or self.micro_batch < 1 or self.checkpoint_every < 0:
             raise UserError("need lr > 0, max steps ≥ 0, micro-batch ≥ 1 and checkpoint interval ≥ 0")
         if self.fuse not in ("auto", "always", "never"):
             raise UserError(f"fuse must be auto, always or never, got {self.fuse!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UserError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if self.lora_rank < 0:
+            raise UserError(f"LoRA rank must be ≥ 0 (0: off), got {self.lora_rank}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -124,6 +150,7 @@ class UnlearningResult:
     events: list[str] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)  # measure + update, per update
     resumed_from: int | None = None
+    world_size: int = 1  # processes that ran it (the numbers do not depend on it)
 
     def at(self, step: int) -> pd.DataFrame:
         return self.trajectory[self.trajectory["step"] == step].reset_index(drop=True)
@@ -155,6 +182,7 @@ class UnlearningResult:
                 "tau": self.tau, "band": [self.band.lo, self.band.hi], "steps": self.steps,
                 "seconds": self.seconds, "stop_reason": self.stop_reason, "converged": self.converged,
                 "rolled_back": self.rolled_back, "events": self.events, "resumed_from": self.resumed_from,
+                "world_size": self.world_size,
                 "before": self.summary(int(self.trajectory["step"].min())).as_dict(),
                 "after": self.summary().as_dict(),
                 "median_iteration_seconds": float(np.median(self.iteration_seconds)) if self.iteration_seconds else None}
@@ -184,11 +212,25 @@ def unlearn(model, tokenizer, forget: SequenceSet, *, tau: float, method: str | 
         raise UserError("the forget set is empty")
     if m.needs_retain and retain is None:
         raise UserError(f"method {m.name} needs retain data: pass --retain FILE (e.g. a TruthfulQA CSV)")
+    if m.decoding and opts.lora_rank:
+        raise UserError("DPD changes decoding, not weights: there is nothing for a LoRA adapter to learn; drop --lora-rank")
     if copy:
         model = _copy.deepcopy(model)
     if m.decoding:
         return _decode_only(model, forget, m, float(tau), band, stop, opts, progress)
-    return _Loop(model, forget, m, float(tau), band, stop, opts, retain, checkpoint_dir, progress, on_step).run()
+    dist = distributed.current()
+    check_mixed_precision(opts.mixed_precision, dist.device if dist is not None else next(model.parameters()).device)
+    if not opts.lora_rank:
+        return _Loop(model, forget, m, float(tau), band, stop, opts, retain, checkpoint_dir, progress, on_step).run()
+    peft_model = lora_.add_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets, seed=opts.seed)
+    try:
+        result = _Loop(peft_model, forget, m, float(tau), band, stop, opts, retain, checkpoint_dir, progress,
+                       on_step).run()
+    except BaseException:
+        peft_model.unload()  # take the adapter out again: a model trained in place (copy=False) is left as it was
+        raise
+    result.model = lora_.merge(result.model)  # a plain transformers model, saved and profiled as usual
+    return result
 
 
 # ---------------------------------------------------------------- DPD: no training
@@ -245,6 +287,7 @@ class _Measurement:
     loss_finite: bool = True  # every objective value that was backpropagated finite
     done: set[int] = field(default_factory=set)  # micro-batches whose gradient is already accumulated
     contributed: int = 0
+    scaled: bool = False  # the losses were already divided by the number of contributing micro-batches
 
 
 class _Loop:
@@ -256,14 +299,24 @@ class _Loop:
         self.tau, self.band, self.stop, self.opts = tau, band, stop, opts
         self.progress, self.on_step = progress, on_step
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.device = next(model.parameters()).device
-        self.base_device = torch.device("cpu") if opts.base_on_cpu else self.device
+        self.dist = distributed.current()
+        if self.dist is not None:
+            self._check_distributable(retain)
+        self.lora = lora_.is_lora(model)
         self.N = len(forget)
         model.eval()  # dropout off, as in the paper's harness; gradients flow in eval mode too
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        if opts.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        # the network forward passes go through: the engine's wrapper (DDP/FSDP) when distributed
+        self.net = self.dist.prepare_model(model) if self.dist is not None else model
+        self.device = next(model.parameters()).device
+        check_mixed_precision(opts.mixed_precision, self.device)
+        self.base_device = torch.device("cpu") if opts.base_on_cpu else self.device
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
         if not self.params:
             raise UserError("the model has no trainable parameters")
         self.optimizer = self._new_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type) if opts.mixed_precision == "fp16" else None
         needs = [p.spec for p in method.phases]
         reference_model = None
         if any(s.needs_reference_model for s in needs):
@@ -288,6 +341,17 @@ class _Loop:
         self.fingerprint = self._fingerprint(retain)
 
     # ------------------------------------------------------------ setup helpers
+
+    def _check_distributable(self, retain) -> None:
+        """Objectives that run extra forward passes (retain data, a reference model) would break the
+        lockstep of collectives between ranks; they are refused rather than left to hang."""
+        for p in self.method.phases:
+            if p.spec.needs_retain or p.spec.needs_reference_model or (p.objective == "npo" and retain is not None):
+                raise UserError(f"method {self.method.name} runs extra forward passes on retain data, which is not "
+                                "supported with several processes yet; run it in one process (no accelerate launch)")
+
+    def _amp(self):
+        return autocast(self.opts.mixed_precision, self.device)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         o = self.opts
@@ -319,7 +383,8 @@ class _Loop:
         for s in range(0, self.N, self.opts.micro_batch):
             rows = np.arange(s, min(self.N, s + self.opts.micro_batch))
             ids, lengths, attn, _ = self._batch(rows)
-            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            with self._amp():
+                logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
             nll = losses.token_nll(logits, ids)
             out[rows] = losses.sequence_log_likelihood(nll, losses.position_mask(lengths, ids.shape[1])).cpu()
         return out
@@ -352,28 +417,49 @@ class _Loop:
         return MicroBatch(self.k, 0, ids, lengths, logits,
                           torch.as_tensor(weights, dtype=torch.float32, device=self.device), ref)
 
-    def _backward(self, mb: MicroBatch, index: int, meas: _Measurement) -> None:
+    def _backward(self, mb: MicroBatch, index: int, meas: _Measurement, scale: float | None = None) -> bool:
+        """Backpropagate the objective of one micro-batch (times ``scale`` when given); False if not finite."""
         mb.index = index
-        loss = self.phase.objective_fn()(mb, self.ctx)
+        with self._amp():
+            loss = self.phase.objective_fn()(mb, self.ctx)
         if not torch.isfinite(loss):
             meas.loss_finite = False
             self.events.append(f"step {self.k + 1}: non-finite loss ({loss.item()}) in micro-batch {index}")
-            return
-        loss.backward()
+            return False
+        if scale is not None:
+            loss = loss * scale
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         meas.contributed += 1
+        return True
+
+    def _edit_context(self, phase: Phase):
+        if phase.edit_coef is None:
+            return contextlib.nullcontext()
+        if self.lora:
+            return lora_.edited(self.model, self.base, phase.edit_coef)
+        return edited(self.model, self.base, phase.edit_coef, self.base_device)
+
+    def _copy_base(self):
+        """θ_b at a switch to task arithmetic: the adapter's factors (LoRA), else the weights, kept on
+        ``base_device`` or memory-mapped from a file (``base_on_disk``)."""
+        state = lora_.adapter_state(self.model, self.base_device) if self.lora else copy_state(self.model, self.base_device)
+        if self.opts.base_on_disk and not self.lora:
+            import tempfile
+            folder = self.checkpoint_dir.parent if self.checkpoint_dir is not None else Path(tempfile.gettempdir())
+            state = offload_to_disk(state, folder / f".unmemorize-base-{self.fingerprint}-{self.dist.rank if self.dist else 0}.safetensors")
+        return state
 
     def _measure(self, train: bool) -> _Measurement:
         phase = self.phase
         selector = phase.make_selector()
         edit = phase.edit_coef is not None
         meas = _Measurement(np.full(self.N, np.nan), np.full(self.N, np.nan), np.zeros(self.N, dtype=bool))
-        context = edited(self.model, self.base, phase.edit_coef, self.base_device) if edit else contextlib.nullcontext()
-        with context:
+        with self._edit_context(phase):
             for j, rows in enumerate(self._partition(self.k)):
                 fuse = train and not edit and self._fuse(selector, rows)
                 ids, lengths, attn, ma_lengths = self._batch(rows)
-                with torch.set_grad_enabled(fuse):
-                    logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+                with torch.set_grad_enabled(fuse), self._amp():
+                    logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
                 if not bool(torch.isfinite(logits).all()):
                     meas.finite = False
                     return meas
@@ -411,9 +497,83 @@ class _Loop:
             if chosen.size == 0:
                 continue
             ids, lengths, attn, _ = self._batch(chosen)
-            logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            with self._amp():
+                logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
             self._backward(self._objective_batch(chosen, ids, lengths, logits, np.ones(len(chosen))), j, meas)
             del logits
+
+    # ------------------------------------------------------------ several processes (lockstep)
+
+    def _owner(self, parts: list[np.ndarray]) -> np.ndarray:
+        owner = np.empty(self.N, dtype=np.int64)
+        for j, rows in enumerate(parts):
+            owner[rows] = j % self.dist.world_size
+        return owner
+
+    def _measure_dist(self) -> _Measurement:
+        """Measure this rank's micro-batches (j ≡ rank mod W), gather every row from its owner, then
+        select on the full array exactly as one process would."""
+        W, rank = self.dist.world_size, self.dist.rank
+        phase = self.phase
+        selector = phase.make_selector()
+        parts = self._partition(self.k)
+        ma, loss = np.full(self.N, np.nan), np.full(self.N, np.nan)
+        finite = True
+        with self._edit_context(phase), torch.no_grad():
+            for slot in range(math.ceil(len(parts) / W)):
+                j = slot * W + rank
+                rows = parts[j] if j < len(parts) else parts[0]  # padding pass: keeps the collectives in step
+                ids, lengths, attn, ma_lengths = self._batch(rows)
+                with self._amp():
+                    logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
+                if j >= len(parts):
+                    continue
+                finite &= bool(torch.isfinite(logits).all())
+                ma[rows] = memorization_accuracy(logits.argmax(-1), ids, ma_lengths).cpu().numpy()
+                mask = losses.position_mask(lengths, ids.shape[1])
+                loss[rows] = losses.per_sequence_mean(losses.token_nll(logits, ids), mask).cpu().numpy()
+                del logits
+        owner = self._owner(parts)
+        meas = _Measurement(self.dist.combine(ma, owner), self.dist.combine(loss, owner), np.zeros(self.N, dtype=bool))
+        meas.finite = self.dist.all_true(finite)
+        meas.selected = self._reselect(meas.ma)
+        return meas
+
+    def _no_sync(self, last: bool):
+        """DDP: accumulate locally and all-reduce once, in the last slot (every rank has the same
+        number of slots, so they all reach it). FSDP keeps its per-pass reduce-scatter: skipping it
+        would hold unsharded gradients, the memory FSDP is there to save."""
+        if last or self.dist.kind not in ("MULTI_GPU", "MULTI_CPU"):
+            return contextlib.nullcontext()
+        return self.dist.accelerator.no_sync(self.net)
+
+    def _train_dist(self, meas: _Measurement) -> None:
+        """Gradient of the selected rows: the C contributing micro-batches dealt out round-robin, each
+        loss scaled by W/C, so that the engine's mean over W ranks is the mean over C micro-batches."""
+        W, rank = self.dist.world_size, self.dist.rank
+        jobs = [(j, rows[meas.selected[rows]]) for j, rows in enumerate(self._partition(self.k))
+                if meas.selected[rows].any()]
+        C = len(jobs)
+        if C == 0:
+            return
+        ok = True
+        slots = math.ceil(C / W)
+        for slot in range(slots):
+            i = slot * W + rank
+            j, chosen = jobs[i] if i < C else jobs[0]
+            ids, lengths, attn, _ = self._batch(chosen)
+            with self._no_sync(last=slot == slots - 1):
+                with self._amp():
+                    logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
+                done = i < C and self._backward(self._objective_batch(chosen, ids, lengths, logits, np.ones(len(chosen))),
+                                                j, meas, scale=W / C)
+                if not done:  # padding pass, or a non-finite loss: a zero gradient keeps every rank in the all-reduce
+                    ok &= i >= C
+                    (logits.float().sum() * 0.0).backward()
+            del logits
+        meas.loss_finite = self.dist.all_true(ok)
+        meas.contributed = C
+        meas.scaled = True
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -432,7 +592,7 @@ class _Loop:
             self.phase_idx += 1
             switched = True
             if self.phase.edit_coef is not None:
-                self.base = copy_state(self.model, self.base_device)
+                self.base = self._copy_base()
             if self.opts.reset_optimizer_at_switch:
                 self.optimizer = self._new_optimizer()
             self.events.append(f"step {self.k}: mean MA {np.nanmean(g):.4f} < {old.until_mean_below:g}: "
@@ -444,14 +604,34 @@ class _Loop:
     def _grads_finite(self) -> bool:
         grads = [p.grad for p in self.params if p.grad is not None]
         # one fused pass over the gradients (a NaN or inf anywhere makes the norm non-finite)
-        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))
+        ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))
+        return self.dist.all_true(ok) if self.dist is not None else ok
+
+    def _train_step(self, meas: _Measurement) -> None:
+        """The gradient of the update; under fp16, overflowing gradients lower the loss scale and the
+        gradient is recomputed (the update is not skipped, so step counts do not depend on the scale)."""
+        train = self._train_dist if self.dist is not None else self._train
+        train(meas)
+        if self.scaler is None:
+            return
+        for attempt in range(_FP16_RETRIES):
+            self.scaler.unscale_(self.optimizer)
+            if not meas.loss_finite or self._grads_finite():
+                return
+            self.scaler.update()  # halves the scale: the inf found by unscale_ is recorded
+            self.events.append(f"step {self.k + 1}: fp16 gradient overflow, loss scale lowered to "
+                               f"{self.scaler.get_scale():g} and the gradient recomputed")
+            self.optimizer.zero_grad(set_to_none=True)
+            meas.done.clear()
+            meas.contributed = 0
+            train(meas)
 
     def _take_snapshot(self) -> None:
         if self.snapshot is None:
             self.snapshot = copy_state(self.model, self.base_device)
         else:
             with torch.no_grad():
-                for n, p in self.model.named_parameters():
+                for n, p in trainable_state(self.model).items():
                     self.snapshot[n].copy_(p)
         self.snapshot_step, self.snapshot_phase = self.k, self.phase_idx
 
@@ -463,17 +643,25 @@ class _Loop:
     # ------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self) -> None:
+        if self.dist is not None and not self.dist.is_main:
+            self.dist.barrier()  # rank 0 writes; every rank holds the same state
+            return
         ckpt.save(self.checkpoint_dir,
                   state={"fingerprint": self.fingerprint, "k": self.k, "phase_idx": self.phase_idx,
                          "pending_phase": self.pending_phase, "events": self.events, "elapsed": self.elapsed,
                          "iteration_seconds": self.iteration_seconds, "snapshot_step": self.snapshot_step,
                          "snapshot_phase": self.snapshot_phase, "method": self.method.name},
-                  weights={n: p for n, p in self.model.named_parameters()}, base=self.base, snapshot=self.snapshot,
+                  weights=trainable_state(self.model), base=None if self.base is None else dict(self.base.items()),
+                  snapshot=self.snapshot,
                   optimizer=self.optimizer.state_dict(),
                   arrays={"prev_scores": self.prev_scores, "pending_selected": self.pending_selected.astype(np.uint8)},
                   trajectory=self._trajectory())
+        if self.dist is not None:
+            self.dist.barrier()
 
     def _resume(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()  # a --fresh removal by rank 0 comes before any rank looks
         found = ckpt.load(self.checkpoint_dir)
         if found is None:
             return
@@ -510,7 +698,7 @@ class _Loop:
             while True:
                 t0 = time.perf_counter()
                 train = self.k < opts.max_steps
-                meas = self._measure(train)
+                meas = self._measure_dist() if self.dist is not None else self._measure(train)
                 if not meas.finite:
                     rolled_back = self._roll_back()
                     reason = (f"non-finite outputs after step {self.k}: rolled back to the weights of step "
@@ -534,7 +722,7 @@ class _Loop:
                     meas.done.clear()
                     meas.contributed = 0
                     meas.selected = self._reselect(meas.ma)
-                self._train(meas)
+                self._train_step(meas)
                 if not meas.loss_finite or not self._grads_finite():
                     reason = (f"non-finite loss or gradient in update {self.k + 1}: no update made; the model is "
                               f"the one of step {self.k}, the last good weights")
@@ -544,12 +732,17 @@ class _Loop:
                 if meas.contributed == 0:
                     reason = f"no sequence selected for update {self.k + 1}: nothing left to unlearn"
                     break
-                with torch.no_grad():
-                    for p in self.params:
-                        if p.grad is not None:
-                            p.grad.div_(meas.contributed)
+                if not meas.scaled:
+                    with torch.no_grad():
+                        for p in self.params:
+                            if p.grad is not None:
+                                p.grad.div_(meas.contributed)
                 self._take_snapshot()
-                self.optimizer.step()
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.prev_scores = meas.ma
                 self.pending_selected = meas.selected
@@ -562,12 +755,16 @@ class _Loop:
                     self._save_checkpoint()
         self.optimizer.zero_grad(set_to_none=True)
         if self.phase.edit_coef is not None:
-            apply_edit_(self.model, self.base, self.phase.edit_coef)
+            if self.lora:
+                lora_.apply_edit_(self.model, self.base, self.phase.edit_coef)
+            else:
+                apply_edit_(self.model, self.base, self.phase.edit_coef)
         trajectory = self._trajectory()
         return UnlearningResult(self.model, self.method, self.stop, self.tau, self.band, opts, trajectory,
                                 steps=int(trajectory["step"].max()), seconds=time.perf_counter() - t_start,
                                 stop_reason=reason, converged=converged, rolled_back=rolled_back, events=self.events,
-                                iteration_seconds=self.iteration_seconds, resumed_from=self.resumed_from)
+                                iteration_seconds=self.iteration_seconds, resumed_from=self.resumed_from,
+                                world_size=1 if self.dist is None else self.dist.world_size)
 
     def _reselect(self, g: np.ndarray) -> np.ndarray:
         selector = self.phase.make_selector()
