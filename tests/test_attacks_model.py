@@ -142,6 +142,21 @@ def test_lm_refill_changes_only_the_spans(memorized, tokenizer):
         assert all(len(fill.split()) <= 2 for fill in match.groups())
 
 
+def test_lm_refill_batched_over_texts_gives_each_text_its_own_neighbours(memorized, tokenizer):
+    """Refilling many texts in one decoding batch gives every text the neighbours it gets alone."""
+    model, members, _ = memorized
+    masking = Masking(0.3, 2)
+    texts = members.texts[:5]
+    alone = [CausalRefill(masking, model, tokenizer, fingerprint="t").neighbours(t, 3, seed=2) for t in texts]
+    batched = CausalRefill(masking, model, tokenizer, fingerprint="t")
+    batched.max_rows = 7  # chunks of 2 texts × 3 maskings: rows of different texts share a batch
+    finished = []
+    assert batched.neighbours_many(texts, 3, seed=2, done=finished.append) == alone
+    assert sum(finished) == len(texts) and len(finished) == 3
+    assert batched.spans == sum(len(mask_text(t, masking, random.Random(text_seed(t, 2) + j)).originals)
+                                for t in texts for j in range(3))
+
+
 def _tiny_t5(tmp_path, tokenizer):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration

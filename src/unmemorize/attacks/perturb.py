@@ -132,12 +132,25 @@ class Perturber:
     def fill(self, text: str, masks: list[MaskedText], seed: int) -> list[list[str]]:
         raise NotImplementedError
 
-    def neighbours(self, text: str, k: int, seed: int) -> list[str]:
+    def masks(self, text: str, k: int, seed: int) -> tuple[int, list[MaskedText]]:
         base = text_seed(text, seed)
-        masks = [mask_text(text, self.masking, random.Random(base + j)) for j in range(k)]
+        return base, [mask_text(text, self.masking, random.Random(base + j)) for j in range(k)]
+
+    def neighbours(self, text: str, k: int, seed: int) -> list[str]:
+        base, masks = self.masks(text, k, seed)
         fills = self.fill(text, masks, base)
         self.spans += sum(len(m.originals) for m in masks)
         return [m.assemble(f) for m, f in zip(masks, fills)]
+
+    def neighbours_many(self, texts: list[str], k: int, seed: int, done: Callable[[int], None] | None = None) -> list[list[str]]:
+        """K neighbours of each text; each text's neighbours are those :meth:`neighbours` gives it alone
+        (perturbers that can, batch texts together). ``done(n)`` is called as texts finish."""
+        out = []
+        for text in texts:
+            out.append(self.neighbours(text, k, seed))
+            if done:
+                done(1)
+        return out
 
 
 class WordPerturber(Perturber):
@@ -173,14 +186,42 @@ class CausalRefill(Perturber):
         self.model, self.tokenizer, self.fingerprint = model, tokenizer, fingerprint
         self.top_k, self.temperature = top_k, temperature
 
+    # rows of one decoding batch (texts × K); bounds the KV cache (rows × tokens × layers)
+    max_rows = 128
+
     def config(self) -> dict:
-        return {**super().config(), "model": self.fingerprint, "top_k": self.top_k, "temperature": self.temperature}
+        # "sampling": each masking samples from its own seeded generator, so a text's neighbours do not
+        # depend on which texts shared its batch (cache entries of the older joint sampling are not reused)
+        return {**super().config(), "model": self.fingerprint, "top_k": self.top_k, "temperature": self.temperature,
+                "sampling": "per-row"}
+
+    def fill(self, text, masks, seed):
+        return self._fill_rows(masks, [seed + j for j in range(len(masks))])
+
+    def neighbours_many(self, texts, k, seed, done=None):
+        """All maskings of several texts advance together: one batched decoding step for up to
+        ``max_rows`` rows instead of one per text (decoding is memory-bound on a CPU, so a step of
+        many rows costs little more than a step of K)."""
+        out: list[list[str]] = []
+        per = max(1, self.max_rows // max(k, 1))
+        for c in range(0, len(texts), per):
+            chunk = texts[c:c + per]
+            planned = [self.masks(t, k, seed) for t in chunk]
+            rows = [m for _, ms in planned for m in ms]
+            seeds = [base + j for base, ms in planned for j in range(len(ms))]
+            fills = self._fill_rows(rows, seeds)
+            for i, (_, ms) in enumerate(planned):
+                self.spans += sum(len(m.originals) for m in ms)
+                out.append([m.assemble(f) for m, f in zip(ms, fills[i * k:(i + 1) * k])])
+            if done:
+                done(len(chunk))
+        return out
 
     @torch.no_grad()
-    def fill(self, text, masks, seed):
+    def _fill_rows(self, masks: list[MaskedText], seeds: list[int]) -> list[list[str]]:
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
-        gen = torch.Generator().manual_seed(seed)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
         cap = 4 * self.masking.span_words + 4
         banned = [i for i in {tok.eos_token_id, tok.pad_token_id, tok.bos_token_id} if i is not None]
         start = document_start(tok)
@@ -198,8 +239,8 @@ class CausalRefill(Perturber):
         fills: list[list[str]] = [[] for _ in range(K)]
         done = [not p for p in plans]
 
-        def advance(r: int, sampled: int) -> int:
-            """The token row r feeds next; consumes ``sampled`` when row r is inside a span."""
+        def advance(r: int, draw: Callable[[], int]) -> int:
+            """The token row r feeds next; inside a span it draws a sample (once) from row r's generator."""
             while seg[r] < len(plans[r]):
                 step = plans[r][seg[r]]
                 if isinstance(step, list):
@@ -208,6 +249,7 @@ class CausalRefill(Perturber):
                         return step[pos[r] - 1]
                 else:
                     cur = current[r]
+                    sampled = draw()
                     if len(cur) < cap and len(tok.decode(cur + [sampled]).split()) <= step:
                         cur.append(sampled)
                         return sampled
@@ -230,9 +272,25 @@ class CausalRefill(Perturber):
             if self.top_k is not None and self.top_k < logits.shape[-1]:
                 kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            sampled = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1).tolist()
-            inp = torch.tensor([[start if done[r] else advance(r, sampled[r])] for r in range(K)], dtype=torch.long)
+            probs = torch.softmax(logits, -1)
+            # a row draws from its own generator, and only inside a span, so its draws depend on
+            # nothing but its own text, masking and seed
+            nxt = [start if done[r] else advance(r, _once(lambda r=r: int(torch.multinomial(probs[r], 1, generator=gens[r]))))
+                   for r in range(K)]
+            inp = torch.tensor(nxt, dtype=torch.long)[:, None]
         return fills
+
+
+def _once(fn: Callable[[], int]) -> Callable[[], int]:
+    """``fn`` evaluated at the first call only (a span may look at the same sample twice)."""
+    box: list[int] = []
+
+    def get() -> int:
+        if not box:
+            box.append(fn())
+        return box[0]
+
+    return get
 
 
 def document_start(tokenizer) -> int:
@@ -403,13 +461,11 @@ class NeighbourCache:
 def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, cache: NeighbourCache,
                    progress=None) -> list[list[str]]:
     """K neighbours of every text, from the cache where present."""
-    out = []
-    with task(progress, f"neighbours ({perturber.name}, K={k})", len(texts)) as bar:
-        for text in texts:
-            found = cache.get(perturber, text, seed, k)
-            if found is None:
-                found = perturber.neighbours(text, k, seed)
-                cache.put(perturber, text, seed, k, found)
-            out.append(found)
-            bar.advance()
-    return out
+    found = {t: cache.get(perturber, t, seed, k) for t in dict.fromkeys(texts)}
+    missing = [t for t, n in found.items() if n is None]
+    with task(progress, f"neighbours ({perturber.name}, K={k})", len(found)) as bar:
+        bar.advance(len(found) - len(missing))
+        for text, made in zip(missing, perturber.neighbours_many(missing, k, seed, done=bar.advance)):
+            cache.put(perturber, text, seed, k, made)
+            found[text] = made
+    return [found[t] for t in texts]

@@ -130,6 +130,14 @@ def metrics_row(unlearning: dict, attacks: dict, utility_before: dict | None, ut
         row[agg] = a
         row[f"{agg}_before"] = b
         row[f"{agg}_delta"] = a - b
+    # every task's own metrics too: tasks outside the paper's aggregates (e.g. the offline lab tasks)
+    # would otherwise leave no trace in the table
+    for name, t in ((utility_after or {}).get("tasks") or {}).items():
+        for metric, a in t["metrics"].items():
+            b = ((utility_before or {}).get("tasks", {}).get(name, {}).get("metrics", {})).get(metric)
+            row[f"{name}/{metric}"] = _num(a)
+            row[f"{name}/{metric}_before"] = _num(b)
+            row[f"{name}/{metric}_delta"] = _num(a) - _num(b)
     return row
 
 

@@ -31,6 +31,9 @@ from unmemorize.runs import atomic_write_text
 from unmemorize.thresholds import Band
 
 GROUP = ("model", "forget", "size", "method", "stop")
+PAPER_TASKS = frozenset(("piqa", "hellaswag", "arc_easy", "arc_challenge", "copa", "winogrande", "mathqa", "pubmed_qa",
+                         "lambada", "wizard_of_wikipedia", "empathetic_dialogues", "blended_skill_talk",
+                         "wizard_of_internet"))  # summarised by the aggregates; the per-task plot is for the others
 TABLE_GROUP = ("model", "forget", "size")
 RUN_KIND = "unmemorize experiment run"
 
@@ -292,6 +295,10 @@ def utility_delta_plot(path: Path, agg: pd.DataFrame, title: str) -> Path | None
     names = [(c, h) for c, h in (("average_acc_delta", "Δ avg accuracy"), ("average_f1_delta", "Δ avg F1"),
                                  ("average_perplexity_delta", "Δ dialogue CE (nats)"))
              if c in agg and agg[f"{c}_n"].sum() > 0]
+    # per-task metrics of tasks outside the paper's aggregates (metrics_row's "task/metric_delta")
+    names += [(c, "Δ " + c[: -len("_delta")]) for c in agg.columns
+              if "/" in c and c.endswith("_delta") and agg[f"{c}_n"].sum() > 0
+              and c.split("/")[0] not in PAPER_TASKS]
     if not names:
         return None
     fig, axes = _panels(len(names), width=3.8)
@@ -343,10 +350,12 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def write_experiment_report(run_dirs: Iterable[str | Path], out_dir: str | Path, title: str = "Experiment report") -> Path:
+def write_experiment_report(run_dirs: Iterable[str | Path], out_dir: str | Path, title: str = "Experiment report",
+                            lead: Sequence[Section] = (), subtitle: str | None = None) -> Path:
     """Aggregate the runs and write ``results.md``, ``results.csv`` (every aggregate with its ``_ci``
     and ``_n``), ``runs.csv`` (one row per run) and ``report.html`` (tables and plots, self-contained)
-    into ``out_dir``; returns the HTML path. ``run_dirs`` may also name folders of run folders."""
+    into ``out_dir``; returns the HTML path. ``run_dirs`` may also name folders of run folders.
+    ``lead``: sections placed before the summary (the demo's lab and audit)."""
     folders = collect_run_dirs(run_dirs)
     runs = load_runs(folders)
     metrics = [c for c, _, _ in COLUMNS] + [c for c in runs.columns if c.endswith("_delta")]
@@ -360,7 +369,7 @@ def write_experiment_report(run_dirs: Iterable[str | Path], out_dir: str | Path,
     md = markdown_tables(agg)
     atomic_write_text(out / "results.md", f"# {title}\n\n{len(runs)} runs.\n\n{md}")
 
-    sections = [Section("Summary", text=(
+    sections = [*lead, Section("Summary", text=(
         f"{len(runs)} runs: models {', '.join(map(str, runs['model'].unique()))}; forget sets "
         f"{', '.join(map(str, runs['forget'].unique()))}; methods {', '.join(map(str, runs['method'].unique()))}.\n\n"
         "Each cell is the mean over the runs of a row (splits, and seeds if several) ± the half-width of the "
@@ -394,5 +403,6 @@ def write_experiment_report(run_dirs: Iterable[str | Path], out_dir: str | Path,
                     *[c for c in ("mean_ma", "c_low", "c_high", "steps", "seconds", "miau_auc") if c in runs]]]
     sections.append(Section("Runs", tables=[("one row per run", per_run)]))
     html_path = out / "report.html"
-    write_report(html_path, title, sections, subtitle=f"{len(runs)} runs from {len(set(Path(f).parent for f in folders))} folder(s)")
+    write_report(html_path, title, sections,
+                 subtitle=subtitle or f"{len(runs)} runs from {len(set(Path(f).parent for f in folders))} folder(s)")
     return html_path
