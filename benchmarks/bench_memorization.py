@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -62,7 +63,8 @@ def main() -> None:
     seqs = load_sequences(forget_path, tok, 200)
     full = [i for i in range(len(seqs)) if int(seqs.lengths[i]) == 200]  # the original loops assume T = 200
     results: dict = {"model": lm.name, "forget": str(forget_path.relative_to(SHARED.parent)), "torch_threads":
-                     torch.get_num_threads(), "machine": platform.machine(), "T": 200}
+                     torch.get_num_threads(), "machine": platform.machine(), "T": 200,
+               "argv": " ".join(sys.argv[1:]), "load_average_before": os.getloadavg()[0]}
 
     # 1. MA
     ma_set = seqs.subset(full[: args.ma_sequences])
@@ -94,7 +96,8 @@ def main() -> None:
         ref_prof = None
         for split in (0, 1, 2):
             f = load_sequences(SHARED / "forget" / f"lm_extraction_32_{split}.csv", tok, 200)
-            res = audit(model, f, pile, ProfileOptions(metrics=("ma",)), band, tau_by="corpus")
+            res = audit(model, f, pile, ProfileOptions(metrics=("ma",)), band, tau_by="corpus",
+                        reference_profile=ref_prof)  # the reference is profiled once, for split 0
             g = res.forget["ma"].to_numpy()
             ref_prof = res.reference
             audits[f"32_{split}"] = {
@@ -121,7 +124,7 @@ def main() -> None:
 def render(r: dict) -> str:
     ma, el = r["ma"], r["el_10"]
     lines = [
-        "Command: `.venv/bin/python benchmarks/bench_memorization.py` (raw numbers: `benchmarks/results/memorization.json`).",
+        f"Command: `.venv/bin/python benchmarks/bench_memorization.py {r.get('argv', '')}` (raw numbers: `benchmarks/results/memorization.json`).",
         f"Model {r['model']}, forget set `{r['forget']}`, T = 200, {r['torch_threads']} torch threads, CPU.",
         "",
         "| metric | sequences | ours (s) | original loop (s) | speed-up | max abs diff |",

@@ -45,3 +45,30 @@ def test_per_sequence_tau_distance_and_bad_band():
     assert distance_to_tau([0.5, 0.7], [0.4, 0.6]) == pytest.approx(10.0)
     with pytest.raises(UserError, match="lo < hi"):
         Band(0.6, 0.15)
+
+
+def test_audit_reuses_a_profiled_reference(tokenizer):
+    """Several forget sets against one reference: passing the first audit's reference profile gives the
+    same τ and verdicts without profiling the reference again; a profile of another set is refused."""
+    from unittest import mock
+
+    import unmemorize.audit as audit_mod
+    from unmemorize.memorization import ProfileOptions
+    from unmemorize.tiny import tiny_model
+
+    from conftest import make_set
+
+    model = tiny_model("gpt2", vocab_size=len(tokenizer), eos_id=tokenizer.eos_token_id, seed=3)
+    forget = make_set(tokenizer, ["alpha beta gamma delta epsilon zeta", "one two three four five six seven"])
+    other = make_set(tokenizer, ["red green blue yellow purple orange", "north south east west up down"])
+    reference = make_set(tokenizer, ["the quick brown fox jumps over the lazy dog", "a b c d e f g h i j k"],
+                         ids=["r0", "r1"])
+    first = audit_mod.audit(model, forget, reference, ProfileOptions(metrics=("ma",)))
+    fresh = audit_mod.audit(model, other, reference, ProfileOptions(metrics=("ma",)))
+    with mock.patch.object(audit_mod, "profile", wraps=audit_mod.profile) as spy:
+        again = audit_mod.audit(model, other, reference, ProfileOptions(metrics=("ma",)),
+                                reference_profile=first.reference)
+    assert spy.call_count == 1  # the forget set only
+    assert again.tau == fresh.tau and list(again.forget["verdict"]) == list(fresh.forget["verdict"])
+    with pytest.raises(ValueError, match="not a profile"):
+        audit_mod.audit(model, other, forget, ProfileOptions(metrics=("ma",)), reference_profile=first.reference)

@@ -47,11 +47,14 @@ def _short_warnings(seqs: SequenceSet, opts: ProfileOptions, what: str) -> list[
 
 def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: ProfileOptions,
           band: Band = Band(), tau: float | None = None, tau_by: str | None = None,
-          progress=None, reference_metrics: tuple[str, ...] | None = None) -> AuditResult:
+          progress=None, reference_metrics: tuple[str, ...] | None = None,
+          reference_profile: pd.DataFrame | None = None) -> AuditResult:
     """Profile ``forget``; τ from ``reference`` (mean MA) unless ``tau`` is given.
 
     The reference gets MA, loss and (when asked for the forget set) EL_n, for τ and τ_EL;
     ``reference_metrics`` asks for more (the demo adds extraction to show non-members stay unextracted).
+    ``reference_profile``: the reference already profiled on this model (``AuditResult.reference`` of
+    an earlier audit), so that several forget sets are held against one reference at the cost of one.
     """
     if reference is None and tau is None:
         raise UserError("give a reference set of unseen text (--reference) or a τ value (--tau)")
@@ -68,7 +71,12 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
         ref_metrics = tuple(dict.fromkeys(("ma", *ref_metrics)))
         ref_opts = ProfileOptions(**{**opts.__dict__, "metrics": ref_metrics})
         warnings += _short_warnings(reference, ref_opts, "reference set")
-        ref_prof = profile(model, reference, ref_opts, progress)
+        if reference_profile is not None:
+            if list(reference_profile["id"]) != list(reference.ids) or "ma" not in reference_profile:
+                raise ValueError("reference_profile is not a profile (with MA) of this reference set")
+            ref_prof = reference_profile
+        else:
+            ref_prof = profile(model, reference, ref_opts, progress)
         global_tau = acceptable_level(ref_prof["ma"])
         el_col = f"el_{opts.el_n}"
         if el_col in ref_prof and ref_prof[el_col].notna().any():

@@ -1,0 +1,68 @@
+"""The main job end to end on a tiny model: plant → audit → GA/SGA through the experiment runner →
+attacks → offline utility → one report. The default model runs the same code in `make demo`."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from unmemorize.models import save_model
+from unmemorize.tiny import tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_demo_runs_the_whole_story_on_a_tiny_model(tmp_path, tokenizer, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from unmemorize.commands import demo
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    model = tiny_model("gpt2", vocab_size=len(tokenizer), eos_id=tokenizer.eos_token_id, n_layer=2, d_model=64)
+    folder = save_model(model, tokenizer, tmp_path / "tiny")
+    app = typer.Typer()
+    demo.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    out = tmp_path / "demo"
+    args = ["demo", "--model", str(folder), "--out", str(out), "--members", "4", "--nonmembers", "4",
+            "--exposures", "1,32", "--lr", "3e-3", "--methods", "ga,sga", "--max-steps", "3", "--neighbours", "2",
+            "--unlearn-lr", "1e-3"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "Report:" in res.output
+    # the audit: members planted 32 times are more memorized than the unseen records
+    by_exposure = pd.read_csv(out / "by_exposure.csv").set_index("exposure")
+    assert list(by_exposure.index) == [0, 1, 32]
+    assert by_exposure.loc[32, "MA"] > by_exposure.loc[0, "MA"]
+    # one experiment run per method, and the comparison: the planted model first, then each method
+    table = pd.read_parquet(out / "comparison.parquet")
+    assert list(table["model"]) == ["planted (before)", "ga", "sga"]
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs["method"]) == ["ga", "sga"] and (runs["steps"] <= 3).all()
+    for _, r in runs.iterrows():  # the table is read from the runs, not recomputed
+        row = table.set_index("model").loc[r["method"]]
+        assert row["mean MA"] == pytest.approx(r["mean_ma"]) and row["c(D_f)"] == r["c"]
+        assert 0.0 <= row["miau AUC"] <= 1.0 and 0.0 <= row["reference AUC"] <= 1.0
+        assert 0.0 <= row["series acc"] <= 1.0 and row["docs loss"] > 0
+    assert table.set_index("model").loc["planted (before)", "c(D_f)"] == runs["c_before"].iloc[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"plant", "audit", "unlearn + attacks + utility"}
+    html = (out / "report.html").read_text()
+    for heading in ("The lab", "Audit before unlearning", "Unlearning, attacks and utility", "Runs"):
+        assert heading in html
+    # the config it ran is kept beside the results, and validates on its own
+    from unmemorize.experiments import load_config, missing_inputs, plan
+
+    cfg = load_config(out / "demo.yaml")
+    assert [m.name for m in cfg.methods] == ["ga", "sga"] and missing_inputs(cfg) == []
+    assert all(p.done for p in plan(cfg, out / "runs"))  # `unmemorize run demo.yaml` finds them finished
