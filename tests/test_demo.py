@@ -66,3 +66,22 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(tmp_path, tokenizer, monkeypa
     cfg = load_config(out / "demo.yaml")
     assert [m.name for m in cfg.methods] == ["ga", "sga"] and missing_inputs(cfg) == []
     assert all(p.done for p in plan(cfg, out / "runs"))  # `unmemorize run demo.yaml` finds them finished
+
+
+def test_exposure_table_is_the_group_means_by_hand():
+    """The demo's by-exposure table: non-members as exposure 0, each cell the plain mean of its group."""
+    from unmemorize.commands.demo import exposure_table
+
+    forget = pd.DataFrame({"exposure": [1, 1, 64], "ma": [0.5, 0.7, 1.0], "el_10": [0.0, 0.2, 0.9],
+                           "extraction_exact": [False, False, True], "extraction_matched": [10, 30, 80],
+                           "extraction_suffix": [80, 80, 80]})
+    reference = pd.DataFrame({"ma": [0.4, 0.6], "extraction_exact": [False, False],
+                              "extraction_matched": [0, 8], "extraction_suffix": [80, 80]})
+    t = exposure_table(forget, reference, "el_10").set_index("exposure")
+    assert list(t.index) == [0, 1, 64] and list(t["sequences"]) == [2, 2, 1]
+    assert t.loc[0, "who"] == "non-members" and t.loc[1, "who"] == "members"
+    assert t.loc[0, "MA"] == pytest.approx(0.5) and t.loc[1, "MA"] == pytest.approx(0.6)
+    assert t.loc[1, "el_10"] == pytest.approx(0.1) and pd.isna(t.loc[0, "el_10"])
+    assert list(t["exact extraction"]) == [0.0, 0.0, 1.0]
+    assert t.loc[0, "suffix tokens matched"] == pytest.approx(0.05)  # (0/80 + 8/80) / 2
+    assert t.loc[1, "suffix tokens matched"] == pytest.approx(0.25)  # (10/80 + 30/80) / 2

@@ -94,15 +94,20 @@ def _merged_state(peft_model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in copy.deepcopy(peft_model).merge_and_unload().state_dict().items()}
 
 
+def _train_adapter(model, g) -> None:
+    """Stand-in for fine-tuning: move every trainable (adapter) weight by seeded noise."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
 @pytest.mark.parametrize("coef", [-3.0, -1.0, 0.5])
 def test_lora_task_arithmetic_is_the_weight_space_edit_also_for_negative_coefficients(coef):
     model, g = _adapted()
     base = lora.adapter_state(model)
     merged_base = _merged_state(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    _train_adapter(model, g)
     merged_ft = _merged_state(model)
     want = edit(merged_base, merged_ft, coef)  # θ_b + c·(θ_ft − θ_b) on the full weights
     x = torch.randint(0, 300, (2, 12), generator=g)
@@ -128,10 +133,7 @@ def test_naive_factor_wise_edit_would_be_wrong_for_negative_coefficients():
     model, g = _adapted()
     base = lora.adapter_state(model)
     merged_base = _merged_state(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    _train_adapter(model, g)
     want = edit(merged_base, _merged_state(model), -3.0)
     layers = lora._layers(model)
     with torch.no_grad():

@@ -60,3 +60,18 @@ def progress_bar():
 
     with make_progress(err_console) as p:
         yield p
+
+
+def frame_table(df, title: str):
+    """A DataFrame as a rich table: floats to 3 decimals, NaN as —."""
+    import math
+
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in df.columns:
+        t.add_column(str(c), justify="right")
+    for _, r in df.iterrows():
+        t.add_row(*["—" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" if isinstance(v, float) else str(v)
+                    for v in r.tolist()])
+    return t

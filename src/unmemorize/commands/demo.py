@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from unmemorize.commands.common import DeviceOpt, console, err_console, load_model_cli, progress_bar
+from unmemorize.commands.common import DeviceOpt, console, err_console, frame_table, load_model_cli, progress_bar
 
 
 def exposure_table(forget, reference, el_col: str):
@@ -59,7 +59,7 @@ def method_table(runs, original_attacks: dict[str, float]):
 
     first = runs.iloc[0]
     rows = [{"model": "planted (before)", "steps": 0, "seconds": float("nan"), "mean MA": first["mean_ma_before"],
-             "c(D_f)": first["c_before"], "distance to τ": abs(100 * first["mean_ma_before"] - 100 * first["tau"]),
+             "c(D_f)": first["c_before"], "distance to τ": first["distance_to_tau_before"],
              **{f"{a} AUC": original_attacks.get(a, float("nan")) for a in DEMO_ATTACKS},
              "series acc": first.get("lab_series/acc_before"), "docs loss": first.get("lab_docs/loss_before")}]
     for _, r in runs.iterrows():
@@ -68,20 +68,6 @@ def method_table(runs, original_attacks: dict[str, float]):
                      **{f"{a} AUC": r.get(f"{a}_auc", float("nan")) for a in DEMO_ATTACKS},
                      "series acc": r.get("lab_series/acc"), "docs loss": r.get("lab_docs/loss")})
     return pd.DataFrame(rows)
-
-
-def _rich_table(df, title: str):
-    import math
-
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in df.columns:
-        t.add_column(str(c), justify="right")
-    for _, r in df.iterrows():
-        t.add_row(*["—" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" if isinstance(v, float) else str(v)
-                    for v in r.tolist()])
-    return t
 
 
 def demo_command(
@@ -181,7 +167,7 @@ def demo_command(
         images["exposure"] = by_category(run.path("by_exposure.png"), table["exposure"].tolist(), series,
                                          result.tau, band, xlabel="exposures during planting (0 = non-members)",
                                          title="Memorization rises with exposure")
-        console.print(_rich_table(table, "Memorization by exposure (0 = non-members, the unseen reference)"))
+        console.print(frame_table(table, "Memorization by exposure (0 = non-members, the unseen reference)"))
         t = lap("audit", t)
 
         console.rule(f"4 · unlearn with {', '.join(chosen)} ({stop} stop rule), attack, check utility")
@@ -241,7 +227,7 @@ def demo_command(
 
     console.print(sequence_table(result, 6, title="Most memorized members before unlearning"))
     console.print(summary_table(result))
-    console.print(_rich_table(results, "Before and after unlearning (AUC 0.5 = an attacker cannot tell)"))
+    console.print(frame_table(results, "Before and after unlearning (AUC 0.5 = an attacker cannot tell)"))
     console.print(f"Stages (s): {', '.join(f'{k} {v:.0f}' for k, v in stages.items())}")
     console.print(f"Finished in {seconds:.0f} s. Report: [bold]{final / path.name}[/]")
 

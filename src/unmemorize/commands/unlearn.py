@@ -26,6 +26,7 @@ from unmemorize.commands.common import (
     console,
     default_out,
     err_console,
+    frame_table,
     load_model_cli,
     parse_list,
     progress_bar,
@@ -216,7 +217,7 @@ def unlearn_command(
     if ref_before is not None:
         console.print(f"  unseen reference mean MA {ref_before:.3f} → {ref_after:.3f}")
     if attack_rows is not None:
-        console.print(_attack_console_table(attack_rows))
+        console.print(frame_table(attack_rows, "Can an attacker tell? (AUC 0.5 = chance)"))
     elif attack_note:
         console.print(f"[yellow]note[/]: {attack_note}")
     console.print(f"  wrote {path}" + (" (model in model/)" if save else ""))
@@ -274,17 +275,6 @@ def _auc_summary(results) -> dict:
         out[name] = {"auc": ev.auc.value, "fpr": a, "tpr": ev.tpr[a].value if a in ev.tpr else None,
                      "below_chance": ev.below_chance}
     return out
-
-
-def _attack_console_table(rows):
-    from rich.table import Table
-
-    t = Table(title="Can an attacker tell? (AUC 0.5 = chance)", title_justify="left")
-    for c in rows.columns:
-        t.add_column(str(c), justify="right")
-    for _, r in rows.iterrows():
-        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.tolist()])
-    return t
 
 
 def _profiles(result, forget_set, full_before, full_after):

@@ -117,6 +117,7 @@ def metrics_row(unlearning: dict, attacks: dict, utility_before: dict | None, ut
     row = {"mean_ma_before": before["mean"], "mean_ma": after["mean"], "std_ma": after["std"],
            "c_low": after["c_low"], "c_high": after["c_high"], "c": after["c"],
            "c_before": before["c"], "distance_to_tau": after["distance_to_tau"],
+           "distance_to_tau_before": before["distance_to_tau"],
            "steps": unlearning["steps"], "seconds": unlearning["seconds"],
            "converged": float(bool(unlearning["converged"]))}
     for name, a in attacks.items():

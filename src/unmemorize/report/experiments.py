@@ -199,6 +199,14 @@ def _panels(n: int, width: float = 3.6, height: float = 3.3):
     return fig, list(axes.flat[:n])
 
 
+def _finish(fig, path: Path, suptitle: str) -> Path:
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def before_after_plot(path: Path, runs: pd.DataFrame, title: str) -> Path:
     """Per-sequence MA before (x) against after (y), one panel per method, every run of the cell
     pooled; τ and the acceptable band drawn on the after axis."""
@@ -219,11 +227,7 @@ def before_after_plot(path: Path, runs: pd.DataFrame, title: str) -> Path:
             ax.scatter(j["ma_before"], j["ma_after"], s=12, alpha=0.7, color=_colour(methods, m))
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="MA before", ylabel="MA after", title=m)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{title}: per-sequence MA before and after unlearning", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, f"{title}: per-sequence MA before and after unlearning")
 
 
 def trajectory_panels(path: Path, runs: pd.DataFrame, title: str) -> Path:
@@ -241,11 +245,7 @@ def trajectory_panels(path: Path, runs: pd.DataFrame, title: str) -> Path:
                     ls=":", alpha=0.8)
         ax.set(ylim=(-0.02, 1.02), xlabel="optimizer step", ylabel="mean MA (—), share ≥ hi (···)", title=m)
         ax.legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"{title}: trajectories (one line per run)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, f"{title}: trajectories (one line per run)")
 
 
 def roc_panels(path: Path, runs: pd.DataFrame, title: str) -> Path | None:
@@ -283,11 +283,7 @@ def roc_panels(path: Path, runs: pd.DataFrame, title: str) -> Path | None:
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
                title=f"{name} after unlearning")
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{title}: ROC curves (members = forget set, non-members = reference)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, f"{title}: ROC curves (members = forget set, non-members = reference)")
 
 
 def utility_delta_plot(path: Path, agg: pd.DataFrame, title: str) -> Path | None:
@@ -310,11 +306,7 @@ def utility_delta_plot(path: Path, agg: pd.DataFrame, title: str) -> Path | None
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(header, fontsize=9)
-    fig.suptitle(f"{title}: utility change after unlearning (mean ± 95% t-interval)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, f"{title}: utility change after unlearning (mean ± 95% t-interval)")
 
 
 # ---------------------------------------------------------------- writers
