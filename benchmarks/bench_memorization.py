@@ -52,8 +52,16 @@ def main() -> None:
     ap.add_argument("--ma-sequences", type=int, default=32)
     ap.add_argument("--el-sequences", type=int, default=4)
     ap.add_argument("--pile-rows", type=int, default=1500)
-    ap.add_argument("--skip-audit", action="store_true")
+    ap.add_argument("--parts", default="ma,el,audit",
+                    help="which parts to measure now (ma, el, audit); the others keep their last recorded "
+                         "results; 'none' only rewrites the RESULTS.md section")
+    ap.add_argument("--skip-audit", action="store_true", help="same as leaving audit out of --parts")
     args = ap.parse_args()
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()} - ({"audit"} if args.skip_audit else set())
+    out = ROOT / "benchmarks" / "results" / "memorization.json"
+    if parts == {"none"}:  # rewrite the RESULTS.md section from the recorded numbers
+        _write(out, json.loads(out.read_text()))
+        return
     forget_path = SHARED / "forget" / "lm_extraction_32_0.csv"
     if not forget_path.exists():
         sys.exit(f"needs {forget_path} (../shared/data)")
@@ -62,20 +70,50 @@ def main() -> None:
     model, tok = lm.model, lm.tokenizer
     seqs = load_sequences(forget_path, tok, 200)
     full = [i for i in range(len(seqs)) if int(seqs.lengths[i]) == 200]  # the original loops assume T = 200
-    results: dict = {"model": lm.name, "forget": str(forget_path.relative_to(SHARED.parent)), "torch_threads":
+    results: dict = json.loads(out.read_text()) if out.exists() else {}
+    results.update({"model": lm.name, "forget": str(forget_path.relative_to(SHARED.parent)), "torch_threads":
                      torch.get_num_threads(), "machine": platform.machine(), "T": 200,
-               "argv": " ".join(sys.argv[1:]), "load_average_before": os.getloadavg()[0]}
+               "load_average_before": os.getloadavg()[0]})
+    if not isinstance(results.get("argv"), dict):  # results of the one-command version: one argv for all
+        results["argv"] = {k: results.get("argv", "") for k, key in (("ma", "ma"), ("el", "el_10"), ("audit", "audit"))
+                           if key in results}
+    for part in parts:
+        results["argv"][part] = " ".join(sys.argv[1:])
 
-    # 1. MA
-    ma_set = seqs.subset(full[: args.ma_sequences])
-    ours, t_ours = timed(profile, model, ma_set, ProfileOptions(metrics=("ma",), batch_size=8))
-    ref, t_ref = timed(memorization_accuracy_generate_loop, model, ma_set.input_ids)
-    diff = float(np.max(np.abs(ours["ma"].to_numpy() - np.array(ref))))
-    results["ma"] = {"sequences": len(ma_set), "ours_s": t_ours, "generate_loop_s": t_ref,
-                     "speedup": t_ref / t_ours, "max_abs_diff": diff, "mean_ma": float(ours["ma"].mean())}
-    print(json.dumps(results["ma"], indent=2), flush=True)
+    # 1. MA, against the loop as transformers runs it today (logits of the last prompt position
+    # only) and as the original code's transformers ran it (logits of every prompt position)
+    if "ma" in parts:
+        ma_set = seqs.subset(full[: args.ma_sequences])
+        ours, t_ours = timed(profile, model, ma_set, ProfileOptions(metrics=("ma",), batch_size=8))
+        ref, t_ref = timed(memorization_accuracy_generate_loop, model, ma_set.input_ids)
+        ref_full, t_full = timed(memorization_accuracy_generate_loop, model, ma_set.input_ids, full_logits=True)
+        diff = float(max(np.max(np.abs(ours["ma"].to_numpy() - np.array(r))) for r in (ref, ref_full)))
+        results["ma"] = {"sequences": len(ma_set), "ours_s": t_ours, "generate_loop_s": t_ref,
+                         "speedup": t_ref / t_ours, "generate_loop_full_logits_s": t_full,
+                         "speedup_full_logits": t_full / t_ours, "max_abs_diff": diff,
+                         "mean_ma": float(ours["ma"].mean())}
+        print(json.dumps(results["ma"], indent=2), flush=True)
+        _write(out, results)
 
     # 2. EL_10
+    if "el" in parts:
+        _el(model, seqs, full, args, results)
+        _write(out, results)
+
+    # 3. The audit of SmolLM2 on Jang's forget sets, τ from unseen Pile text
+    if "audit" in parts:
+        _audit(model, tok, args, results)
+        _write(out, results)
+
+
+def _write(out: Path, results: dict) -> None:
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    if "ma" in results and "el_10" in results:
+        write_section("Memorization metrics (issue 2)", render(results))
+
+
+def _el(model, seqs, full, args, results) -> None:
     el_set = seqs.subset(full[: args.el_sequences])
     ours, t_ours = timed(profile, model, el_set, ProfileOptions(metrics=("el",), batch_size=8, decode_batch_size=64))
     ref, t_ref = timed(jang_extraction_likelihood, model, el_set.input_ids, 10)
@@ -87,69 +125,100 @@ def main() -> None:
                         "decoded_continuations_jang": len(el_set) * 190}
     print(json.dumps(results["el_10"], indent=2), flush=True)
 
-    # 3. The audit of SmolLM2 on Jang's forget sets, τ from unseen Pile text
-    if not args.skip_audit:
-        pile = load_sequences(SHARED / "eval" / "pile.csv", tok, 200)
-        pile = pile.subset(range(min(args.pile_rows, len(pile))))
-        band = Band()
-        audits = {}
-        ref_prof = None
-        for split in (0, 1, 2):
-            f = load_sequences(SHARED / "forget" / f"lm_extraction_32_{split}.csv", tok, 200)
-            res = audit(model, f, pile, ProfileOptions(metrics=("ma",)), band, tau_by="corpus",
-                        reference_profile=ref_prof)  # the reference is profiled once, for split 0
-            g = res.forget["ma"].to_numpy()
-            ref_prof = res.reference
-            audits[f"32_{split}"] = {
-                "mean": float(g.mean()), "std": float(g.std()), "min": float(g.min()),
-                "quartiles": [float(q) for q in np.quantile(g, [0.25, 0.5, 0.75])], "max": float(g.max()),
-                "c_low": res.summary.c_low, "c_high": res.summary.c_high, "tau": res.tau,
-                "distance_to_tau": float(abs(100 * g.mean() - 100 * res.tau)),
-                "corpora": res.forget["corpus"].value_counts().to_dict(),
-                "extractable_ids": res.forget.loc[res.forget["ma"] >= band.hi, "id"].tolist(),
-                "mean_by_corpus": res.forget.groupby("corpus")["ma"].mean().round(3).to_dict()}
-            print(split, json.dumps(audits[f"32_{split}"]), flush=True)
-        results["audit"] = {"reference": "eval/pile.csv", "reference_rows": len(pile),
-                            "tau": float(ref_prof["ma"].mean()),
-                            "tau_by_corpus": ref_prof.groupby("corpus")["ma"].mean().round(3).to_dict(),
-                            "reference_rows_by_corpus": ref_prof["corpus"].value_counts().to_dict(),
-                            "splits": audits}
 
-    out = ROOT / "benchmarks" / "results" / "memorization.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    write_section("Memorization metrics (issue 2)", render(results))
+def _audit(model, tok, args, results) -> None:
+    pile = load_sequences(SHARED / "eval" / "pile.csv", tok, 200)
+    pile = pile.subset(range(min(args.pile_rows, len(pile))))
+    band = Band()
+    audits = {}
+    ref_prof = None
+    for split in (0, 1, 2):
+        f = load_sequences(SHARED / "forget" / f"lm_extraction_32_{split}.csv", tok, 200)
+        res = audit(model, f, pile, ProfileOptions(metrics=("ma",)), band, tau_by="corpus",
+                    reference_profile=ref_prof)  # the reference is profiled once, for split 0
+        g = res.forget["ma"].to_numpy()
+        ref_prof = res.reference
+        audits[f"32_{split}"] = {
+            "mean": float(g.mean()), "std": float(g.std()), "min": float(g.min()),
+            "quartiles": [float(q) for q in np.quantile(g, [0.25, 0.5, 0.75])], "max": float(g.max()),
+            "c_low": res.summary.c_low, "c_high": res.summary.c_high, "tau": res.tau,
+            "distance_to_tau": float(abs(100 * g.mean() - 100 * res.tau)),
+            "distance_to_tau_by_corpus": float(res.summary.distance_to_tau),
+            "held_against_corpus_tau": int((res.forget["tau_source"] != "reference (no such group in reference)").sum()),
+            "corpora": res.forget["corpus"].value_counts().to_dict(),
+            "extractable_ids": res.forget.loc[res.forget["ma"] >= band.hi, "id"].tolist(),
+            "mean_by_corpus": res.forget.groupby("corpus")["ma"].mean().round(3).to_dict()}
+        print(split, json.dumps(audits[f"32_{split}"]), flush=True)
+    results["audit"] = {"reference": "eval/pile.csv", "reference_rows": len(pile),
+                        "tau": float(ref_prof["ma"].mean()),
+                        "tau_by_corpus": ref_prof.groupby("corpus")["ma"].mean().round(3).to_dict(),
+                        "reference_rows_by_corpus": ref_prof["corpus"].value_counts().to_dict(),
+                        "splits": audits}
 
 
 def render(r: dict) -> str:
     ma, el = r["ma"], r["el_10"]
+    argv = r["argv"]
+    commands = sorted({v for v in argv.values()})
     lines = [
-        f"Command: `.venv/bin/python benchmarks/bench_memorization.py {r.get('argv', '')}` (raw numbers: `benchmarks/results/memorization.json`).",
-        f"Model {r['model']}, forget set `{r['forget']}`, T = 200, {r['torch_threads']} torch threads, CPU.",
+        "Commands: " + "; ".join(f"`.venv/bin/python benchmarks/bench_memorization.py {c}`".replace(" `", "`")
+                                 + " (" + ", ".join(k for k, v in argv.items() if v == c) + ")" for c in commands)
+        + " — raw numbers in `benchmarks/results/memorization.json`.",
+        f"Model {r['model']}, forget set `{r['forget']}`, T = 200, {r['torch_threads']} torch threads, CPU "
+        "(2 cores, otherwise idle).",
         "",
         "| metric | sequences | ours (s) | original loop (s) | speed-up | max abs diff |",
         "|---|---|---|---|---|---|",
-        f"| MA | {ma['sequences']} | {ma['ours_s']:.2f} | {ma['generate_loop_s']:.1f} (per-position generate) | "
-        f"{ma['speedup']:.0f}× | {ma['max_abs_diff']:.2g} |",
+        f"| MA | {ma['sequences']} | {ma['ours_s']:.2f} | {ma['generate_loop_s']:.1f} (per-position `generate`, "
+        f"today's transformers) | {ma['speedup']:.0f}× | {ma['max_abs_diff']:.2g} |",
+    ]
+    if "generate_loop_full_logits_s" in ma:
+        lines.append(f"| MA | {ma['sequences']} | {ma['ours_s']:.2f} | {ma['generate_loop_full_logits_s']:.1f} "
+                     "(the same loop with every prompt position's logits, as the original code's transformers 4.x "
+                     f"computed them) | {ma['speedup_full_logits']:.0f}× | {ma['max_abs_diff']:.2g} |")
+    lines += [
         f"| EL_10 | {el['sequences']} | {el['ours_s']:.1f} | {el['jang_loop_s']:.1f} (Jang's per-prefix loop) | "
         f"{el['speedup']:.1f}× | {el['max_abs_diff']:.2g} |",
+        "",
+        "Why MA's ratio sits near 80× against today's `generate`: the loop's work is Σ_{i<T} i ≈ T²/2 prompt "
+        "tokens per sequence against our T, a ratio of (T−1)/2 ≈ 100 in tokens; but today's `generate` applies the "
+        "output layer (576 × 49,152 for SmolLM2, 21 % of its FLOPs per token) to the last prompt position only, "
+        "while MA needs the argmax at every position, so at equal FLOP rates the bound is ≈ 100 × 0.79 ≈ 79×. "
+        + (f"Against the loop as the original code ran it (logits of every prompt position) the ratio is "
+           f"{ma['speedup_full_logits']:.0f}×." if "speedup_full_logits" in ma else ""),
         "",
         f"EL_10 decoded {el['decoded_continuations_ours']} continuations (one per teacher-forced disagreement) where "
         f"Jang's loop decodes {el['decoded_continuations_jang']}; mean MA of these sequences "
         f"{1 - el['decoded_continuations_ours'] / max(1, el['sequences'] * 199):.2f}. The speed-up grows with "
-        "memorization: a fully memorized sequence needs no decoding at all.",
+        "memorization: a fully memorized sequence needs no decoding at all. Where it comes from, on these weakly "
+        "memorized texts: fewer continuations (disagreements only), no prompt re-reading (each continuation "
+        "starts from its sequence's teacher-forced KV cache, cut at the prompt, and from the greedy token that "
+        "pass already predicted), and batches of up to 64 continuations that shed the ones already long enough. "
+        "On a GPU the batching is worth more than on these 2 CPU cores (not measured: no GPU was lent).",
     ]
     if "audit" in r:
         a = r["audit"]
         lines += ["", f"**Audit of {r['model']} on Jang's forget sets** — τ = {a['tau']:.3f}, the mean MA on the first "
                   f"{a['reference_rows']} rows of `eval/pile.csv` (unseen Pile text); band [0.15, 0.60].", "",
-                  "| split | mean MA ± std | min / quartiles / max | c_low | c_high | distance to τ | MA by corpus |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| split | mean MA ± std | min / quartiles / max | c_low | c_high | distance to τ (global) | "
+                  "distance to τ (by corpus) | MA by corpus |",
+                  "|---|---|---|---|---|---|---|---|"]
         for k, s in a["splits"].items():
             q = " / ".join(f"{v:.2f}" for v in [s["min"], *s["quartiles"], s["max"]])
             corp = ", ".join(f"{c} {v:.2f}" for c, v in sorted(s["mean_by_corpus"].items()))
+            by = (f"{s['distance_to_tau_by_corpus']:.1f} ({s['held_against_corpus_tau']} of {sum(s['corpora'].values())} "
+                  "matched a reference corpus)") if "distance_to_tau_by_corpus" in s else "–"
             lines.append(f"| {k} | {s['mean']:.3f} ± {s['std']:.3f} | {q} | {s['c_low']} | {s['c_high']} | "
-                         f"{s['distance_to_tau']:.1f} | {corp} |")
+                         f"{s['distance_to_tau']:.1f} | {by} | {corp} |")
+        if all("distance_to_tau_by_corpus" in v for v in a["splits"].values()):
+            worst = max(v["distance_to_tau_by_corpus"] for v in a["splits"].values())
+            glob = min(v["distance_to_tau"] for v in a["splits"].values())
+            lines += ["", f"Finding: held against the global τ, every split sits {glob:.0f}+ MA points above unseen text; "
+                      f"held against unseen text *of its own corpus* (`--tau-by corpus`), within {worst:.1f} points. "
+                      "SmolLM2's high MA on Jang's sequences is mostly the kind of text (three quarters are GitHub "
+                      "code, which is predictable when unseen), not memorization of these sequences, and the band's "
+                      "c_high counts code as 'extractable'. This is why the unlearning benchmarks plant their own "
+                      "ground truth (issue 3's paper_claims, the demo)."]
         lines += ["", "τ by corpus of the reference: " + ", ".join(
             f"{c} {v:.3f} (n={a['reference_rows_by_corpus'].get(c, 0)})" for c, v in sorted(a["tau_by_corpus"].items()))]
     return "\n".join(lines)

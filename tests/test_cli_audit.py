@@ -29,8 +29,8 @@ def workdir(tmp_path_factory, tokenizer):
     model = tiny_model("gpt_neo", vocab_size=len(tokenizer), eos_id=tokenizer.eos_token_id, n_layer=2, d_model=64)
     save_model(model, tokenizer, d / "model")
     recs = generate_records(10, seed=5)
-    for i, r in enumerate(recs):
-        r["corpus"] = "a" if i % 2 else "b"
+    for i, r in enumerate(recs):  # spelled as Jang's forget sets and as the Pile's own files spell them
+        r["corpus"] = ("pile-cc" if i % 2 else "github") if i < 6 else ("Pile-CC" if i % 2 else "Github")
     write_jsonl(d / "forget.jsonl", recs[:6])
     write_jsonl(d / "reference.jsonl", recs[6:])
     return d
@@ -47,7 +47,11 @@ def test_audit_writes_a_complete_run(workdir):
         assert (out / name).is_file(), name
     prof = pd.read_parquet(out / "profile.parquet")
     assert len(prof) == 6 and {"ma", "el_4", "extraction_matched", "verdict", "tau", "corpus"} <= set(prof.columns)
-    assert set(prof["tau_source"]) == {"corpus=a", "corpus=b"}
+    assert set(prof["tau_source"]) == {"corpus=Pile-CC", "corpus=Github"}  # matched across spellings
+    ref = pd.read_parquet(out / "reference_profile.parquet")
+    for mine, theirs in (("pile-cc", "Pile-CC"), ("github", "Github")):
+        want = ref.loc[ref["corpus"] == theirs, "ma"].mean()
+        assert prof.loc[prof["corpus"] == mine, "tau"].tolist() == pytest.approx([want] * 3)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"]["forget"]["sequences"] == 6 and manifest["options"]["tau_by"] == "corpus"
     summary = json.loads((out / "summary.json").read_text())

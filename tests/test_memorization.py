@@ -10,7 +10,7 @@ import torch
 from unmemorize.memorization import (
     ProfileOptions,
     extraction_likelihood,
-    greedy_decode,
+    decode_from_prefixes,
     memorization_accuracy,
     overlap,
     profile,
@@ -100,13 +100,20 @@ def test_profile_equals_reference_on_memorized_model(memorized):
         assert prof.loc[r, "extraction_exact"] == (cont == truth)
 
 
-def test_greedy_decode_matches_reference_with_mixed_prompt_lengths(tokenizer):
-    model = tiny_model("llama", vocab_size=len(tokenizer), eos_id=tokenizer.eos_token_id, n_layer=2, d_model=64)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decoding_from_cached_prefixes_matches_full_recomputation(tokenizer, arch):
+    """Continuations started from slices of the teacher-forced cache (mixed prompt lengths, rows of
+    different sequences in one batch, jobs leaving the batch early) equal greedy decoding by full
+    recomputation of each prompt."""
+    model = tiny_model(arch, vocab_size=len(tokenizer), eos_id=tokenizer.eos_token_id, n_layer=2, d_model=64)
     seqs = make_set(tokenizer, TEXTS[:4], length=24)
-    prompts = [seqs.input_ids[0, :3], seqs.input_ids[1, :9], seqs.input_ids[3, :1], seqs.input_ids[2, :2]]
-    outs = greedy_decode(model, prompts, [5, 2, 7, 4], batch_size=3)
-    for p, n, o in zip(prompts, [5, 2, 7, 4], outs):
-        assert o.tolist() == greedy_reference(model, p, n)
+    logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits
+    greedy = logits.argmax(-1)
+    jobs = {(0, 3): 5, (1, 9): 2, (3, 1): 7, (2, 2): 4, (1, 4): 6}
+    outs = decode_from_prefixes(model, seqs, jobs, greedy, seq_batch=2, batch_size=3)
+    assert set(outs) == set(jobs)
+    for (r, j), n in jobs.items():
+        assert outs[(r, j)] == greedy_reference(model, seqs.input_ids[r, :j], n), (r, j)
 
 
 def test_extraction_likelihood_formula_by_hand():

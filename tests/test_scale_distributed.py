@@ -42,10 +42,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def _launch(args: list[str], cwd: Path, timeout: int = 240, config: str = "ddp.yaml") -> subprocess.CompletedProcess:
     # the shipped DDP configuration; on a GPU-less machine it runs torchrun with gloo (accelerate's
     # --cpu multi-process mode would need mpirun instead)
-    cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / "ddp.yaml"), "--num_processes", "2",
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / config), "--num_processes", "2",
            "--main_process_port", str(_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -161,3 +161,139 @@ def test_unlearn_command_under_two_processes_writes_once_and_follows_one_process
     want = _one_process(folder, _configs(tau)["sga"]).trajectory
     np.testing.assert_array_equal(got["ma"].to_numpy(), want["ma"].to_numpy())
     np.testing.assert_array_equal(got["selected"].to_numpy(), want["selected"].to_numpy())
+
+
+def _write_sets(folder: Path) -> tuple[Path, Path]:
+    """7 member and 9 non-member records (odd sizes: the ranks' shards differ in size)."""
+    paths = []
+    for name, texts, prefix in (("members.jsonl", records(8, seed=7)[1:], "m"), ("others.jsonl", records(9, seed=8), "o")):
+        with open(folder / name, "w") as f:
+            for i, t in enumerate(texts):
+                f.write(json.dumps({"id": f"{prefix}{i}", "text": t}) + "\n")
+        paths.append(folder / name)
+    return paths[0], paths[1]
+
+
+def test_attack_command_under_two_processes_scores_every_sequence_once(lab):
+    """Each rank scores a shard (token statistics, MIAU neighbours and their likelihoods, the original
+    model's likelihoods); the one folder rank 0 writes holds the scores a single process computes."""
+    from unmemorize.attacks import AttackOptions, run_attacks
+    from unmemorize.models import load_model
+
+    folder, _ = lab
+    members, others = _write_sets(folder)
+    out = folder / "attack2"
+    names = "miau,loss,min-k++,reference,threshold,sampling"
+    proc = _launch(["-m", "unmemorize.cli", "attack", "--model", str(folder / "model"), "--original",
+                    str(folder / "model"), "--forget", str(members), "--reference", str(others), "--attacks", names,
+                    "--perturber", "words", "--neighbours", "3", "--no-neighbour-cache", "--bootstrap", "50",
+                    "--length", str(LENGTH), "--prefix-tokens", "10", "--first-tokens", "5", "--out", str(out)], folder)
+    assert proc.stdout.count("wrote") == 1  # only rank 0 talks
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".attack2")] == []
+    got = pd.read_parquet(out / "attack_scores.parquet")
+    lm = load_model(str(folder / "model"))
+    with one_thread():
+        want = run_attacks(lm.model, lm.tokenizer, load_sequences(members, lm.tokenizer, LENGTH),
+                           load_sequences(others, lm.tokenizer, LENGTH), original=lm.model,
+                           original_tokenizer=lm.tokenizer,
+                           options=AttackOptions(attacks=tuple(names.split(",")), perturber="words", neighbours=3,
+                                                 neighbour_cache=False, bootstrap=50, extraction_prefix=10,
+                                                 first_tokens=5))
+    assert list(got["id"]) == list(want.scores["id"]) and len(got) == 16
+    for col in want.scores.columns:
+        if col in ("set", "id", "member"):
+            continue
+        if not pd.api.types.is_numeric_dtype(want.scores[col]):  # e.g. the threshold attack's verdicts
+            assert got[col].tolist() == want.scores[col].tolist(), col
+            continue
+        np.testing.assert_allclose(got[col].to_numpy(float), want.scores[col].to_numpy(float), rtol=0, atol=1e-5,
+                                   err_msg=col)
+    report = json.loads((out / "attacks.json").read_text())
+    for name, r in want.attacks.items():
+        assert report["attacks"][name]["auc"]["value"] == pytest.approx(r.evaluation.auc.value, abs=1e-9), name
+    # the neighbours of all ranks are counted once each
+    assert report["attacks"]["miau"]["summary"]["spans_filled_this_run"] == want.attacks["miau"].summary["spans_filled_this_run"]
+
+
+def test_evaluate_command_under_two_processes_gives_the_one_process_metrics(lab):
+    from unmemorize.lab.utility_tasks import write_lab_tasks
+    from unmemorize.models import load_model
+    from unmemorize.utility import evaluate_utility
+
+    folder, _ = lab
+    data = write_lab_tasks(folder / "labdata", docs=5)
+    out = folder / "evaluate2"
+    proc = _launch(["-m", "unmemorize.cli", "evaluate", "--model", str(folder / "model"), "--tasks", "lab",
+                    "--data", str(data), "--max-length", "64", "--out", str(out)], folder)
+    assert proc.stdout.count("wrote") == 1
+    got = json.loads((out / "utility.json").read_text())
+    lm = load_model(str(folder / "model"))
+    with one_thread():
+        want = evaluate_utility(lm.model, lm.tokenizer, "lab", data, max_length=64)
+    for task, w in want["tasks"].items():
+        g = got["tasks"][task]
+        assert g["n"] == w["n"] > 2
+        for metric, value in w["metrics"].items():
+            assert g["metrics"][metric] == pytest.approx(value, rel=1e-6, abs=1e-6), (task, metric)
+
+
+def test_run_command_under_two_processes_commits_the_one_process_run(lab, tmp_path):
+    """The experiment runner under 2 processes: one committed run folder whose metrics row equals the
+    row of the same run in one process (unlearning, attacks and utility all split over the ranks)."""
+    from test_experiments import tiny_experiment
+
+    from unmemorize.experiments import run_experiment
+
+    config = tiny_experiment(tmp_path / "exp", forget=[{"path": "data/forget_{split}.jsonl", "name": "records",
+                                                        "splits": [0]}], methods=["sga"])
+    proc = _launch(["-m", "unmemorize.cli", "run", str(config), "--out", str(tmp_path / "two"), "--no-report"],
+                   tmp_path / "exp", timeout=400)
+    assert proc.stdout.count("1 runs in ") == 1  # only rank 0 talks
+    two = [p for p in (tmp_path / "two").iterdir()]
+    assert len(two) == 1 and not two[0].name.startswith("."), [p.name for p in two]
+    with one_thread():
+        one = run_experiment(config, tmp_path / "one")
+    assert [p.name for p in one] == [two[0].name]  # the same run key
+    got = json.loads((two[0] / "summary.json").read_text())["metrics"]
+    want = json.loads((one[0] / "summary.json").read_text())["metrics"]
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        if k == "seconds":
+            continue
+        if v is None or got[k] is None:  # NaN is written as null
+            assert got[k] is v is None, k
+            continue
+        assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-5, nan_ok=True), k
+
+
+def test_fsdp_configuration_without_gpus_is_a_clear_error(lab):
+    """accelerate builds FSDP for accelerators only: on CPUs the launch stops with our message (exit 2),
+    naming the configuration to use instead, before anything is written."""
+    folder, _ = lab
+    members, others = _write_sets(folder)
+    out = folder / "audit_fsdp"
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "2",
+           "--main_process_port", str(_port()), "-m", "unmemorize.cli", "audit", "--model", str(folder / "model"),
+           "--forget", str(members), "--reference", str(others), "--out", str(out), "--length", str(LENGTH),
+           "--metrics", "ma"]
+    proc = subprocess.run(cmd, cwd=folder, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode != 0
+    said = " ".join(proc.stderr.split())  # rich wraps long lines
+    assert "asks for FSDP, which accelerate runs on GPUs only" in said and "ddp.yaml" in said
+    # our message, not a traceback of ours; the launcher then reports the failed child with its own
+    assert proc.stderr.index("asks for FSDP") < proc.stderr.find("Traceback") or "Traceback" not in proc.stderr
+    assert not out.exists() and not [p for p in folder.iterdir() if p.name.startswith(".audit_fsdp")]
+
+
+def test_single_process_commands_refuse_a_launch(lab):
+    folder, _ = lab
+    members, _ = _write_sets(folder)
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / "ddp.yaml"), "--num_processes", "2",
+           "--main_process_port", str(_port()), "-m", "unmemorize.cli", "plant", "--members", str(members),
+           "--out", str(folder / "planted"), "--model", str(folder / "model")]
+    proc = subprocess.run(cmd, cwd=folder, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "runs in one process" in " ".join((proc.stdout + proc.stderr).split())
+    assert not (folder / "planted").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from unmemorize.errors import UserError
 from unmemorize.thresholds import (
-    Band, acceptable_level, acceptable_level_by_group, distance_to_tau, outlier_count, summarize, verdict,
+    Band, acceptable_level, acceptable_level_by_group, distance_to_tau, group_key, outlier_count, summarize, verdict,
 )
 
 
@@ -35,6 +35,10 @@ def test_tau_is_reference_mean_and_by_group():
     ref = pd.DataFrame({"ma": [0.2, 0.4, 0.6, math.nan], "corpus": ["prose", "prose", "code", "code"]})
     assert acceptable_level(ref["ma"]) == pytest.approx(0.4)
     assert acceptable_level_by_group(ref, "corpus") == {"code": pytest.approx(0.6), "prose": pytest.approx(0.3)}
+    spelled = pd.DataFrame({"ma": [0.2, 0.4, 0.6], "corpus": ["Pile-CC", "pile-cc", "USPTO Backgrounds"]})
+    assert acceptable_level_by_group(spelled, "corpus") == {"Pile-CC": pytest.approx(0.3),
+                                                            "USPTO Backgrounds": pytest.approx(0.6)}
+    assert group_key("uspto_backgrounds") == group_key("USPTO Backgrounds") != group_key("Pile-CC")
     with pytest.raises(UserError, match="no column 'kind'"):
         acceptable_level_by_group(ref, "kind")
     with pytest.raises(UserError):

@@ -15,7 +15,8 @@ import pandas as pd
 from unmemorize.data import SequenceSet
 from unmemorize.errors import UserError
 from unmemorize.memorization import ProfileOptions, profile
-from unmemorize.thresholds import Band, Summary, acceptable_level, acceptable_level_by_group, summarize, verdict
+from unmemorize.thresholds import (Band, Summary, acceptable_level, acceptable_level_by_group, group_key, summarize,
+                                   verdict)
 
 
 @dataclass
@@ -94,11 +95,13 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
         if tau_by not in prof.columns:
             raise UserError(f"--tau-by {tau_by}: the forget set has no column {tau_by!r}")
         by_group = acceptable_level_by_group(ref_prof, tau_by)
+        by_key = {group_key(label): label for label in by_group}  # "pile-cc" finds the reference's "Pile-CC"
         groups = prof[tau_by].astype(str)
-        prof["tau"] = [by_group.get(g, global_tau) for g in groups]
-        prof["tau_source"] = [f"{tau_by}={g}" if g in by_group else "reference (no such group in reference)"
-                              for g in groups]
-        missing = sorted(set(groups) - set(by_group))
+        matched = [by_key.get(group_key(g)) for g in groups]
+        prof["tau"] = [global_tau if m is None else by_group[m] for m in matched]
+        prof["tau_source"] = ["reference (no such group in reference)" if m is None else f"{tau_by}={m}"
+                              for m in matched]
+        missing = sorted({g for g, m in zip(groups, matched) if m is None})
         if missing:
             warnings.append(f"--tau-by {tau_by}: no reference text for {', '.join(missing)}; "
                             f"those sequences are held against the global τ = {global_tau:.3f}")

@@ -120,8 +120,21 @@ def setup(mixed_precision: str | None = None) -> Distributed | None:
         # without cpu=True accelerate treats a GPU-less launch as one process per rank (no process
         # group); with it, the ranks join a gloo group (MULTI_CPU)
         kwargs["cpu"] = True
+    if not torch.cuda.is_available():
+        for engine, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+            if os.environ.get(flag, "false").lower() == "true":
+                # accelerate builds these engines for accelerators only (its own error names none of this)
+                raise UserError(f"the launch configuration asks for {engine}, which accelerate runs on GPUs "
+                                "only, and this machine has none; on CPUs launch with "
+                                "configs/accelerate/ddp.yaml (data parallel over gloo)")
     _CURRENT = Distributed(Accelerator(**kwargs))
     return _CURRENT
+
+
+def one_process_only(command: str, why: str) -> None:
+    """Refuse a multi-process launch of a command that runs in one process, saying why."""
+    if launched():
+        raise UserError(f"`unmemorize {command}` runs in one process ({why}); start it without accelerate launch")
 
 
 def current() -> Distributed | None:
@@ -138,6 +151,21 @@ def shard(n: int, world_size: int, rank: int) -> np.ndarray:
     """Contiguous shard of ``range(n)`` for ``rank``: sizes differ by at most one, in rank order."""
     bounds = np.linspace(0, n, world_size + 1).round().astype(int)
     return np.arange(bounds[rank], bounds[rank + 1])
+
+
+def map_shards(n: int, fn):
+    """``fn`` over the rows of a set, split over the ranks: a list of results in rank order.
+
+    Each rank calls ``fn(indices)`` on its contiguous shard of ``range(n)`` and every rank gets all
+    ranks' results back (the caller concatenates them, so rows keep their order). With one process,
+    or fewer rows than ranks, it is ``[fn(range(n))]`` on every rank. Every rank must call it: the
+    gather is a collective. Used for work whose rows are independent (the attacks' teacher-forced
+    passes and neighbours, the utility tasks' examples).
+    """
+    d = current()
+    if d is None or n < d.world_size:
+        return [fn(np.arange(n))]
+    return d.gather_objects(fn(shard(n, d.world_size, d.rank)))
 
 
 def output_dir(out: str | os.PathLike) -> Path:

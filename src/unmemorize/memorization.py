@@ -106,47 +106,75 @@ def teacher_forced(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
 
 
 @torch.no_grad()
-def greedy_decode(model, prompts: list[torch.Tensor], new_tokens: list[int], batch_size: int = 64,
-                  progress=None) -> list[torch.Tensor]:
-    """Greedy continuations of many prompts at once: left-padded, KV-cached, never stopping at eos.
+def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], int], greedy: torch.Tensor,
+                         seq_batch: int = 8, batch_size: int = 64, progress=None) -> dict[tuple[int, int], list[int]]:
+    """Greedy continuations of ``x_r[:j]`` for every job ``(r, j) -> tokens``, without re-reading the prompts.
 
-    Jobs are sorted by prompt length so that each batch has little padding and similar lengths.
+    A prompt is a prefix of its own sequence, and in a causal model the keys and values of a prefix do
+    not depend on what follows it: one teacher-forced pass over the sequence (with the cache on) holds
+    the cache of every prompt cut from it, and its greedy prediction at position j−1 (``greedy[r, j−1]``)
+    is the first token of the continuation. Each decode batch gets a left-padded cache assembled from
+    those slices, so the only model passes left are one per sequence batch and one per generated token
+    after the first. (Prefilling each prompt again would cost Σ j tokens per sequence: for a weakly
+    memorized 200-token text, more than all its decoding.) Jobs are decoded longest first, and a job
+    that has its tokens leaves the batch.
     """
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda r: (len(prompts[r]), new_tokens[r]))
-    results: list[torch.Tensor | None] = [None] * len(prompts)
-    with task(progress, "greedy decoding", len(prompts)) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            P = max(len(prompts[r]) for r in chunk)
-            steps = max(new_tokens[r] for r in chunk)
-            ids = torch.zeros(len(chunk), P, dtype=torch.long)
-            mask = torch.zeros(len(chunk), P, dtype=torch.long)
-            for b, r in enumerate(chunk):
-                p = prompts[r]
-                ids[b, P - len(p):] = p
-                mask[b, P - len(p):] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            nxt = out.logits[:, -1].argmax(-1)
-            generated = [nxt]
-            past = out.cache
-            last = pos[:, -1]
-            for _ in range(steps - 1):
-                mask = torch.cat([mask, mask.new_ones(len(chunk), 1)], dim=1)
-                last = last + 1
-                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
-                            cache=past, use_cache=True)
-                past = out.cache
-                nxt = out.logits[:, -1].argmax(-1)
-                generated.append(nxt)
-            gen = torch.stack(generated, dim=1).cpu()
-            for b, r in enumerate(chunk):
-                results[r] = gen[b, : new_tokens[r]]
-            bar.advance(len(chunk))
-    return results  # type: ignore[return-value]
+    results: dict[tuple[int, int], list[int]] = {}
+    rows = sorted({r for r, _ in jobs})
+    with task(progress, "greedy decoding", len(jobs)) as bar:
+        for s in range(0, len(rows), seq_batch):
+            part = rows[s:s + seq_batch]
+            width = max(j for (r, j) in jobs if r in part)  # no prompt reads past this position
+            ids = seqs.input_ids[part, :width].to(device)
+            out = model(input_ids=ids, attention_mask=seqs.attention_mask[part, :width].to(device), use_cache=True,
+                        logits_to_keep=1)
+            layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+            where = {r: b for b, r in enumerate(part)}
+            todo = sorted((key for key in jobs if key[0] in where), key=lambda key: (-jobs[key], key))
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                P = max(j for _, j in chunk)
+                cache = DynamicCache(config=model.config)
+                for li, (k, v) in enumerate(layers):
+                    kk = k.new_zeros((len(chunk), *k.shape[1:2], P, k.shape[-1]))
+                    vv = v.new_zeros((len(chunk), *v.shape[1:2], P, v.shape[-1]))
+                    for b, (r, j) in enumerate(chunk):
+                        kk[b, :, P - j:] = k[where[r], :, :j]
+                        vv[b, :, P - j:] = v[where[r], :, :j]
+                    cache.update(kk, vv, li)
+                mask = torch.zeros(len(chunk), P, dtype=torch.long, device=device)
+                for b, (_, j) in enumerate(chunk):
+                    mask[b, P - j:] = 1
+                last = torch.tensor([j - 1 for _, j in chunk], device=device)
+                nxt = torch.stack([greedy[r, j - 1] for r, j in chunk]).to(device)
+                need = torch.tensor([jobs[key] for key in chunk])
+                steps = int(need.max())
+                gen = torch.zeros(len(chunk), steps, dtype=torch.long)
+                gen[:, 0] = nxt.cpu()
+                alive = torch.arange(len(chunk))  # the chunk's jobs still decoding
+                for step in range(1, steps):
+                    keep = need[alive] > step
+                    if not bool(keep.all()):
+                        sel = keep.nonzero().squeeze(1)
+                        alive = alive[sel]
+                        sel = sel.to(device)
+                        nxt, mask, last = nxt[sel], mask[sel], last[sel]
+                        cache.batch_select_indices(sel)
+                    mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                    last = last + 1
+                    step_out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
+                                     cache=cache, use_cache=True)
+                    cache = step_out.cache
+                    nxt = step_out.logits[:, -1].argmax(-1)
+                    gen[alive, step] = nxt.cpu()
+                for b, key in enumerate(chunk):
+                    results[key] = gen[b, : jobs[key]].tolist()
+                bar.advance(len(chunk))
+            del out, layers
+    return results
 
 
 # ---------------------------------------------------------------- the profile
@@ -263,12 +291,11 @@ def _decode_metrics(model, seqs: SequenceSet, greedy: torch.Tensor, opts: Profil
                 j = k + matched
                 jobs[(r, j)] = max(jobs.get((r, j), 0), k + m - j)
         per_seq.append((x, ok, window))
-    keys = list(jobs)
-    outs = greedy_decode(model, [seqs.input_ids[r, :j] for r, j in keys], [jobs[key] for key in keys],
-                         opts.decode_batch_size, progress) if keys else []
+    outs = decode_from_prefixes(model, seqs, jobs, greedy, opts.batch_size, opts.decode_batch_size,
+                                progress) if jobs else {}
     decoded: list[dict[int, list[int]]] = [{} for _ in range(len(seqs))]
-    for (r, j), o in zip(keys, outs):
-        decoded[r][j] = o.tolist()
+    for (r, j), o in outs.items():
+        decoded[r][j] = o
     el_vals, ex_k, ex_m, ex_matched, ex_text = [], [], [], [], []
     for r, (x, ok, window) in enumerate(per_seq):
         if want_el:

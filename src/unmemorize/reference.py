@@ -72,10 +72,17 @@ def jang_extraction_likelihood(model, input_ids: torch.Tensor, n: int = 10) -> l
 
 
 @torch.no_grad()
-def memorization_accuracy_generate_loop(model, input_ids: torch.Tensor) -> list[float]:
+def memorization_accuracy_generate_loop(model, input_ids: torch.Tensor, full_logits: bool = False) -> list[float]:
     """The original code's MA loop, batched over sequences as it runs: ``generate`` one token from
-    every prefix length (PAPER_SPEC §2.2). Timing baseline for benchmarks."""
+    every prefix length (PAPER_SPEC §2.2). Timing baseline for benchmarks.
+
+    Today's ``generate`` computes the logits of the last prompt position only; the transformers of
+    the original code (4.x, before ``logits_to_keep``) computed them for every prompt position.
+    ``full_logits=True`` restores that cost (same values).
+    """
     from transformers import GenerationConfig
+
+    extra = {"logits_to_keep": 0} if full_logits else {}  # 0 = keep every position
 
     B, T = input_ids.shape
     hits = torch.zeros(B)
@@ -83,6 +90,6 @@ def memorization_accuracy_generate_loop(model, input_ids: torch.Tensor) -> list[
         cfg = GenerationConfig(do_sample=False, max_length=i + 1, eos_token_id=None,
                                pad_token_id=model.config.eos_token_id if model.config.eos_token_id is not None else 0)
         prompt = input_ids[:, :i]
-        pred = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=cfg)[:, -1]
+        pred = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=cfg, **extra)[:, -1]
         hits += (pred == input_ids[:, i]).float()
     return (hits / (T - 1)).tolist()

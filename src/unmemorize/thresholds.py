@@ -9,6 +9,7 @@ g(x) ≤ lo (§2.6, defaults 0.15 / 0.60); c(D_f) = c_low + c_high. ``distance_t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,17 +39,31 @@ def acceptable_level(reference_g: pd.Series | np.ndarray) -> float:
     return float(values.mean())
 
 
+def group_key(label) -> str:
+    """How group labels are matched across files: case, spaces and punctuation are ignored.
+
+    Jang et al.'s forget sets label their texts ``pile-cc``, ``github``, ``uspto_backgrounds`` where the
+    Pile's own files say ``Pile-CC``, ``Github``, ``USPTO Backgrounds``: the same groups.
+    """
+    return re.sub(r"[\W_]+", "", str(label).casefold())
+
+
 def acceptable_level_by_group(reference: pd.DataFrame, column: str, metric: str = "ma") -> dict[str, float]:
-    """τ per value of a grouping column (e.g. Jang's ``corpus``): code and prose differ a lot when unseen."""
+    """τ per value of a grouping column (e.g. Jang's ``corpus``): code and prose differ a lot when unseen.
+
+    Labels that differ only in case or punctuation (:func:`group_key`) are one group, named by the
+    first spelling in the reference.
+    """
     if column not in reference.columns:
         raise UserError(f"--tau-by {column}: the reference set has no column {column!r} "
                         f"(columns: {', '.join(c for c in reference.columns if c != 'id')})")
     out = {}
-    for key, grp in reference.groupby(column):
+    labels = reference[column].astype(str)
+    for _, grp in reference.groupby(labels.map(group_key), sort=False):
         vals = grp[metric].dropna()
         if len(vals):
-            out[str(key)] = float(vals.mean())
-    return out
+            out[str(labels[grp.index[0]])] = float(vals.mean())
+    return dict(sorted(out.items()))
 
 
 def verdict(g: float, band: Band) -> str:

@@ -460,12 +460,34 @@ class NeighbourCache:
 
 def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, cache: NeighbourCache,
                    progress=None) -> list[list[str]]:
-    """K neighbours of every text, from the cache where present."""
-    found = {t: cache.get(perturber, t, seed, k) for t in dict.fromkeys(texts)}
-    missing = [t for t, n in found.items() if n is None]
-    with task(progress, f"neighbours ({perturber.name}, K={k})", len(found)) as bar:
-        bar.advance(len(found) - len(missing))
-        for text, made in zip(missing, perturber.neighbours_many(missing, k, seed, done=bar.advance)):
-            cache.put(perturber, text, seed, k, made)
-            found[text] = made
+    """K neighbours of every text, from the cache where present.
+
+    Under ``accelerate launch`` the distinct texts are split over the ranks (a text's neighbours
+    depend only on the text, the perturber and the seed, not on who makes them) and every rank gets
+    all of them back, with the cache hits and span counts of all ranks added up.
+    """
+    from unmemorize import distributed
+
+    unique = list(dict.fromkeys(texts))
+
+    def make(rows) -> tuple[dict[str, list[str]], int, int, int]:
+        hits, spans, fallback = cache.hits, perturber.spans, perturber.fallback_spans
+        found = {unique[r]: cache.get(perturber, unique[r], seed, k) for r in rows}
+        missing = [t for t, n in found.items() if n is None]
+        with task(progress, f"neighbours ({perturber.name}, K={k})", len(found)) as bar:
+            bar.advance(len(found) - len(missing))
+            for text, made in zip(missing, perturber.neighbours_many(missing, k, seed, done=bar.advance)):
+                cache.put(perturber, text, seed, k, made)
+                found[text] = made
+        return found, cache.hits - hits, perturber.spans - spans, perturber.fallback_spans - fallback
+
+    parts = distributed.map_shards(len(unique), make)
+    if len(parts) > 1:  # this rank's own counts are in already; add the others'
+        rank = distributed.current().rank
+        for i, (_, hits, spans, fallback) in enumerate(parts):
+            if i != rank:
+                cache.hits += hits
+                perturber.spans += spans
+                perturber.fallback_spans += fallback
+    found = {t: n for part in parts for t, n in part[0].items()}
     return [found[t] for t in texts]

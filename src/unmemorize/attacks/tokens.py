@@ -8,6 +8,7 @@ padding (a sequence of true length L has L-1 valid positions).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +67,26 @@ def token_mean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
-@torch.no_grad()
 def token_statistics(model, seqs: SequenceSet, *, top_k: int | None = 40, temperature: float = 1.0,
                      batch_size: int = 8, progress=None, label: str = "") -> TokenStats:
-    """One teacher-forced pass over ``seqs``: the statistics every token-level attack needs."""
+    """One teacher-forced pass over ``seqs``: the statistics every token-level attack needs.
+
+    Under ``accelerate launch`` each rank passes its shard of the rows and every rank gets all rows back.
+    """
+    from unmemorize import distributed
+
+    parts = distributed.map_shards(len(seqs), lambda rows: _token_statistics(
+        model, seqs.subset(rows.tolist()), top_k=top_k, temperature=temperature, batch_size=batch_size,
+        progress=progress, label=label))
+    if len(parts) == 1:
+        return parts[0]
+    return TokenStats(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                         for f in dataclasses.fields(TokenStats)})
+
+
+@torch.no_grad()
+def _token_statistics(model, seqs: SequenceSet, *, top_k: int | None, temperature: float, batch_size: int,
+                      progress, label: str) -> TokenStats:
     device = next(model.parameters()).device
     N, T = seqs.input_ids.shape
     shape = (N, T - 1)
@@ -102,10 +119,22 @@ def token_statistics(model, seqs: SequenceSet, *, top_k: int | None = 40, temper
     return TokenStats(valid=valid, ma=ma, correct=correct, **out)
 
 
-@torch.no_grad()
 def mean_log_likelihood(model, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 16,
                         progress=None, label: str = "log-likelihood") -> np.ndarray:
-    """ℓ(x) = (1/(L−1)) Σ_{t=1}^{L−1} log p(x[t] | x[:t]) for every row: minus the token-mean CE (pads masked)."""
+    """ℓ(x) = (1/(L−1)) Σ_{t=1}^{L−1} log p(x[t] | x[:t]) for every row: minus the token-mean CE (pads masked).
+
+    Under ``accelerate launch`` each rank scores its shard of the rows and every rank gets all of them.
+    """
+    from unmemorize import distributed
+
+    idx = lambda rows: torch.as_tensor(rows, dtype=torch.long)  # noqa: E731
+    return np.concatenate(distributed.map_shards(len(input_ids), lambda rows: _mean_log_likelihood(
+        model, input_ids[idx(rows)], lengths[idx(rows)], batch_size=batch_size, progress=progress, label=label)))
+
+
+@torch.no_grad()
+def _mean_log_likelihood(model, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int,
+                         progress, label: str) -> np.ndarray:
     device = next(model.parameters()).device
     out = np.empty(len(input_ids), dtype=np.float64)
     was_training = model.training

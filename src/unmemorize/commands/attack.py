@@ -92,8 +92,11 @@ def attack_command(
     opts.validate(names)
     if "miau" in names and perturber == "t5" and t5 is None:
         raise UserError("--perturber t5 needs --t5 PATH, a local T5 model folder (it is never downloaded)")
+    from unmemorize import distributed
+
     out_dir = out or default_out("attack")
-    with RunDir(out_dir, overwrite=overwrite) as run:
+    # under accelerate launch every rank scores its shard of the sequences; rank 0 writes `out_dir`
+    with RunDir(distributed.output_dir(out_dir), overwrite=overwrite) as run:
         target = load_model_cli(model, dtype, device, allow_pickle, trust_remote_code)
         orig = load_model_cli(original, dtype, device, allow_pickle, trust_remote_code) if original else None
         members = load_sequences(forget, target.tokenizer, length)

@@ -112,6 +112,10 @@ def demo_command(
     from unmemorize.thresholds import Band
     from unmemorize.unlearning import METHODS
 
+    from unmemorize import distributed
+
+    distributed.one_process_only("demo", "it is the single-machine walk-through; `unmemorize run` with a config "
+                                         "runs the same pipeline under several processes")
     t0 = time.perf_counter()
     counts = parse_exposures(exposures)
     chosen = parse_list(methods, tuple(METHODS), "method")

@@ -121,8 +121,14 @@ def register(app: typer.Typer) -> None:
             if data is None:
                 raise UserError("--data is required for the paper's tasks: a folder laid out like ../shared/data/eval")
             files = {n: find_file(TASKS[n], data) for n in names}
+        from unmemorize import distributed
+
+        if harness_tasks and distributed.launched():
+            raise UserError("--harness-tasks runs lm-evaluation-harness in one process; run it without "
+                            "accelerate launch (the paper's tasks, --tasks, are split over the processes)")
         out = out or default_out("evaluate")
-        with RunDir(out, overwrite=overwrite) as run:
+        # under accelerate launch every rank scores its shard of each task's examples; rank 0 writes `out`
+        with RunDir(distributed.output_dir(out), overwrite=overwrite) as run:
             lm = load_model_cli(model, dtype=dtype, device=device, allow_pickle=allow_pickle,
                                 trust_remote_code=trust_remote_code)
             result = harness = None

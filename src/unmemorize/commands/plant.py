@@ -89,6 +89,9 @@ def plant_command(
     """Fine-tune a copy of the model so each member is memorized to its own degree (cached by inputs)."""
     from rich.table import Table
 
+    from unmemorize import distributed
+
+    distributed.one_process_only("plant", "it fine-tunes one copy of the model into one cached folder")
     counts = parse_exposures(exposures)
     lm = load_model_cli(model, "float32", device, allow_pickle, trust_remote_code)
     folder, manifest = plant_into(lm, members, counts, out, mix_path=mix, length=length, lr=lr,

@@ -24,8 +24,11 @@ def report_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: <the one folder given>/report, else runs/report-<time>).")] = None,
     title: Annotated[str, typer.Option("--title", help="Report title.")] = "Experiment report",
 ) -> None:
+    from unmemorize import distributed
     from unmemorize.report.experiments import collect_run_dirs, write_experiment_report
 
+    if not distributed.is_main():  # reading files needs no second process: under a launch rank 0 writes it
+        return
     folders = collect_run_dirs(run_dirs)
     if out is None:
         single = len(run_dirs) == 1 and not (run_dirs[0] / "summary.json").is_file()

@@ -29,8 +29,11 @@ def run_command(
     only the run in progress, which resumes from its last checkpoint."""
     from rich.table import Table
 
+    from unmemorize import distributed
     from unmemorize.experiments import load_config, missing_inputs, plan, run_experiment
 
+    if distributed.launched() and not distributed.is_main():  # under accelerate launch only rank 0 talks
+        console.quiet = err_console.quiet = True
     cfg = load_config(config)
     out_dir = out or Path("runs") / (cfg.name or config.stem)
     planned = plan(cfg, out_dir)
@@ -52,7 +55,7 @@ def run_command(
     with progress_bar() as p:
         folders = run_experiment(cfg, out_dir, progress=p, log=lambda m: err_console.print(f"[cyan]{m}[/]"))
     console.print(f"[green]{len(folders)} runs[/] in {out_dir}")
-    if report:
+    if report and distributed.is_main():
         from unmemorize.report.experiments import write_experiment_report
 
         html = write_experiment_report(folders, out_dir / "report", title=f"Experiment {cfg.name or config.stem}")

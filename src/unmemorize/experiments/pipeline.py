@@ -46,9 +46,12 @@ class ModelContext:
 
 
 def load_context(cfg: ExperimentConfig, run: RunSpec, log=None) -> ModelContext:
+    from unmemorize import distributed
     from unmemorize.models import load_model
 
-    loaded = load_model(model_location(cfg, run.model), dtype=run.model.dtype, device=cfg.device,
+    d = distributed.current()  # under accelerate launch each rank loads the model onto its own device
+    device = cfg.device or (str(d.device) if d is not None else None)
+    loaded = load_model(model_location(cfg, run.model), dtype=run.model.dtype, device=device,
                         log=log or (lambda m: None))
     return ModelContext(loaded)
 
@@ -210,7 +213,9 @@ def run_one(cfg: ExperimentConfig, run: RunSpec, key: str, folder: Path, ctx: Mo
         "notes": (["DPD changes decoding only: the attacks and utility see the unchanged weights"]
                   if result.method.decoding else []),
     }
-    with RunDir(folder, overwrite=True) as rd:
+    from unmemorize import distributed
+
+    with RunDir(distributed.output_dir(folder), overwrite=True) as rd:  # rank 0 writes `folder`
         write_frame(rd.path("profile_before"), result.before)
         write_frame(rd.path("profile_after"), result.after)
         write_frame(rd.path("trajectory"), result.trajectory)
@@ -228,6 +233,7 @@ def run_one(cfg: ExperimentConfig, run: RunSpec, key: str, folder: Path, ctx: Mo
             model=ctx.loaded.describe(), key=key, config=cfg.source, labels=run.labels))
         write_json(rd.path(SUMMARY), summary)  # last: a folder with a summary is a finished run
         rd.commit()
-    ckpt.remove(checkpoint_dir)
+    if distributed.is_main():
+        ckpt.remove(checkpoint_dir)
     del result
     return folder

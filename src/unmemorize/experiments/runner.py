@@ -64,6 +64,11 @@ def run_experiment(config: ExperimentConfig | str | Path, out_dir: str | Path, p
     runs = plan(cfg, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     todo = [r for r in runs if not r.done]
+    from unmemorize import distributed
+
+    d = distributed.current()
+    if d is not None:  # every rank has listed the same finished runs before rank 0 commits a new one
+        d.barrier()
     say(f"{len(runs)} runs in the grid: {len(runs) - len(todo)} already done, {len(todo)} to run")
     ctx, ctx_model = None, None
     with task(progress, f"experiment {cfg.name or Path(cfg.source).stem}", len(runs)) as bar:

@@ -308,7 +308,7 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
         for lt in loaded:
             t = lt.task
             start = time.perf_counter()
-            frame = KIND_REGISTRY[t.kind].run(model, tokenizer, lt.items, opts, progress, t.name)
+            frame = _run_sharded(KIND_REGISTRY[t.kind].run, model, tokenizer, lt.items, opts, progress, t.name)
             seconds = time.perf_counter() - start
             results[t.name] = {
                 "kind": t.kind, "paper_key": t.paper_key, "file": str(lt.path), "split": lt.split,
@@ -326,6 +326,25 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
         "aggregates": aggregate({n: r["metrics"] for n, r in results.items()}),
         "logged": logged_keys(results),
     }
+
+
+def _run_sharded(run, model, tokenizer, items: list[Item], opts: EvalOptions, progress, name: str) -> pd.DataFrame:
+    """A task's per-example frame; under ``accelerate launch`` each rank runs its shard of the examples.
+
+    The examples are independent, so the frames are put back in order. The parity mode's simulated
+    rank of each example (its index modulo the original's number of GPUs) is set afterwards, from
+    its index in the whole task, so it does not depend on the number of processes.
+    """
+    from unmemorize import distributed
+
+    parts = distributed.map_shards(len(items), lambda rows: run(model, tokenizer, [items[i] for i in rows], opts,
+                                                                progress, name))
+    if len(parts) == 1:
+        return parts[0]
+    frame = pd.concat(parts, ignore_index=True)
+    if "rank" in frame:
+        frame["rank"] = np.arange(len(frame)) % opts.parity_ranks if opts.parity else 0
+    return frame
 
 
 def logged_keys(results: dict[str, dict]) -> dict[str, float]:
