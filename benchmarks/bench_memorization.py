@@ -55,9 +55,8 @@ def main() -> None:
     ap.add_argument("--parts", default="ma,el,audit",
                     help="which parts to measure now (ma, el, audit); the others keep their last recorded "
                          "results; 'none' only rewrites the RESULTS.md section")
-    ap.add_argument("--skip-audit", action="store_true", help="same as leaving audit out of --parts")
     args = ap.parse_args()
-    parts = {x.strip() for x in args.parts.split(",") if x.strip()} - ({"audit"} if args.skip_audit else set())
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     out = ROOT / "benchmarks" / "results" / "memorization.json"
     if parts == {"none"}:  # rewrite the RESULTS.md section from the recorded numbers
         _write(out, json.loads(out.read_text()))
@@ -74,9 +73,7 @@ def main() -> None:
     results.update({"model": lm.name, "forget": str(forget_path.relative_to(SHARED.parent)), "torch_threads":
                      torch.get_num_threads(), "machine": platform.machine(), "T": 200,
                "load_average_before": os.getloadavg()[0]})
-    if not isinstance(results.get("argv"), dict):  # results of the one-command version: one argv for all
-        results["argv"] = {k: results.get("argv", "") for k, key in (("ma", "ma"), ("el", "el_10"), ("audit", "audit"))
-                           if key in results}
+    results.setdefault("argv", {})
     for part in parts:
         results["argv"][part] = " ".join(sys.argv[1:])
 

@@ -42,6 +42,7 @@ from _results import write_section  # noqa: E402
 from unmemorize.data import load_sequences  # noqa: E402
 from unmemorize.memorization import ProfileOptions, profile  # noqa: E402
 from unmemorize.models import cache_dir, load_model  # noqa: E402
+from unmemorize.report.experiments import t_interval as _t_interval  # noqa: E402
 from unmemorize.thresholds import Band, acceptable_level, outlier_count  # noqa: E402
 from unmemorize.unlearning import UnlearnOptions, unlearn  # noqa: E402
 
@@ -52,15 +53,8 @@ METRICS = ("c_low", "c_high", "c", "distance_to_tau", "mean_ma", "std_ma", "max_
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95 % Student-t interval); half-width NaN for fewer than 2 values."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan
-    if v.size < 2:
-        return float(v.mean()), math.nan
-    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    """(mean, half-width of the 95 % Student-t interval): the report's :func:`t_interval` without n."""
+    return _t_interval(values)[:2]
 
 
 def fmt(mean: float, half: float, digits: int = 1) -> str:
@@ -161,7 +155,7 @@ def _noise(df: pd.DataFrame, a: str, b: str) -> str:
     (ma, ha), (mb, hb) = (t_interval(mean.loc[mean["method"] == m, "c"].tolist()) for m in (a, b))
     n = mean["split"].nunique()
     if math.isnan(ha) or math.isnan(hb):
-        return f" (one split: no interval, not evidence either way)"
+        return " (one split: no interval, not evidence either way)"
     if abs(ma - mb) <= ha + hb:
         return f", but the difference lies inside the 95 % intervals over {n} splits (not evidence either way)"
     return f" (outside the 95 % intervals over {n} splits)"

@@ -123,19 +123,22 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
 
     device = next(model.parameters()).device
     results: dict[tuple[int, int], list[int]] = {}
-    rows = sorted({r for r, _ in jobs})
+    by_row: dict[int, list[tuple[int, int]]] = {}
+    for key in jobs:
+        by_row.setdefault(key[0], []).append(key)
+    rows = sorted(by_row)
     with task(progress, "greedy decoding", len(jobs)) as bar:
         for s in range(0, len(rows), seq_batch):
             part = rows[s:s + seq_batch]
-            width = max(j for (r, j) in jobs if r in part)  # no prompt reads past this position
+            where = {r: b for b, r in enumerate(part)}
+            todo = sorted((key for r in part for key in by_row[r]), key=lambda key: (-jobs[key], key))
+            width = max(j for _, j in todo)  # no prompt reads past this position
             ids = seqs.input_ids[part, :width].to(device)
             out = model(input_ids=ids, attention_mask=seqs.attention_mask[part, :width].to(device), use_cache=True,
                         logits_to_keep=1)
             layers = [(layer.keys, layer.values) for layer in out.cache.layers]
-            where = {r: b for b, r in enumerate(part)}
-            todo = sorted((key for key in jobs if key[0] in where), key=lambda key: (-jobs[key], key))
             for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
+                chunk = todo[start:start + batch_size]  # longest job first: the jobs still decoding are a prefix
                 P = max(j for _, j in chunk)
                 cache = DynamicCache(config=model.config)
                 for li, (k, v) in enumerate(layers):
@@ -150,26 +153,26 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
                     mask[b, P - j:] = 1
                 last = torch.tensor([j - 1 for _, j in chunk], device=device)
                 nxt = torch.stack([greedy[r, j - 1] for r, j in chunk]).to(device)
-                need = torch.tensor([jobs[key] for key in chunk])
-                steps = int(need.max())
-                gen = torch.zeros(len(chunk), steps, dtype=torch.long)
-                gen[:, 0] = nxt.cpu()
-                alive = torch.arange(len(chunk))  # the chunk's jobs still decoding
-                for step in range(1, steps):
-                    keep = need[alive] > step
-                    if not bool(keep.all()):
-                        sel = keep.nonzero().squeeze(1)
-                        alive = alive[sel]
-                        sel = sel.to(device)
-                        nxt, mask, last = nxt[sel], mask[sel], last[sel]
-                        cache.batch_select_indices(sel)
-                    mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                need = [jobs[key] for key in chunk]  # non-increasing
+                gen = torch.zeros(len(chunk), need[0], dtype=torch.long, device=device)
+                gen[:, 0] = nxt
+                alive = len(chunk)
+                for step in range(1, need[0]):
+                    # a job that has its tokens leaves the batch (and its cache); known in advance, so
+                    # the loop never waits on the device to decide it
+                    while need[alive - 1] <= step:
+                        alive -= 1
+                    if alive < len(nxt):
+                        nxt, mask, last = nxt[:alive], mask[:alive], last[:alive]
+                        cache.batch_select_indices(torch.arange(alive, device=device))
+                    mask = torch.cat([mask, mask.new_ones(alive, 1)], dim=1)
                     last = last + 1
                     step_out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
                                      cache=cache, use_cache=True)
                     cache = step_out.cache
                     nxt = step_out.logits[:, -1].argmax(-1)
-                    gen[alive, step] = nxt.cpu()
+                    gen[:alive, step] = nxt
+                gen = gen.cpu()
                 for b, key in enumerate(chunk):
                     results[key] = gen[b, : jobs[key]].tolist()
                 bar.advance(len(chunk))
@@ -235,12 +238,8 @@ def profile(model, seqs: SequenceSet, opts: ProfileOptions | None = None, progre
     """
     from unmemorize import distributed
 
-    d = distributed.current()
-    if d is not None and len(seqs) >= d.world_size:
-        mine = distributed.shard(len(seqs), d.world_size, d.rank)
-        parts = d.gather_objects(_profile(model, seqs.subset(mine.tolist()), opts, progress))
-        return pd.concat(parts, ignore_index=True)
-    return _profile(model, seqs, opts, progress)
+    parts = distributed.map_shards(len(seqs), lambda rows: _profile(model, seqs.subset(rows.tolist()), opts, progress))
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress) -> pd.DataFrame:

@@ -469,9 +469,10 @@ def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, ca
     from unmemorize import distributed
 
     unique = list(dict.fromkeys(texts))
+    counts = (cache.hits, perturber.spans, perturber.fallback_spans)
 
-    def make(rows) -> tuple[dict[str, list[str]], int, int, int]:
-        hits, spans, fallback = cache.hits, perturber.spans, perturber.fallback_spans
+    def make(rows) -> tuple[dict[str, list[str]], tuple[int, int, int]]:
+        before = (cache.hits, perturber.spans, perturber.fallback_spans)
         found = {unique[r]: cache.get(perturber, unique[r], seed, k) for r in rows}
         missing = [t for t, n in found.items() if n is None]
         with task(progress, f"neighbours ({perturber.name}, K={k})", len(found)) as bar:
@@ -479,15 +480,12 @@ def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, ca
             for text, made in zip(missing, perturber.neighbours_many(missing, k, seed, done=bar.advance)):
                 cache.put(perturber, text, seed, k, made)
                 found[text] = made
-        return found, cache.hits - hits, perturber.spans - spans, perturber.fallback_spans - fallback
+        after = (cache.hits, perturber.spans, perturber.fallback_spans)
+        return found, tuple(a - b for a, b in zip(after, before))
 
     parts = distributed.map_shards(len(unique), make)
-    if len(parts) > 1:  # this rank's own counts are in already; add the others'
-        rank = distributed.current().rank
-        for i, (_, hits, spans, fallback) in enumerate(parts):
-            if i != rank:
-                cache.hits += hits
-                perturber.spans += spans
-                perturber.fallback_spans += fallback
+    # every rank's counts: the counts before plus what each rank added
+    cache.hits, perturber.spans, perturber.fallback_spans = (
+        c + sum(part[1][i] for part in parts) for i, c in enumerate(counts))
     found = {t: n for part in parts for t, n in part[0].items()}
     return [found[t] for t in texts]

@@ -127,9 +127,9 @@ def mean_log_likelihood(model, input_ids: torch.Tensor, lengths: torch.Tensor, *
     """
     from unmemorize import distributed
 
-    idx = lambda rows: torch.as_tensor(rows, dtype=torch.long)  # noqa: E731
     return np.concatenate(distributed.map_shards(len(input_ids), lambda rows: _mean_log_likelihood(
-        model, input_ids[idx(rows)], lengths[idx(rows)], batch_size=batch_size, progress=progress, label=label)))
+        model, input_ids[torch.as_tensor(rows)], lengths[torch.as_tensor(rows)], batch_size=batch_size,
+        progress=progress, label=label)))
 
 
 @torch.no_grad()
