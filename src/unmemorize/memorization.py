@@ -148,12 +148,14 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
                         kk[b, :, P - j:] = k[where[r], :, :j]
                         vv[b, :, P - j:] = v[where[r], :, :j]
                     cache.update(kk, vv, li)
-                mask = torch.zeros(len(chunk), P, dtype=torch.long, device=device)
+                need = [jobs[key] for key in chunk]  # non-increasing
+                # the whole attention mask up front (prompt left-padded to P, then every new token):
+                # each step reads a wider slice of it instead of growing a tensor per token
+                mask = torch.ones(len(chunk), P + need[0], dtype=torch.long, device=device)
                 for b, (_, j) in enumerate(chunk):
-                    mask[b, P - j:] = 1
+                    mask[b, : P - j] = 0
                 last = torch.tensor([j - 1 for _, j in chunk], device=device)
                 nxt = torch.stack([greedy[r, j - 1] for r, j in chunk]).to(device)
-                need = [jobs[key] for key in chunk]  # non-increasing
                 gen = torch.zeros(len(chunk), need[0], dtype=torch.long, device=device)
                 gen[:, 0] = nxt
                 alive = len(chunk)
@@ -163,11 +165,11 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
                     while need[alive - 1] <= step:
                         alive -= 1
                     if alive < len(nxt):
-                        nxt, mask, last = nxt[:alive], mask[:alive], last[:alive]
+                        nxt, last = nxt[:alive], last[:alive]
                         cache.batch_select_indices(torch.arange(alive, device=device))
-                    mask = torch.cat([mask, mask.new_ones(alive, 1)], dim=1)
                     last = last + 1
-                    step_out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
+                    step_out = model(input_ids=nxt[:, None], attention_mask=mask[:alive, : P + step],
+                                     position_ids=last[:, None],
                                      cache=cache, use_cache=True)
                     cache = step_out.cache
                     nxt = step_out.logits[:, -1].argmax(-1)

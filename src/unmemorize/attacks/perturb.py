@@ -472,7 +472,6 @@ def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, ca
     counts = (cache.hits, perturber.spans, perturber.fallback_spans)
 
     def make(rows) -> tuple[dict[str, list[str]], tuple[int, int, int]]:
-        before = (cache.hits, perturber.spans, perturber.fallback_spans)
         found = {unique[r]: cache.get(perturber, unique[r], seed, k) for r in rows}
         missing = [t for t, n in found.items() if n is None]
         with task(progress, f"neighbours ({perturber.name}, K={k})", len(found)) as bar:
@@ -481,7 +480,7 @@ def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, ca
                 cache.put(perturber, text, seed, k, made)
                 found[text] = made
         after = (cache.hits, perturber.spans, perturber.fallback_spans)
-        return found, tuple(a - b for a, b in zip(after, before))
+        return found, tuple(a - b for a, b in zip(after, counts))  # what this rank added
 
     parts = distributed.map_shards(len(unique), make)
     # every rank's counts: the counts before plus what each rank added
