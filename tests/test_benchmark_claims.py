@@ -1,0 +1,198 @@
+"""The benchmarks' claim arithmetic (paper_claims.py, attack_evidence.py), checked against slow hand references.
+
+The sentences in benchmarks/RESULTS.md say whether a claim of the paper holds; they are computed from the
+recorded runs. These tests feed made-up runs with known numbers and recompute every mean, interval,
+pairing and verdict by the most direct loop, so a wrong comparison cannot hide in a sentence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+T2 = 4.3026527  # t_{0.975, 2} from a printed table: three splits
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ae():
+    return _load("attack_evidence")
+
+
+@pytest.fixture(scope="module")
+def pc():
+    return _load("paper_claims")
+
+
+def _half(values: list[float]) -> float:
+    """Half-width of the 95 % t-interval over three values, the slow way."""
+    assert len(values) == 3
+    m = sum(values) / 3
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / 2)
+    return T2 * s / math.sqrt(3)
+
+
+# ------------------------------------------------------------------ attack_evidence.py
+
+AUC = {  # attack -> method -> AUC per split 0, 1, 2
+    # GA's first split is below chance: leakage counts the flipped score (0.70)
+    "miau": {"ga": [0.30, 0.80, 0.75], "sga": [0.60, 0.62, 0.58], "tau": [0.55, 0.65, 0.40]},
+    "loss": {"ga": [0.90, 0.91, 0.92], "sga": [0.60, 0.61, 0.62], "tau": [0.60, 0.61, 0.62]},
+    "zlib": {"ga": [0.60, 0.60, 0.61], "sga": [0.70, 0.72, 0.74], "tau": [0.50, 0.50, 0.50]},
+}
+
+
+def _attack_runs(extra_split: bool = True) -> pd.DataFrame:
+    rows = []
+    for split in range(3):
+        for m in ("ga", "sga", "tau"):
+            attacks = {a: {"auc": AUC[a][m][split], "below_chance": AUC[a][m][split] < 0.35, "tpr": {"0.01": [0.1]}}
+                       for a in AUC}
+            rows.append({"split": split, "stage": m, "stop": "mean", "attacks": attacks,
+                         "threshold": {"forget": {"c": split + (2 if m == "ga" else 0)}}})
+    if extra_split:  # split 3 ran GA and SGA only: it must not enter the paired comparison
+        for m, auc in (("ga", 0.99), ("sga", 0.51)):
+            rows.append({"split": 3, "stage": m, "stop": "mean", "threshold": {"forget": {"c": 9}},
+                         "attacks": {a: {"auc": auc, "below_chance": False, "tpr": {}} for a in AUC}})
+    return pd.DataFrame(rows)
+
+
+def _reference_verdict(attack: str) -> tuple[dict, bool, bool]:
+    leak = {m: [max(a, 1 - a) for a in AUC[attack][m]] for m in ("ga", "sga", "tau")}
+    mean = {m: sum(v) / 3 for m, v in leak.items()}
+    holds = mean["ga"] > mean["sga"] and mean["ga"] > mean["tau"]
+    inside = abs(mean["ga"] - mean["sga"]) <= _half(leak["ga"]) + _half(leak["sga"])
+    return mean, holds, inside
+
+
+def test_leakage_flips_below_chance(ae):
+    assert ae.leakage(0.3) == pytest.approx(0.7)
+    assert ae.leakage(0.8) == 0.8
+    assert ae.leakage(0.5) == 0.5
+
+
+@pytest.mark.parametrize("attack", list(AUC))
+def test_compare_against_slow_reference(ae, attack):
+    df = _attack_runs()
+    sub = df[df["split"].isin([0, 1, 2])]  # claims() keeps the splits where GA, SGA and TAU all ran
+    line = ae._compare(sub, attack, "mean")
+    mean, holds, inside = _reference_verdict(attack)
+    assert f"GA {mean['ga']:.3f}, SGA {mean['sga']:.3f}, TAU {mean['tau']:.3f}" in line
+    assert ("GA leaks more than" in line) == holds
+    assert ("claim holds" in line) == holds
+    assert ("inside the 95 % intervals over 3 splits" in line) == inside
+    assert ("outside the 95 % intervals over 3 splits" in line) == (not inside)
+    leak = {m: [max(a, 1 - a) for a in AUC[attack][m]] for m in ("ga", "sga")}
+    for s in range(3):
+        assert f"split {s} {leak['ga'][s]:.2f} vs {leak['sga'][s]:.2f}" in line
+    # the cases above cover every branch: holds inside, holds outside, does not hold
+    assert {a: _reference_verdict(a)[1:] for a in AUC} == {"miau": (True, True), "loss": (True, False),
+                                                           "zlib": (False, False)}
+
+
+def test_claims_pair_only_complete_splits(ae):
+    out = ae.claims(_attack_runs(), list(AUC))
+    # split 3 (GA 0.99 vs SGA 0.51) would change every mean if it were counted
+    assert not any("split 3" in line for line in out)
+    more = [a for a in AUC if _reference_verdict(a)[1]]
+    assert f"mean stop rule: GA leaks more than both SGA and TAU on {len(more)} of {len(AUC)} attacks in the means " \
+           f"({', '.join(more)})." in out
+    # c(D_f): GA split + 2, SGA and TAU split → means 3, 1, 1
+    assert "mean stop rule: band outliers c(D_f) GA 3.0, SGA 1.0, TAU 1.0." in out
+    # no per-sequence runs: no per-sequence statements
+    assert not any(line.startswith("per-sequence") for line in out)
+
+
+def test_claims_name_tau_equal_to_sga_only_where_equal(ae):
+    df = _attack_runs(extra_split=False)
+    sga = df[df["stage"] == "sga"].set_index("split")["attacks"]
+    for i in df.index[(df["stage"] == "tau") & (df["split"] == 1)]:
+        df.at[i, "attacks"] = sga[1]
+    out = ae.claims(df, list(AUC))
+    assert any(line.startswith("mean stop rule: TAU gave exactly SGA's results in split 1 —") for line in out)
+
+
+# ------------------------------------------------------------------ paper_claims.py
+
+C = {  # (stop, method) -> c(D_f) per split 0, 1, 2
+    ("mean", "ga"): [6, 4, 5], ("mean", "sga"): [9, 0, 5], ("mean", "ta"): [8, 7, 7], ("mean", "tau"): [9, 0, 5],
+    ("per-sequence", "ga"): [0, 0, 0], ("per-sequence", "sga"): [0, 1, 0],
+}
+DIST = {("mean", "ga"): 1.0, ("mean", "sga"): 0.7, ("mean", "ta"): 1.6, ("mean", "tau"): 0.7,
+        ("per-sequence", "ga"): 12.0, ("per-sequence", "sga"): 8.0}
+DROP = {("mean", "ga"): 0.10, ("mean", "sga"): 0.07, ("mean", "ta"): 0.09, ("mean", "tau"): 0.07,
+        ("per-sequence", "ga"): 0.16, ("per-sequence", "sga"): 0.13}
+
+
+def _claim_runs() -> pd.DataFrame:
+    rows = []
+    for (stop, m), cs in C.items():
+        for split, c in enumerate(cs):
+            rows.append({"split": split, "method": m, "stop": stop, "c": c,
+                         "distance_to_tau": DIST[(stop, m)] + split,  # per-method mean = DIST + 1
+                         "reference_ma_before": 0.5, "reference_ma_after": 0.5 - DROP[(stop, m)]})
+    return pd.DataFrame(rows)
+
+
+def test_fewer_against_slow_reference(pc):
+    df = _claim_runs()
+    line = pc._fewer(df, "sga", "ga", "the paper's claim ")
+    ga, sga = C[("mean", "ga")], C[("mean", "sga")]
+    m_ga, m_sga = sum(ga) / 3, sum(sga) / 3  # 5.0, 4.67
+    assert f"(c = {m_sga:.1f} vs {m_ga:.1f})" in line
+    assert "leaves fewer outliers" in line and "the paper's claim holds in the means" in line
+    inside = abs(m_ga - m_sga) <= _half(ga) + _half(sga)
+    assert inside and "inside the 95 % intervals over 3 splits" in line
+    assert "split by split (GA vs SGA): split 0 6 vs 9, split 1 4 vs 0, split 2 5 vs 5." in line
+    # TA 7.3 vs TAU 4.7: fewer; TA's spread is small but TAU's is wide, so still inside
+    line = pc._fewer(df, "tau", "ta", "")
+    ta, tau = C[("mean", "ta")], C[("mean", "tau")]
+    assert (abs(sum(ta) / 3 - sum(tau) / 3) <= _half(ta) + _half(tau)) == ("inside" in line)
+    # GA never has fewer than SGA here
+    assert "no fewer outliers" in pc._fewer(df, "ga", "sga", "x ") and "x does not hold" in pc._fewer(df, "ga", "sga", "x ")
+
+
+def test_noise_outside_when_intervals_apart(pc):
+    df = _claim_runs()
+    df.loc[(df["stop"] == "mean") & (df["method"] == "ga"), "c"] = [20, 21, 22]
+    df.loc[(df["stop"] == "mean") & (df["method"] == "sga"), "c"] = [1, 2, 3]
+    assert abs(21 - 2) > _half([20, 21, 22]) + _half([1, 2, 3])
+    assert pc._noise(df, "sga", "ga") == " (outside the 95 % intervals over 3 splits)"
+    # apart by more than one half-width but less than the two together: still inside
+    df.loc[(df["stop"] == "mean") & (df["method"] == "ga"), "c"] = [4, 5, 6]
+    assert _half([4, 5, 6]) < abs(5 - 2) <= _half([4, 5, 6]) + _half([1, 2, 3])
+    assert pc._noise(df, "sga", "ga").startswith(", but the difference lies inside the 95 % intervals over 3 splits")
+    one = df[df["split"] == 0]
+    assert pc._noise(one, "sga", "ga") == " (one split: no interval, not evidence either way)"
+
+
+def test_per_sequence_price_against_slow_reference(pc):
+    line = pc._per_sequence_price(_claim_runs())
+    per_runs = [c for (stop, _), cs in C.items() if stop == "per-sequence" for c in cs]
+    assert f"left {sum(per_runs)} sequences outside the band over all {len(per_runs)} of its runs" in line
+    mean_c = [sum(cs) / 3 for (stop, _), cs in C.items() if stop == "mean"]
+    assert f"(the mean rule: c = {min(mean_c):.1f}–{max(mean_c):.1f} on average per method)" in line
+    dist_per = [DIST[k] + 1 for k in DIST if k[0] == "per-sequence"]
+    dist_mean = [DIST[k] + 1 for k in DIST if k[0] == "mean"]
+    assert f"forget set ends {min(dist_per):.1f}–{max(dist_per):.1f} MA points below τ" in line
+    assert f"(the mean rule: {min(dist_mean):.1f}–{max(dist_mean):.1f})" in line
+    drop_per = [100 * DROP[k] for k in DROP if k[0] == "per-sequence"]
+    drop_mean = [100 * DROP[k] for k in DROP if k[0] == "mean"]
+    assert f"unseen text loses {min(drop_per):.1f}–{max(drop_per):.1f} MA points" in line
+    assert f"(the mean rule: {min(drop_mean):.1f}–{max(drop_mean):.1f})" in line
+    # SGA overshoots τ less than GA under the per-sequence rule (9.0 vs 13.0)
+    assert "overshoot τ less than GA (distance to τ: sga 9.0, ga 13.0)" in line
