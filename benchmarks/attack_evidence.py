@@ -16,8 +16,11 @@ Before unlearning, every attack runs on the planted model; its reference attack 
 *unplanted* default model (a model that never saw the members: the classic reference attack).
 After each method × stop rule, every attack runs on the unlearned model, and the reference attack
 compares with the planted model (the original, pre-unlearning model: the owner's strongest audit).
-MIAU's neighbours are refilled by the planted model in every run, so all runs of a split share them
-(cached on disk). Each finished run is appended to ``benchmarks/results/attack_evidence_runs.jsonl``
+MIAU's neighbours are refilled by the planted model in every run (``--refill planted``, the default of
+``unmemorize attack``: the original model refills), so all runs of a split share them (cached on disk);
+``--refill base`` refills with the unplanted default model instead — a model that never saw the
+members, as Mattern et al.'s separate mask filler — and records its runs under their own settings and
+their own RESULTS.md section. Each finished run is appended to ``benchmarks/results/attack_evidence_runs.jsonl``
 and skipped when the script is run again with the same settings; the ``## Attack evidence (issue 4)``
 section of ``benchmarks/RESULTS.md`` is rewritten from every run recorded with the current settings.
 """
@@ -54,13 +57,16 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 RUNS = RESULTS_DIR / "attack_evidence_runs.jsonl"
 TITLE = "Attack evidence (issue 4)"
 BEFORE = "before"
+REFILL = {"planted": "planted model (the original, pre-unlearning model)",
+          "base": "unplanted default model (never saw the members)"}
 
 
 def settings_key(args) -> dict:
     return {"members": args.members, "exposures": args.exposures, "max_steps": args.max_steps,
             "nonmembers": args.nonmembers, "lr": args.lr, "micro_batch": args.micro_batch,
             "band": [args.band_lo, args.band_hi], "seed": args.seed, "attacks": args.attacks,
-            "neighbours": args.neighbours, "perturber": args.perturber, "bootstrap": args.bootstrap}
+            "neighbours": args.neighbours, "perturber": args.perturber, "bootstrap": args.bootstrap,
+            **({"refill": args.refill} if args.refill != "planted" else {})}  # the first runs' key stays valid
 
 
 def done_runs() -> list[dict]:
@@ -122,8 +128,9 @@ def run_split(split: int, args, done: list[dict]) -> None:
     opts = AttackOptions(attacks=tuple(args.attacks) if args.attacks else None, neighbours=args.neighbours,
                          perturber=args.perturber, band=band, bootstrap=args.bootstrap, seed=args.seed,
                          batch_size=args.micro_batch)
-    # one perturber for the split: the planted model refills every run's neighbours (shared, cached)
-    perturber = build_perturber(opts, planted.model, tok, planted.fingerprint)
+    # one perturber for the split: one model refills every run's neighbours (shared, cached)
+    refill = planted if args.refill == "planted" else load_model("default", log=log)
+    perturber = build_perturber(opts, refill.model, refill.tokenizer, refill.fingerprint)
     for stage, stop in todo:
         t = time.perf_counter()
         if stage == BEFORE:
@@ -263,6 +270,7 @@ def write_results(args) -> None:
            f"--exposures {args.exposures} --methods {','.join(args.methods)} --stops {','.join(args.stops)} "
            f"--max-steps {args.max_steps} --nonmembers {args.nonmembers} --neighbours {args.neighbours} "
            f"--perturber {args.perturber} --bootstrap {args.bootstrap}"
+           + (f" --refill {args.refill}" if args.refill != "planted" else "")
            + (f" --attacks {','.join(args.attacks)}" if args.attacks else ""))
     stages = df.groupby("split")["stage"].apply(lambda s: len(set(s))).to_dict()
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {os.cpu_count()} cores shared with other work).
@@ -271,7 +279,8 @@ Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `
 exposures {args.exposures} (the paper-claims benchmark's planting); members = those sequences, non-members =
 {args.nonmembers} unplanted Jang sequences of the same form; τ = the planted model's mean MA on the non-members;
 unlearning with the paper's harness (lr {args.lr:g}, at most {args.max_steps} steps). MIAU: K = {args.neighbours}
-neighbours per sequence from the `{args.perturber}` perturber ({json.dumps(pert) if pert else 'not run'}).
+neighbours per sequence from the `{args.perturber}` perturber, refilled by the {REFILL[args.refill]}
+({json.dumps(pert) if pert else 'not run'}).
 The reference attack's reference is the unplanted default model before unlearning and the planted model after.
 Splits run: {', '.join(map(str, splits))} (stages per split: {stages}). Cells: mean ± 95 % t-interval over the
 splits (one split: no interval). TPR at 0.1 % FPR needs 1,000 non-members and is not reported.
@@ -283,7 +292,8 @@ What these runs say about the paper's claim (GA leaks more than SGA/TAU), comput
 
 {chr(10).join('- ' + c for c in claims(df, attacks)) or '- not enough runs yet (needs GA, SGA and TAU under one stop rule).'}
 """
-    write_section(TITLE, body)
+    write_section(TITLE if args.refill == "planted" else f"{TITLE}: MIAU neighbours refilled by the unplanted model",
+                  body)
 
 
 def main() -> None:
@@ -303,6 +313,8 @@ def main() -> None:
     ap.add_argument("--attacks", default="", help="comma-separated; default: all")
     ap.add_argument("--neighbours", type=int, default=25)
     ap.add_argument("--perturber", default="lm")
+    ap.add_argument("--refill", choices=list(REFILL), default="planted",
+                    help="the model that refills MIAU's masked spans (lm perturber)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the recorded runs")

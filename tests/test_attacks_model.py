@@ -296,6 +296,37 @@ def test_attack_command_writes_a_complete_run(command_inputs):
         assert not bad.exists() and not list(root.glob(f".{bad.name}*"))
 
 
+def test_attack_command_refills_with_a_separate_model(command_inputs):
+    """--refill-model: MIAU's neighbours come from a third model (here one with its own tokenizer: the
+    refill model only writes text, the target scores it)."""
+    from unmemorize.models import load_model
+
+    root = command_inputs
+    out = root / "refill"
+    base = ["--model", str(root / "model"), "--forget", str(root / "forget.jsonl"), "--reference",
+            str(root / "reference.jsonl"), "--length", "64", "--bootstrap", "20", "--no-neighbour-cache",
+            "--attacks", "miau", "-k", "2"]
+    res = _invoke([*base, "--refill-model", str(root / "other"), "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    manifest = json.loads((out / "manifest.json").read_text())
+    other = load_model(str(root / "other"))
+    assert manifest["refill_model"]["path"] == str(root / "other")
+    assert manifest["perturber"]["model"] == other.fingerprint != load_model(str(root / "model")).fingerprint
+    summary = json.loads((out / "attacks.json").read_text())["attacks"]["miau"]["summary"]
+    assert summary["perturber"]["model"] == other.fingerprint and summary["spans_filled_this_run"] > 0
+    # without it the target refills (no --original): another fingerprint, recorded as such
+    res = _invoke([*base, "--out", str(root / "self_refill")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((root / "self_refill" / "manifest.json").read_text())["refill_model"]["path"] == str(root / "model")
+    # bad input: a refill model for a perturber that takes none, and one that is not there
+    for extra, message in ((["--perturber", "words", "--refill-model", str(root / "other")], "lm perturber"),
+                           (["--refill-model", str(root / "missing")], "missing")):
+        bad = root / f"bad_refill_{extra[1]}"
+        res = _invoke([*base, *extra, "--out", str(bad)])
+        assert isinstance(res.exception, UserError) and re.search(message, str(res.exception)), res.output
+        assert not bad.exists()
+
+
 def test_command_help_names_every_attack():
     from unmemorize.commands.attack import ATTACK_NAMES
 

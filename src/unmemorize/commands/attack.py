@@ -38,6 +38,7 @@ def attack_command(
     t5: Annotated[Path | None, typer.Option("--t5", help="Local T5 folder for --perturber t5 (never downloaded).")] = None,
     mask_fraction: Annotated[float, typer.Option("--mask-fraction", help="MIAU: share of words masked.")] = 0.3,
     span_words: Annotated[int, typer.Option("--span-words", help="MIAU: words per masked span.")] = 2,
+    refill_model: Annotated[str | None, typer.Option("--refill-model", help="MIAU lm perturber: the model that refills the masked spans (default: --original, else --model). One that never saw the forget set keeps neighbours from leaning towards the memorized words, as Mattern et al.'s separate mask filler does.")] = None,
     refill_top_k: Annotated[int, typer.Option("--refill-top-k", help="MIAU lm perturber: sample refills from the top k tokens (0 = all).")] = 50,
     neighbour_cache: Annotated[bool, typer.Option("--neighbour-cache/--no-neighbour-cache", help="Reuse neighbours cached on disk (they hold perturbed copies of the texts).")] = True,
     min_k: Annotated[float, typer.Option("--min-k", help="k for min-k% and min-k%++ (fraction of tokens).")] = 0.2,
@@ -92,6 +93,8 @@ def attack_command(
     opts.validate(names)
     if "miau" in names and perturber == "t5" and t5 is None:
         raise UserError("--perturber t5 needs --t5 PATH, a local T5 model folder (it is never downloaded)")
+    if refill_model is not None and not ("miau" in names and perturber == "lm"):
+        raise UserError("--refill-model is for MIAU's lm perturber: add miau to --attacks and use --perturber lm")
     from unmemorize import distributed
 
     out_dir = out or default_out("attack")
@@ -103,7 +106,8 @@ def attack_command(
         nonmembers = load_sequences(reference, target.tokenizer, length)
         pert = None
         if "miau" in names:
-            lm = orig or target
+            lm = (load_model_cli(refill_model, dtype, device, allow_pickle, trust_remote_code) if refill_model
+                  else orig or target)
             pert = build_perturber(opts, lm.model, lm.tokenizer, lm.fingerprint, device)
         with progress_bar() as progress:
             results = run_attacks(target.model, target.tokenizer, members, nonmembers,
@@ -119,7 +123,8 @@ def attack_command(
             "attack", results.as_dict()["options"],
             {"forget": members.describe(), "reference": nonmembers.describe()},
             model=target.describe(), original=orig.describe() if orig else None,
-            perturber=pert.config() if pert else None))
+            perturber=pert.config() if pert else None,
+            refill_model=lm.describe() if pert is not None and perturber == "lm" else None))
         final = run.commit()
     table = results.table()
     console.print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
