@@ -196,3 +196,31 @@ def test_per_sequence_price_against_slow_reference(pc):
     assert f"(the mean rule: {min(drop_mean):.1f}–{max(drop_mean):.1f})" in line
     # SGA overshoots τ less than GA under the per-sequence rule (9.0 vs 13.0)
     assert "overshoot τ less than GA (distance to τ: sga 9.0, ga 13.0)" in line
+
+
+# ------------------------------------------------------------------ paper_table.py
+
+
+def test_paper_table_config_is_valid_and_spans_the_issue_grid(tmp_path):
+    """The benchmark's default command must describe a runnable grid: sizes 8 and 32, splits 0-2,
+    GA/SGA/TA/TAU — validated by the same reader as `unmemorize run` (no model is loaded)."""
+    import argparse
+
+    from unmemorize.experiments import config_from_dict
+    from unmemorize.experiments.grid import expand
+
+    pt = _load("paper_table")
+    args = argparse.Namespace(model="default", model_name=None, sizes=[8, 32], splits=[0, 1, 2],
+                              methods=["ga", "sga", "ta", "tau"], reference_limit=100, length=200, max_steps=150,
+                              micro_batch=8, neighbours=10, utility_limit=16, device=None)
+    raw = pt.build_config(args)
+    cfg = config_from_dict(raw, source=str(tmp_path / "paper_table.yaml"))
+    runs = expand(cfg)
+    assert len(runs) == 2 * 3 * 4
+    assert {(r.forget.name, r.split, r.method.name) for r in runs} == {
+        (f"jang{s}", str(k), m) for s in (8, 32) for k in range(3) for m in ("ga", "sga", "ta", "tau")}
+    assert cfg.training.micro_batch == 8 and all(int(r.forget.name[4:]) % 8 == 0 for r in runs)
+    assert raw["forget"][1]["path"].endswith("lm_extraction_32_{split}.csv")
+    assert raw["utility"]["limit"] == 16 and raw["attacks"]["neighbours"] == 10
+    # no utility: the tasks list is emptied, not left pointing at the data
+    assert pt.build_config(argparse.Namespace(**{**vars(args), "utility_limit": 0}))["utility"] == {"tasks": []}
