@@ -414,3 +414,19 @@ def test_cli_runs_attacks_on_original_and_unlearned(lab, tmp_path):
     assert res.exit_code == 0 and "need non-members" in res.output
     bad = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "bad")] + ["--attacks", "nope"])
     assert bad.exit_code != 0 and "unknown attack nope" in str(bad.exception)
+    # --refill-model: a third model refills MIAU's neighbours before and after (recorded by fingerprint)
+    from unmemorize.models import load_model
+    from unmemorize.tiny import tiny_model
+
+    other_dir = save_model(tiny_model("gpt2", vocab_size=len(tok), eos_id=tok.eos_token_id, n_layer=1, d_model=32,
+                                      seed=5), tok, tmp_path / "refill")
+    refill_args = args[:-1] + [str(tmp_path / "refill_run")] + ["--attacks", "miau", "--perturber", "lm",
+                                                                  "--refill-model", str(other_dir)]
+    res = CliRunner().invoke(app, refill_args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    want = load_model(str(other_dir)).fingerprint
+    for label in ("original", "unlearned"):
+        miau = json.loads((tmp_path / "refill_run" / f"{label}_attacks.json").read_text())["attacks"]["miau"]
+        assert miau["summary"]["perturber"]["model"] == want != load_model(str(model_dir)).fingerprint
+    bad = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "bad2")] + ["--refill-model", str(other_dir)])
+    assert bad.exit_code != 0 and "lm perturber" in str(bad.exception) and not (tmp_path / "bad2").exists()

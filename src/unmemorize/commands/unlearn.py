@@ -67,6 +67,7 @@ def unlearn_command(
     no_attacks: Annotated[bool, typer.Option("--no-attacks", help="Do not run the privacy attacks.")] = False,
     neighbours: Annotated[int, typer.Option("--neighbours", "-k", help="MIAU: neighbours per sequence (K).")] = 25,
     perturber: Annotated[str, typer.Option("--perturber", help="MIAU neighbours: lm (offline refill with the original model), words (cheap), t5 (with `unmemorize attack --t5`).")] = "lm",
+    refill_model: Annotated[str | None, typer.Option("--refill-model", help="MIAU lm perturber: the model that refills the masked spans (default: the original model). One that never saw the forget set keeps neighbours from leaning towards the memorized words.")] = None,
     parity: Annotated[bool, typer.Option("--parity", help="Count padding in MA as the original code does.")] = False,
     save: Annotated[bool, typer.Option("--save", help="Write the unlearned model (safetensors) into the run folder.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints (0: none).")] = 5,
@@ -115,7 +116,7 @@ def unlearn_command(
     if retain is not None and not m.uses_retain:
         raise UserError(f"--retain is used by ga+mismatch and npo, not by {m.name}")
     attack_opts, attack_note = _attack_plan(None if no_attacks else attacks, reference is not None, m, neighbours,
-                                            perturber, tau, band, seed, micro_batch)
+                                            perturber, tau, band, seed, micro_batch, refill_model is not None)
     out = out or default_out("unlearn")
 
     from unmemorize import distributed
@@ -138,7 +139,10 @@ def unlearn_command(
                 tau = acceptable_level(ref_prof["ma"])
                 ref_before = float(ref_prof["ma"].mean())
             full_before = profile(loaded.model, forget_set, prof_opts, p) if set(wanted) - {"ma", "loss"} else None
-            attacks_before = _attack(loaded, None, forget_set, ref_set, attack_opts, device, p, tau)
+            # MIAU's refill model, loaded once for both runs (default: the original refills)
+            refill = (load_model_cli(refill_model, dtype, device, allow_pickle, trust_remote_code)
+                      if refill_model is not None and attack_opts is not None else None)
+            attacks_before = _attack(loaded, None, forget_set, ref_set, attack_opts, device, p, tau, refill=refill)
             checkpoint_dir = out.parent / f".{out.name}.checkpoint"
             if fresh:
                 ckpt.remove(checkpoint_dir)
@@ -164,7 +168,7 @@ def unlearn_command(
                 # reference attack and for MIAU's neighbours (refilled by the original both times)
                 original = load_model_cli(model, dtype, device, allow_pickle, trust_remote_code)
                 attacks_after = _attack(loaded, original, forget_set, ref_set, attack_opts, device, p, tau,
-                                        target=result.model)
+                                        target=result.model, refill=refill)
                 del original
 
         before, after = _profiles(result, forget_set, full_before, full_after)
@@ -224,13 +228,15 @@ def unlearn_command(
 
 
 def _attack_plan(attacks: str | None, has_reference: bool, method, neighbours: int, perturber: str, tau, band,
-                 seed: int, batch_size: int):
+                 seed: int, batch_size: int, refill_model: bool = False):
     """AttackOptions for the before/after attacks, or (None, why not); bad options fail before any work."""
     from unmemorize.attacks import ATTACKS, AttackOptions
 
     if attacks is None:
         return None, ""
     names = parse_list(attacks, tuple(ATTACKS), "attack")
+    if refill_model and not ("miau" in names and perturber == "lm"):
+        raise UserError("--refill-model is for MIAU's lm perturber: add miau to --attacks and use --perturber lm")
     if not has_reference:
         return None, ("privacy attacks not run: they need non-members, the unseen --reference set "
                       "(τ was given with --tau)")
@@ -245,8 +251,9 @@ def _attack_plan(attacks: str | None, has_reference: bool, method, neighbours: i
     return opts, ""
 
 
-def _attack(loaded, original, forget_set, ref_set, opts, device, progress, tau, target=None):
-    """Run the planned attacks on ``target`` (default: the loaded model) with ``original`` as reference model."""
+def _attack(loaded, original, forget_set, ref_set, opts, device, progress, tau, target=None, refill=None):
+    """Run the planned attacks on ``target`` (default: the loaded model) with ``original`` as reference model;
+    ``refill`` (default: the original) refills MIAU's neighbours."""
     import dataclasses
 
     from unmemorize.attacks import build_perturber, run_attacks
@@ -256,7 +263,7 @@ def _attack(loaded, original, forget_set, ref_set, opts, device, progress, tau, 
     names = opts.attacks if original is not None else tuple(n for n in opts.attacks if n != "reference")
     if not names:
         return None
-    lm = original or loaded
+    lm = refill or original or loaded
     pert = build_perturber(opts, lm.model, lm.tokenizer, lm.fingerprint, device) if "miau" in names else None
     # τ of the threshold attack is the run's τ (from the reference set before unlearning) both times
     opts = dataclasses.replace(opts, attacks=names, tau=opts.tau if opts.tau is not None else tau)
