@@ -44,7 +44,7 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import write_section  # noqa: E402
-from paper_claims import fmt, planted_model, t_interval  # noqa: E402  (the same planting, the same cache)
+from paper_claims import fmt, paired_caveat, planted_model, t_interval  # noqa: E402  (the same planting, the same cache)
 
 from unmemorize.attacks import AttackOptions, build_perturber, run_attacks  # noqa: E402
 from unmemorize.data import load_sequences  # noqa: E402
@@ -187,8 +187,8 @@ def _leak_by_split(sub: pd.DataFrame, method: str, attack: str) -> dict[int, flo
     return {int(r.split): leakage(r.attacks[attack]["auc"]) for r in g.itertuples() if attack in r.attacks}
 
 
-def _compare(sub: pd.DataFrame, attack: str, stop: str) -> str | None:
-    """GA against SGA and TAU on one attack: the means, the caveat of the intervals, the splits side by side."""
+def _compare(sub: pd.DataFrame, attack: str, stop: str, comparisons: int = 1) -> str | None:
+    """GA against SGA and TAU on one attack: the means, the paired difference's interval, the splits side by side."""
     v = {m: _leak_by_split(sub, m, attack) for m in ("ga", "sga", "tau")}
     both = set.intersection(*(set(x) for x in v.values()))  # only splits where all three ran: paired
     v = {m: {s: x[s] for s in both} for m, x in v.items()}
@@ -196,14 +196,8 @@ def _compare(sub: pd.DataFrame, attack: str, stop: str) -> str | None:
         return None
     mean = {m: float(np.mean(list(x.values()))) for m, x in v.items()}
     holds = mean["ga"] > max(mean["sga"], mean["tau"])
-    n = len(v["ga"])
-    if n < 2:
-        caveat = ", but one split has no interval (not evidence either way)"
-    else:
-        (mg, hg), (ms, hs) = t_interval(list(v["ga"].values())), t_interval(list(v["sga"].values()))
-        caveat = (f", but the GA–SGA difference lies inside the 95 % intervals over {n} splits (not evidence either "
-                  "way)" if abs(mg - ms) <= hg + hs else f" (the GA–SGA difference lies outside the 95 % intervals over "
-                  f"{n} splits)")
+    caveat = paired_caveat([v["ga"][s] - v["sga"][s] for s in sorted(both)], "GA − SGA", digits=3,
+                           comparisons=comparisons)
     paired = ", ".join(f"split {s} {v['ga'][s]:.2f} vs {v['sga'][s]:.2f}" for s in sorted(v["ga"]) if s in v["sga"])
     return (f"{stop} stop rule, {attack}: leakage max(AUC, 1 − AUC) GA {mean['ga']:.3f}, SGA {mean['sga']:.3f}, "
             f"TAU {mean['tau']:.3f} — GA leaks {'more' if holds else 'not more'} than SGA and TAU in the means, so the "
@@ -222,14 +216,17 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
                    + ", ".join(f"{a} {auc[a]:.2f}" for a in sorted(attacks, key=lambda a: -auc[a]))
                    + (f"; barely above chance: {', '.join(weak)} — an attack that cannot see the planted members "
                       "says little about what unlearning leaves" if weak else "") + ".")
+    subs = {}
     for stop in ("mean", "per-sequence"):
         sub = df[df["stop"] == stop]
         full = [k for k, g in sub.groupby("split") if {"ga", "sga", "tau"} <= set(g["stage"])]
         sub = sub[sub["split"].isin(full)]  # compare on the splits where GA, SGA and TAU all ran
-        if not {"ga", "sga", "tau"} <= set(sub["stage"]):
-            continue
-        for a in ("miau", "threshold", "loss", "reference"):
-            line = _compare(sub, a, stop) if a in attacks else None
+        if {"ga", "sga", "tau"} <= set(sub["stage"]):
+            subs[stop] = sub
+    compared = [a for a in ("miau", "threshold", "loss", "reference") if a in attacks]
+    for stop, sub in subs.items():
+        for a in compared:
+            line = _compare(sub, a, stop, comparisons=len(compared) * len(subs))
             if line:
                 out.append(line)
         leak = {m: {a: np.nanmean([leakage(row[a]["auc"]) for row in g["attacks"] if a in row]) for a in attacks}

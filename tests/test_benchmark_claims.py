@@ -53,6 +53,7 @@ AUC = {  # attack -> method -> AUC per split 0, 1, 2
     "miau": {"ga": [0.30, 0.80, 0.75], "sga": [0.60, 0.62, 0.58], "tau": [0.55, 0.65, 0.40]},
     "loss": {"ga": [0.90, 0.91, 0.92], "sga": [0.60, 0.61, 0.62], "tau": [0.60, 0.61, 0.62]},
     "zlib": {"ga": [0.60, 0.60, 0.61], "sga": [0.70, 0.72, 0.74], "tau": [0.50, 0.50, 0.50]},
+    "min-k": {"ga": [0.60, 0.70, 0.50], "sga": [0.65, 0.60, 0.55], "tau": [0.50, 0.50, 0.50]},
 }
 
 
@@ -71,12 +72,13 @@ def _attack_runs(extra_split: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _reference_verdict(attack: str) -> tuple[dict, bool, bool]:
+def _reference_verdict(attack: str) -> tuple[dict, bool, tuple[float, float], bool]:
     leak = {m: [max(a, 1 - a) for a in AUC[attack][m]] for m in ("ga", "sga", "tau")}
     mean = {m: sum(v) / 3 for m, v in leak.items()}
     holds = mean["ga"] > mean["sga"] and mean["ga"] > mean["tau"]
-    inside = abs(mean["ga"] - mean["sga"]) <= _half(leak["ga"]) + _half(leak["sga"])
-    return mean, holds, inside
+    diffs = [g - s for g, s in zip(leak["ga"], leak["sga"])]  # paired: the same split, the same planted model
+    d, h = sum(diffs) / 3, _half(diffs)
+    return mean, holds, (d, h), abs(d) > h
 
 
 def test_leakage_flips_below_chance(ae):
@@ -90,18 +92,21 @@ def test_compare_against_slow_reference(ae, attack):
     df = _attack_runs()
     sub = df[df["split"].isin([0, 1, 2])]  # claims() keeps the splits where GA, SGA and TAU all ran
     line = ae._compare(sub, attack, "mean")
-    mean, holds, inside = _reference_verdict(attack)
+    mean, holds, (d, h), excludes = _reference_verdict(attack)
     assert f"GA {mean['ga']:.3f}, SGA {mean['sga']:.3f}, TAU {mean['tau']:.3f}" in line
     assert ("GA leaks more than" in line) == holds
     assert ("claim holds" in line) == holds
-    assert ("inside the 95 % intervals over 3 splits" in line) == inside
-    assert ("outside the 95 % intervals over 3 splits" in line) == (not inside)
+    assert f"the paired GA − SGA difference over 3 splits is {d:+.3f} ± {h:.3f}" in line
+    assert ("which excludes 0" in line) == excludes and ("which includes 0" in line) == (not excludes)
     leak = {m: [max(a, 1 - a) for a in AUC[attack][m]] for m in ("ga", "sga")}
     for s in range(3):
         assert f"split {s} {leak['ga'][s]:.2f} vs {leak['sga'][s]:.2f}" in line
-    # the cases above cover every branch: holds inside, holds outside, does not hold
-    assert {a: _reference_verdict(a)[1:] for a in AUC} == {"miau": (True, True), "loss": (True, False),
-                                                           "zlib": (False, False)}
+    # the cases cover every branch: holds and excludes 0, GA below SGA and excludes 0, includes 0
+    assert {a: (_reference_verdict(a)[1], _reference_verdict(a)[3]) for a in AUC} == {
+        "miau": (True, True), "loss": (True, True), "zlib": (False, True), "min-k": (False, False)}
+    # an unpaired comparison would call miau 'inside the intervals'; the paired one sees it
+    leak_m = {m: [max(a, 1 - a) for a in AUC["miau"][m]] for m in ("ga", "sga")}
+    assert abs(sum(leak_m["ga"]) / 3 - sum(leak_m["sga"]) / 3) <= _half(leak_m["ga"]) + _half(leak_m["sga"])
 
 
 def test_claims_pair_only_complete_splits(ae):
@@ -155,29 +160,61 @@ def test_fewer_against_slow_reference(pc):
     m_ga, m_sga = sum(ga) / 3, sum(sga) / 3  # 5.0, 4.67
     assert f"(c = {m_sga:.1f} vs {m_ga:.1f})" in line
     assert "leaves fewer outliers" in line and "the paper's claim holds in the means" in line
-    inside = abs(m_ga - m_sga) <= _half(ga) + _half(sga)
-    assert inside and "inside the 95 % intervals over 3 splits" in line
+    diffs = [s_ - g for s_, g in zip(sga, ga)]  # SGA − GA per split: +3, −4, 0
+    d, h = sum(diffs) / 3, _half(diffs)
+    assert abs(d) <= h and f"the paired SGA − GA difference over 3 splits is {d:+.1f} ± {h:.1f}, which includes 0" in line
     assert "split by split (GA vs SGA): split 0 6 vs 9, split 1 4 vs 0, split 2 5 vs 5." in line
-    # TA 7.3 vs TAU 4.7: fewer; TA's spread is small but TAU's is wide, so still inside
+    # TA 7.3 vs TAU 4.7: fewer in the means
     line = pc._fewer(df, "tau", "ta", "")
     ta, tau = C[("mean", "ta")], C[("mean", "tau")]
-    assert (abs(sum(ta) / 3 - sum(tau) / 3) <= _half(ta) + _half(tau)) == ("inside" in line)
+    diffs = [u - a for u, a in zip(tau, ta)]
+    assert (abs(sum(diffs) / 3) > _half(diffs)) == ("which excludes 0" in line)
     # GA never has fewer than SGA here
     assert "no fewer outliers" in pc._fewer(df, "ga", "sga", "x ") and "x does not hold" in pc._fewer(df, "ga", "sga", "x ")
 
 
-def test_noise_outside_when_intervals_apart(pc):
+def test_noise_is_paired_over_splits(pc):
     df = _claim_runs()
-    df.loc[(df["stop"] == "mean") & (df["method"] == "ga"), "c"] = [20, 21, 22]
-    df.loc[(df["stop"] == "mean") & (df["method"] == "sga"), "c"] = [1, 2, 3]
-    assert abs(21 - 2) > _half([20, 21, 22]) + _half([1, 2, 3])
-    assert pc._noise(df, "sga", "ga") == " (outside the 95 % intervals over 3 splits)"
-    # apart by more than one half-width but less than the two together: still inside
-    df.loc[(df["stop"] == "mean") & (df["method"] == "ga"), "c"] = [4, 5, 6]
-    assert _half([4, 5, 6]) < abs(5 - 2) <= _half([4, 5, 6]) + _half([1, 2, 3])
-    assert pc._noise(df, "sga", "ga").startswith(", but the difference lies inside the 95 % intervals over 3 splits")
+    sel = lambda m: (df["stop"] == "mean") & (df["method"] == m)  # noqa: E731
+    # a constant gap of 1 outlier per split: the per-method intervals overlap, the paired one excludes 0
+    df.loc[sel("ga"), "c"] = [4, 0, 6]
+    df.loc[sel("sga"), "c"] = [3, -1, 5]
+    assert abs(10 / 3 - 7 / 3) <= _half([4, 0, 6]) + _half([3, -1, 5])
+    assert pc._noise(df, "sga", "ga") == ("; the paired SGA − GA difference over 3 splits is -1.0 ± 0.0, which "
+                                          "excludes 0, and still does at the Bonferroni level for 2 comparisons "
+                                          "(± 0.0): evidence at this scale")
+    # differences that change sign: includes 0
+    df.loc[sel("sga"), "c"] = [1, 2, 3]
+    diffs = [1 - 4, 2 - 0, 3 - 6]
+    d, h = sum(diffs) / 3, _half(diffs)
+    assert abs(d) <= h
+    assert pc._noise(df, "sga", "ga") == (f"; the paired SGA − GA difference over 3 splits is {d:+.1f} ± {h:.1f}, "
+                                          "which includes 0: not evidence either way")
+    # a split where one method did not run is left out of the pairs
+    assert "over 2 splits" in pc._noise(df[~((df["split"] == 2) & sel("ga"))], "sga", "ga")
     one = df[df["split"] == 0]
-    assert pc._noise(one, "sga", "ga") == " (one split: no interval, not evidence either way)"
+    assert pc._noise(one, "sga", "ga") == ", but one split has no interval (not evidence either way)"
+
+
+def _strict_half(values: list[float], comparisons: int) -> float:
+    """Half-width at the Bonferroni level 1 − 0.05/m, two-sided, by hand (scipy's t quantile)."""
+    from scipy.stats import t
+
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return t.ppf(1 - 0.025 / comparisons, len(values) - 1) * sd / math.sqrt(len(values))
+
+
+@pytest.mark.parametrize("diffs, survives", [([0.10, 0.12, 0.10], True), ([0.07, 0.11, 0.09], False)])
+def test_paired_caveat_bonferroni(pc, diffs, survives):
+    d, h, strict = sum(diffs) / 3, _half(diffs), _strict_half(diffs, 8)
+    assert abs(d) > h and (abs(d) > strict) == survives  # both cases exclude 0 at 95 %
+    line = pc.paired_caveat(diffs, "GA − SGA", digits=3, comparisons=8)
+    assert line.startswith(f"; the paired GA − SGA difference over 3 splits is {d:+.3f} ± {h:.3f}, which excludes 0")
+    assert f"(± {strict:.3f})" in line
+    assert ("and still does at the Bonferroni level for 8 comparisons" in line) == survives
+    assert ("but not at the Bonferroni level for 8 comparisons" in line) == (not survives)
+    assert pc.paired_caveat(diffs, "x", comparisons=1).endswith("excludes 0: evidence at this scale")
 
 
 def test_per_sequence_price_against_slow_reference(pc):
