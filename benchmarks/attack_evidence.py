@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -254,6 +255,22 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     return out
 
 
+def refill_comparison(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]:
+    """MIAU with the unplanted model refilling against the planted model refilling, run by run (same
+    members, non-members, masks and seed; only the refills differ)."""
+    same = {k: v for k, v in key.items() if k not in ("refill", "attacks")}
+    planted = [r for r in recorded if "refill" not in r["settings"] and "miau" in r["attacks"]
+               and {k: v for k, v in r["settings"].items() if k != "attacks"} == same]
+    out = []
+    for r in df.itertuples():
+        o = next((x for x in planted if (x["split"], x["stage"], x["stop"]) == (r.split, r.stage, r.stop)), None)
+        if o is not None and "miau" in r.attacks:
+            out.append(f"Split {r.split}, {r.stage} ({r.stop}): MIAU AUC {r.attacks['miau']['auc']:.2f} with the "
+                       f"unplanted model refilling vs {o['attacks']['miau']['auc']:.2f} with the planted model "
+                       "refilling (same members, non-members, masks and seed; only the refills differ).")
+    return out
+
+
 def _seconds(df: pd.DataFrame, rows) -> str:
     return f"{df.loc[rows, 'seconds'].mean():.0f} s" if rows.any() else "no run"
 
@@ -268,12 +285,13 @@ def write_results(args) -> None:
     splits = sorted(df["split"].unique())
     pert = next((p for p in df["perturber"] if p), None)
     cmd = (f"benchmarks/attack_evidence.py --splits {','.join(map(str, splits))} --members {args.members} "
-           f"--exposures {args.exposures} --methods {','.join(args.methods)} --stops {','.join(args.stops)} "
+           f"--exposures {args.exposures} --methods {shlex.quote(','.join(args.methods))} --stops {','.join(args.stops)} "
            f"--max-steps {args.max_steps} --nonmembers {args.nonmembers} --neighbours {args.neighbours} "
            f"--perturber {args.perturber} --bootstrap {args.bootstrap}"
            + (f" --refill {args.refill}" if args.refill != "planted" else "")
            + (f" --attacks {','.join(args.attacks)}" if args.attacks else ""))
     stages = df.groupby("split")["stage"].apply(lambda s: len(set(s))).to_dict()
+    lines = claims(df, attacks) + (refill_comparison(df, key, done_runs()) if args.refill != "planted" else [])
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {os.cpu_count()} cores shared with other work).
 
 Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at
@@ -291,7 +309,7 @@ and cached then), {_seconds(df, df['stage'] != BEFORE)} per unlearning run with 
 {chr(10).join(chr(10) + t + chr(10) for t in tables(df, attacks))}
 What these runs say about the paper's claim (GA leaks more than SGA/TAU), computed by the script:
 
-{chr(10).join('- ' + c for c in claims(df, attacks)) or '- not enough runs yet (needs GA, SGA and TAU under one stop rule).'}
+{chr(10).join('- ' + c for c in lines) or '- not enough runs yet (needs GA, SGA and TAU under one stop rule).'}
 """
     write_section(TITLE if args.refill == "planted" else f"{TITLE}: MIAU neighbours refilled by the unplanted model",
                   body)

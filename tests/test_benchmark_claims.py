@@ -261,3 +261,20 @@ def test_paper_table_config_is_valid_and_spans_the_issue_grid(tmp_path):
     assert raw["utility"]["limit"] == 16 and raw["attacks"]["neighbours"] == 10
     # no utility: the tasks list is emptied, not left pointing at the data
     assert pt.build_config(argparse.Namespace(**{**vars(args), "utility_limit": 0}))["utility"] == {"tasks": []}
+
+
+def test_refill_comparison_pairs_runs_that_differ_only_in_the_refill(ae):
+    base = {"members": 16, "neighbours": 5, "attacks": []}
+    key = {**base, "attacks": ["miau"], "refill": "base"}
+    miau = lambda auc: {"miau": {"auc": auc, "below_chance": False, "tpr": {}}}  # noqa: E731
+    recorded = [
+        {"split": 0, "stage": "before", "stop": "-", "settings": base, "attacks": miau(0.52)},
+        {"split": 0, "stage": "before", "stop": "-", "settings": {**base, "neighbours": 25}, "attacks": miau(0.9)},
+        {"split": 1, "stage": "before", "stop": "-", "settings": base, "attacks": miau(0.7)},
+    ]
+    df = pd.DataFrame([{"split": 0, "stage": "before", "stop": "-", "settings": key, "attacks": miau(0.64)},
+                       {"split": 2, "stage": "before", "stop": "-", "settings": key, "attacks": miau(0.6)}])
+    out = ae.refill_comparison(df, key, recorded)
+    # split 0 pairs with the K = 5 run (not the K = 25 one); split 2 has no planted-refill run
+    assert out == ["Split 0, before (-): MIAU AUC 0.64 with the unplanted model refilling vs 0.52 with the planted "
+                   "model refilling (same members, non-members, masks and seed; only the refills differ)."]
