@@ -225,6 +225,7 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
         if {"ga", "sga", "tau"} <= set(sub["stage"]):
             subs[stop] = sub
     compared = [a for a in ("miau", "threshold", "loss", "reference") if a in attacks]
+    first = len(out)
     for stop, sub in subs.items():
         for a in compared:
             line = _compare(sub, a, stop, comparisons=len(compared) * len(subs))
@@ -252,6 +253,20 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
                        "the unlearned members' likelihood now sits closer to that of their own perturbed neighbours than "
                        "unseen text's does (unseen text is clearly more likely than its perturbations) — a trace of "
                        "unlearning that an attacker reads by flipping the score (what leakage counts).")
+    if subs and compared:
+        sure = [line for line in out[first:] if "and still does at the Bonferroni level" in line]
+        strong = [line.split(":")[0] for line in sure if " splits is +" in line]
+        against = [line.split(":")[0] for line in sure if " splits is -" in line]
+        verdict = ("holds where it is measurable here" if strong and not against else
+                   "is contradicted here" if against and not strong else
+                   "gets mixed evidence here" if strong else "is not tested by these runs")
+        out.insert(first, f"Plainly: of the {len(compared) * len(subs)} paired GA-vs-SGA comparisons "
+                          f"({', '.join(compared)} × {' and '.join(subs)} rule), GA leaks more beyond chance and after "
+                          f"a Bonferroni correction in {len(strong)}" + (f" ({'; '.join(strong)})" if strong else "")
+                   + f", SGA in {len(against)}" + (f" ({'; '.join(against)})" if against else "")
+                   + f"; the others are not evidence either way. The paper's claim {verdict}, at "
+                     f"{int(df['split'].nunique())} splits" + (f" of {df['settings'].iloc[0]['members']} members"
+                                                                if "settings" in df else "") + ".")
     return out
 
 

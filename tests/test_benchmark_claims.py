@@ -118,6 +118,19 @@ def test_claims_pair_only_complete_splits(ae):
            f"({', '.join(more)})." in out
     # c(D_f): GA split + 2, SGA and TAU split → means 3, 1, 1
     assert "mean stop rule: band outliers c(D_f) GA 3.0, SGA 1.0, TAU 1.0." in out
+    # the plain verdict counts the comparisons (of miau, threshold, loss, reference: here miau and loss) whose
+    # paired interval excludes 0 in GA's favour at the Bonferroni level (loss: a constant gap; miau: not)
+    compared = [a for a in ("miau", "threshold", "loss", "reference") if a in AUC]
+    plain = next(line for line in out if line.startswith("Plainly:"))
+    assert f"of the {len(compared)} paired GA-vs-SGA comparisons ({', '.join(compared)} × mean rule)" in plain
+    strong = []
+    for a in compared:
+        _, _, (d, _), _ = _reference_verdict(a)
+        leak = {m: [max(x, 1 - x) for x in AUC[a][m]] for m in ("ga", "sga")}
+        diffs = [g - s_ for g, s_ in zip(leak["ga"], leak["sga"])]
+        if d > 0 and abs(d) > _strict_half(diffs, len(compared)):
+            strong.append(a)
+    assert f"after a Bonferroni correction in {len(strong)}" in plain
     # no per-sequence runs: no per-sequence statements
     assert not any(line.startswith("per-sequence") for line in out)
 
