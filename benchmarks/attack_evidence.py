@@ -45,7 +45,7 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import write_section  # noqa: E402
-from paper_claims import fmt, paired_caveat, planted_model, t_interval  # noqa: E402  (the same planting, the same cache)
+from paper_claims import fmt, paired_caveat, paired_difference, planted_model, t_interval  # noqa: E402  (the same planting, the same cache)
 
 from unmemorize.attacks import AttackOptions, build_perturber, run_attacks  # noqa: E402
 from unmemorize.data import load_sequences  # noqa: E402
@@ -135,7 +135,7 @@ def run_split(split: int, args, done: list[dict]) -> None:
     for stage, stop in todo:
         t = time.perf_counter()
         if stage == BEFORE:
-            base = load_model("default", log=log)
+            base = refill if args.refill == "base" else load_model("default", log=log)  # load it once
             results = run_attacks(planted.model, tok, forget, reference, original=base.model,
                                   original_tokenizer=base.tokenizer, options=opts, perturber=perturber)
             del base
@@ -188,22 +188,21 @@ def _leak_by_split(sub: pd.DataFrame, method: str, attack: str) -> dict[int, flo
     return {int(r.split): leakage(r.attacks[attack]["auc"]) for r in g.itertuples() if attack in r.attacks}
 
 
-def _compare(sub: pd.DataFrame, attack: str, stop: str, comparisons: int = 1) -> str | None:
-    """GA against SGA and TAU on one attack: the means, the paired difference's interval, the splits side by side."""
+def _compare(sub: pd.DataFrame, attack: str, stop: str, comparisons: int = 1):
+    """GA against SGA and TAU on one attack: (the sentence — the means, the paired GA − SGA interval, the
+    splits side by side — and the paired difference), or None when no split has all three."""
     v = {m: _leak_by_split(sub, m, attack) for m in ("ga", "sga", "tau")}
-    both = set.intersection(*(set(x) for x in v.values()))  # only splits where all three ran: paired
-    v = {m: {s: x[s] for s in both} for m, x in v.items()}
+    both = sorted(set.intersection(*(set(x) for x in v.values())))  # only splits where all three ran: paired
     if not both:
         return None
-    mean = {m: float(np.mean(list(x.values()))) for m, x in v.items()}
+    mean = {m: float(np.mean([x[s] for s in both])) for m, x in v.items()}
     holds = mean["ga"] > max(mean["sga"], mean["tau"])
-    caveat = paired_caveat([v["ga"][s] - v["sga"][s] for s in sorted(both)], "GA − SGA", digits=3,
-                           comparisons=comparisons)
-    paired = ", ".join(f"split {s} {v['ga'][s]:.2f} vs {v['sga'][s]:.2f}" for s in sorted(v["ga"]) if s in v["sga"])
+    diff = paired_difference([v["ga"][s] - v["sga"][s] for s in both], comparisons)
+    paired = ", ".join(f"split {s} {v['ga'][s]:.2f} vs {v['sga'][s]:.2f}" for s in both)
     return (f"{stop} stop rule, {attack}: leakage max(AUC, 1 − AUC) GA {mean['ga']:.3f}, SGA {mean['sga']:.3f}, "
             f"TAU {mean['tau']:.3f} — GA leaks {'more' if holds else 'not more'} than SGA and TAU in the means, so the "
-            f"paper's claim {'holds' if holds else 'does not hold'} on this attack in the means{caveat}; split by "
-            f"split (GA vs SGA): {paired}.")
+            f"paper's claim {'holds' if holds else 'does not hold'} on this attack in the means"
+            f"{paired_caveat(diff, 'GA − SGA', digits=3)}; split by split (GA vs SGA): {paired}."), diff
 
 
 def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
@@ -225,12 +224,14 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
         if {"ga", "sga", "tau"} <= set(sub["stage"]):
             subs[stop] = sub
     compared = [a for a in ("miau", "threshold", "loss", "reference") if a in attacks]
-    first = len(out)
+    first, sure = len(out), {}  # comparisons whose paired interval survives the Bonferroni correction
     for stop, sub in subs.items():
         for a in compared:
-            line = _compare(sub, a, stop, comparisons=len(compared) * len(subs))
-            if line:
-                out.append(line)
+            found = _compare(sub, a, stop, comparisons=len(compared) * len(subs))
+            if found:
+                out.append(found[0])
+                if found[1].survives_correction:
+                    sure[f"{stop} stop rule, {a}"] = found[1].mean
         leak = {m: {a: np.nanmean([leakage(row[a]["auc"]) for row in g["attacks"] if a in row]) for a in attacks}
                 for m, g in sub.groupby("stage")}
         more = [a for a in attacks if leak["ga"][a] > max(leak["sga"][a], leak["tau"][a])]
@@ -254,9 +255,8 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
                        "unseen text's does (unseen text is clearly more likely than its perturbations) — a trace of "
                        "unlearning that an attacker reads by flipping the score (what leakage counts).")
     if subs and compared:
-        sure = [line for line in out[first:] if "and still does at the Bonferroni level" in line]
-        strong = [line.split(":")[0] for line in sure if " splits is +" in line]
-        against = [line.split(":")[0] for line in sure if " splits is -" in line]
+        strong = [name for name, d in sure.items() if d > 0]
+        against = [name for name, d in sure.items() if d < 0]
         verdict = ("holds where it is measurable here" if strong and not against else
                    "is contradicted here" if against and not strong else
                    "gets mixed evidence here" if strong else "is not tested by these runs")

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -149,35 +150,55 @@ def run_split(split: int, args, done: list[dict]) -> None:
         del r
 
 
-def paired_caveat(diffs: list[float], what: str, digits: int = 1, comparisons: int = 1) -> str:
-    """The 95 % t-interval of per-split differences between two methods and whether it excludes 0.
+@dataclass(frozen=True)
+class PairedDifference:
+    """Per-split differences between two methods: mean, 95 % half-width, and the Bonferroni half-width."""
 
-    Paired: in a split both methods start from the same planted model with the same τ (and face the same
+    mean: float
+    half: float
+    strict: float  # half-width at 1 − 0.05/comparisons (= half when comparisons == 1)
+    n: int
+    comparisons: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.n >= 2 and abs(self.mean) > self.half
+
+    @property
+    def survives_correction(self) -> bool:
+        return self.n >= 2 and abs(self.mean) > self.strict
+
+
+def paired_difference(diffs: list[float], comparisons: int = 1) -> PairedDifference:
+    """Paired: in a split both methods start from the same planted model with the same τ (and face the same
     non-members), so the split-to-split spread cancels in the difference; overlapping per-method
-    intervals would say less than the data do. With ``comparisons`` > 1 an interval that excludes 0 is
-    checked again at the Bonferroni level 1 − 0.05/comparisons (several attacks and rules are compared).
-    """
-    if len(diffs) < 2:
-        return ", but one split has no interval (not evidence either way)"
+    intervals would say less than the data do. With ``comparisons`` > 1 the interval is also taken at the
+    Bonferroni level 1 − 0.05/comparisons (several attacks and rules are compared)."""
     mean, half = t_interval(diffs)
-    text = f"; the paired {what} difference over {len(diffs)} splits is {mean:+.{digits}f} ± {half:.{digits}f}, which "
-    if abs(mean) <= half:
+    strict = _t_interval(diffs, 1 - 0.05 / comparisons)[1] if comparisons > 1 else half
+    return PairedDifference(mean, half, strict, len(diffs), comparisons)
+
+
+def paired_caveat(d: PairedDifference, what: str, digits: int = 1) -> str:
+    """The sentence for a :class:`PairedDifference`: its interval and whether it excludes 0."""
+    if d.n < 2:
+        return ", but one split has no interval (not evidence either way)"
+    text = f"; the paired {what} difference over {d.n} splits is {d.mean:+.{digits}f} ± {d.half:.{digits}f}, which "
+    if not d.excludes_zero:
         return text + "includes 0: not evidence either way"
-    if comparisons <= 1:
+    if d.comparisons <= 1:
         return text + "excludes 0: evidence at this scale"
-    strict = _t_interval(diffs, 1 - 0.05 / comparisons)[1]
-    return text + ("excludes 0" + (f", and still does at the Bonferroni level for {comparisons} comparisons "
-                                   f"(± {strict:.{digits}f}): evidence at this scale" if abs(mean) > strict else
-                                   f", but not at the Bonferroni level for {comparisons} comparisons "
-                                   f"(± {strict:.{digits}f}): weak evidence"))
+    level = f"the Bonferroni level for {d.comparisons} comparisons (± {d.strict:.{digits}f})"
+    return text + (f"excludes 0, and still does at {level}: evidence at this scale" if d.survives_correction else
+                   f"excludes 0, but not at {level}: weak evidence")
 
 
 def _noise(df: pd.DataFrame, a: str, b: str) -> str:
     """The paired interval of the two methods' mean-rule c(D_f) difference (a − b) over the splits where both ran."""
     c = df[df["stop"] == "mean"].set_index(["split", "method"])["c"]
     splits = sorted(s for s in df["split"].unique() if (s, a) in c.index and (s, b) in c.index)
-    return paired_caveat([float(c[(s, a)] - c[(s, b)]) for s in splits], f"{a.upper()} − {b.upper()}",
-                         comparisons=2)  # SGA vs GA and TAU vs TA
+    diffs = [float(c[(s, a)] - c[(s, b)]) for s in splits]
+    return paired_caveat(paired_difference(diffs, comparisons=2), f"{a.upper()} − {b.upper()}")  # SGA/GA, TAU/TA
 
 
 def _paired(df: pd.DataFrame, a: str, b: str) -> str:

@@ -24,6 +24,7 @@ def _load(name: str):
         sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
     spec.loader.exec_module(mod)
     return mod
 
@@ -91,13 +92,14 @@ def test_leakage_flips_below_chance(ae):
 def test_compare_against_slow_reference(ae, attack):
     df = _attack_runs()
     sub = df[df["split"].isin([0, 1, 2])]  # claims() keeps the splits where GA, SGA and TAU all ran
-    line = ae._compare(sub, attack, "mean")
+    line, diff = ae._compare(sub, attack, "mean")
     mean, holds, (d, h), excludes = _reference_verdict(attack)
     assert f"GA {mean['ga']:.3f}, SGA {mean['sga']:.3f}, TAU {mean['tau']:.3f}" in line
     assert ("GA leaks more than" in line) == holds
     assert ("claim holds" in line) == holds
     assert f"the paired GA − SGA difference over 3 splits is {d:+.3f} ± {h:.3f}" in line
     assert ("which excludes 0" in line) == excludes and ("which includes 0" in line) == (not excludes)
+    assert (diff.mean, diff.half, diff.n) == (pytest.approx(d), pytest.approx(h), 3) and diff.excludes_zero == excludes
     leak = {m: [max(a, 1 - a) for a in AUC[attack][m]] for m in ("ga", "sga")}
     for s in range(3):
         assert f"split {s} {leak['ga'][s]:.2f} vs {leak['sga'][s]:.2f}" in line
@@ -222,12 +224,12 @@ def _strict_half(values: list[float], comparisons: int) -> float:
 def test_paired_caveat_bonferroni(pc, diffs, survives):
     d, h, strict = sum(diffs) / 3, _half(diffs), _strict_half(diffs, 8)
     assert abs(d) > h and (abs(d) > strict) == survives  # both cases exclude 0 at 95 %
-    line = pc.paired_caveat(diffs, "GA − SGA", digits=3, comparisons=8)
+    line = pc.paired_caveat(pc.paired_difference(diffs, comparisons=8), "GA − SGA", digits=3)
     assert line.startswith(f"; the paired GA − SGA difference over 3 splits is {d:+.3f} ± {h:.3f}, which excludes 0")
     assert f"(± {strict:.3f})" in line
     assert ("and still does at the Bonferroni level for 8 comparisons" in line) == survives
     assert ("but not at the Bonferroni level for 8 comparisons" in line) == (not survives)
-    assert pc.paired_caveat(diffs, "x", comparisons=1).endswith("excludes 0: evidence at this scale")
+    assert pc.paired_caveat(pc.paired_difference(diffs), "x").endswith("excludes 0: evidence at this scale")
 
 
 def test_per_sequence_price_against_slow_reference(pc):

@@ -17,6 +17,7 @@ from unmemorize.commands.common import (
     OverwriteOpt,
     SeedOpt,
     TrustCodeOpt,
+    check_refill_model,
     console,
     default_out,
     load_model_cli,
@@ -93,8 +94,7 @@ def attack_command(
     opts.validate(names)
     if "miau" in names and perturber == "t5" and t5 is None:
         raise UserError("--perturber t5 needs --t5 PATH, a local T5 model folder (it is never downloaded)")
-    if refill_model is not None and not ("miau" in names and perturber == "lm"):
-        raise UserError("--refill-model is for MIAU's lm perturber: add miau to --attacks and use --perturber lm")
+    check_refill_model(refill_model, names, perturber)
     from unmemorize import distributed
 
     out_dir = out or default_out("attack")

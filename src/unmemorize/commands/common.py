@@ -75,3 +75,9 @@ def frame_table(df, title: str):
         t.add_row(*["—" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" if isinstance(v, float) else str(v)
                     for v in r.tolist()])
     return t
+
+
+def check_refill_model(refill_model, names, perturber: str) -> None:
+    """A refill model only means something to MIAU's lm perturber; refuse it elsewhere before any work."""
+    if refill_model is not None and not ("miau" in names and perturber == "lm"):
+        raise UserError("--refill-model is for MIAU's lm perturber: add miau to --attacks and use --perturber lm")

@@ -23,6 +23,7 @@ from unmemorize.commands.common import (
     OverwriteOpt,
     SeedOpt,
     TrustCodeOpt,
+    check_refill_model,
     console,
     default_out,
     err_console,
@@ -116,7 +117,7 @@ def unlearn_command(
     if retain is not None and not m.uses_retain:
         raise UserError(f"--retain is used by ga+mismatch and npo, not by {m.name}")
     attack_opts, attack_note = _attack_plan(None if no_attacks else attacks, reference is not None, m, neighbours,
-                                            perturber, tau, band, seed, micro_batch, refill_model is not None)
+                                            perturber, tau, band, seed, micro_batch, refill_model)
     out = out or default_out("unlearn")
 
     from unmemorize import distributed
@@ -228,15 +229,14 @@ def unlearn_command(
 
 
 def _attack_plan(attacks: str | None, has_reference: bool, method, neighbours: int, perturber: str, tau, band,
-                 seed: int, batch_size: int, refill_model: bool = False):
+                 seed: int, batch_size: int, refill_model: str | None = None):
     """AttackOptions for the before/after attacks, or (None, why not); bad options fail before any work."""
     from unmemorize.attacks import ATTACKS, AttackOptions
 
     if attacks is None:
         return None, ""
     names = parse_list(attacks, tuple(ATTACKS), "attack")
-    if refill_model and not ("miau" in names and perturber == "lm"):
-        raise UserError("--refill-model is for MIAU's lm perturber: add miau to --attacks and use --perturber lm")
+    check_refill_model(refill_model, names, perturber)
     if not has_reference:
         return None, ("privacy attacks not run: they need non-members, the unseen --reference set "
                       "(τ was given with --tau)")
