@@ -18,6 +18,7 @@ Needs ../shared/data (the forget sets and the evaluation files).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import sys
@@ -54,6 +55,43 @@ def build_config(args) -> dict:
     if args.device:
         cfg["device"] = args.device
     return cfg
+
+
+def describe_devices(manifests: list[dict]) -> str:
+    """Which machines made the runs, counted from their manifests, e.g. "20 on cuda (torch 2.11.0,
+    Python 3.12.3), 4 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)".
+
+    The runner skips finished runs by a key that leaves the device out (it does not change what is
+    computed), so one table can gather runs from several machines; its seconds column is then only
+    comparable within a device, and the section must say so instead of naming this machine alone."""
+    groups: dict[str, int] = {}
+    for m in manifests:
+        v = m.get("versions", {})
+        extra = f", {m['torch_threads']} threads" if m.get("device") == "cpu" and m.get("torch_threads") else ""
+        label = f"{m.get('device', '?')} (torch {v.get('torch', '?')}, Python {v.get('python', '?')}{extra})"
+        groups[label] = groups.get(label, 0) + 1
+    parts = [f"{n} on {label}" for label, n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return ", ".join(parts) if parts else "no runs"
+
+
+def before_lines(summaries: list[dict]) -> list[str]:
+    """One line per forget set: what there was to forget — mean MA, τ and c(D_f) of the original model,
+    per split. The table shows only the after-state; without the start a reader cannot tell a method
+    that did little from a forget set that held little. The methods of one split share the start, so
+    each (forget set, split) is counted once."""
+    starts: dict[str, dict[str, dict]] = {}
+    for s in summaries:
+        starts.setdefault(s["forget"], {}).setdefault(str(s["split"]), {"size": s["size"], "tau": s["tau"], **s["metrics"]})
+    lines = []
+    for forget, by_split in sorted(starts.items(), key=lambda kv: next(iter(kv[1].values()))["size"]):
+        splits = sorted(by_split, key=lambda k: (len(k), k))
+        first = by_split[splits[0]]
+        ma = ", ".join(f"{by_split[k]['mean_ma_before']:.3f}" for k in splits)
+        tau = ", ".join(f"{by_split[k]['tau']:.3f}" for k in splits)
+        c = ", ".join(str(int(by_split[k]["c_before"])) for k in splits)
+        lines.append(f"- {forget} (|D_f| = {first['size']}), splits {', '.join(splits)}: mean MA before unlearning "
+                     f"{ma}; τ {tau}; sequences outside the band before, c(D_f): {c}")
+    return lines
 
 
 def main() -> None:
@@ -107,6 +145,9 @@ def main() -> None:
         return
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    made_on = describe_devices([json.loads((f / "manifest.json").read_text()) for f in folders])
+    start = "\n".join(before_lines([json.loads((f / "summary.json").read_text()) for f in folders]))
+    mixed = "; the seconds column mixes machines, so compare it only within one" if made_on.count(" on ") > 1 else ""
     label = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
     body = f"""Command (resumable: finished runs are skipped):
 
@@ -114,12 +155,17 @@ def main() -> None:
 {command}
 ```
 
-{len(folders)} runs, this invocation {minutes:.1f} min on {device}. Config: `{config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path}`
+{len(folders)} runs, made {made_on}{mixed}. This invocation: {minutes:.1f} min on {device}
+(finished runs are skipped, whichever machine made them). Config: `{config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path}`
 (from `configs/default.yaml`); report with plots: `{html.relative_to(ROOT) if html.is_relative_to(ROOT) else html}`.
 τ = the model's mean MA on the first {args.reference_limit} sequences of `pile.csv`; the same sequences are the
 attacks' non-members. Stop rule: mean MA < τ, at most {args.max_steps} steps. Utility: the paper's 13 tasks,
 first {args.utility_limit} examples each (full mode). Cells: mean ± half-width of the 95% Student-t interval over
 splits {', '.join(map(str, args.splits))} (n = {len(args.splits)}).
+
+Where the methods started (the original model, per split):
+
+{start}
 
 {tables}
 """

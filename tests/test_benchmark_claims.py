@@ -293,3 +293,34 @@ def test_refill_comparison_pairs_runs_that_differ_only_in_the_refill(ae):
     # split 0 pairs with the K = 5 run (not the K = 25 one); split 2 has no planted-refill run
     assert out == ["Split 0, before (-): MIAU AUC 0.64 with the unplanted model refilling vs 0.52 with the planted "
                    "model refilling (same members, non-members, masks and seed; only the refills differ)."]
+
+
+def test_paper_table_names_every_machine_its_runs_came_from():
+    """A resumed table can hold runs from several machines (the run key leaves the device out), so the
+    RESULTS section counts them per device from the manifests instead of naming the last machine."""
+    pt = _load("paper_table")
+    gpu = {"device": "cuda", "torch_threads": 16, "versions": {"torch": "2.11.0", "python": "3.12.3"}}
+    cpu = {"device": "cpu", "torch_threads": 2, "versions": {"torch": "2.13.0+cpu", "python": "3.11.7"}}
+    assert pt.describe_devices([cpu, gpu, gpu]) == (
+        "2 on cuda (torch 2.11.0, Python 3.12.3), 1 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)")
+    assert pt.describe_devices([cpu]) == "1 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)"
+    assert pt.describe_devices([]) == "no runs"
+
+
+def test_paper_table_states_the_start_once_per_split():
+    """The before-state line counts each (forget set, split) once although four methods share it, and
+    orders forget sets by size and splits numerically."""
+    pt = _load("paper_table")
+
+    def run(forget, size, split, method, ma, c):
+        return {"forget": forget, "size": size, "split": split, "method": method, "tau": 0.4,
+                "metrics": {"mean_ma_before": ma, "c_before": c}}
+
+    summaries = [run("jang32", 32, "0", "ga", 0.5, 7), run("jang8", 8, "10", "ga", 0.61, 3),
+                 run("jang8", 8, "2", "ga", 0.55, 2), run("jang8", 8, "2", "sga", 0.55, 2)]
+    assert pt.before_lines(summaries) == [
+        "- jang8 (|D_f| = 8), splits 2, 10: mean MA before unlearning 0.550, 0.610; τ 0.400, 0.400; "
+        "sequences outside the band before, c(D_f): 2, 3",
+        "- jang32 (|D_f| = 32), splits 0: mean MA before unlearning 0.500; τ 0.400; "
+        "sequences outside the band before, c(D_f): 7",
+    ]
