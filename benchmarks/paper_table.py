@@ -68,7 +68,8 @@ def describe_devices(manifests: list[dict]) -> str:
     for m in manifests:
         v = m.get("versions", {})
         extra = f", {m['torch_threads']} threads" if m.get("device") == "cpu" and m.get("torch_threads") else ""
-        label = f"{m.get('device', '?')} (torch {v.get('torch', '?')}, Python {v.get('python', '?')}{extra})"
+        device = m.get("device_name") or m.get("device", "?")
+        label = f"{device} (torch {v.get('torch', '?')}, Python {v.get('python', '?')}{extra})"
         groups[label] = groups.get(label, 0) + 1
     parts = [f"{n} on {label}" for label, n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]
     return ", ".join(parts) if parts else "no runs"

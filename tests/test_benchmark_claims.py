@@ -305,6 +305,8 @@ def test_paper_table_names_every_machine_its_runs_came_from():
         "2 on cuda (torch 2.11.0, Python 3.12.3), 1 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)")
     assert pt.describe_devices([cpu]) == "1 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)"
     assert pt.describe_devices([]) == "no runs"
+    h100 = {**gpu, "device_name": "NVIDIA H100 80GB HBM3"}  # newer manifests name the card
+    assert pt.describe_devices([h100]) == "1 on NVIDIA H100 80GB HBM3 (torch 2.11.0, Python 3.12.3)"
 
 
 def test_paper_table_states_the_start_once_per_split():

@@ -147,6 +147,8 @@ def build_manifest(command: str, options: dict[str, Any], inputs: dict[str, Any]
         "versions": package_versions(),
         "git_sha": git_sha(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        # the card's name: timings are only comparable on the same one
+        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         **to_jsonable(extra),
     }
