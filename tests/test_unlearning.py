@@ -428,5 +428,9 @@ def test_cli_runs_attacks_on_original_and_unlearned(lab, tmp_path):
     for label in ("original", "unlearned"):
         miau = json.loads((tmp_path / "refill_run" / f"{label}_attacks.json").read_text())["attacks"]["miau"]
         assert miau["summary"]["perturber"]["model"] == want != load_model(str(model_dir)).fingerprint
+    manifest = json.loads((tmp_path / "refill_run" / "manifest.json").read_text())
+    assert manifest["inputs"]["refill_model"]["path"] == str(other_dir)
+    assert manifest["options"]["attacks"]["names"] == ["miau"] and manifest["options"]["attacks"]["perturber"] == "lm"
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["refill_model"] is None  # the original refilled
     bad = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "bad2")] + ["--refill-model", str(other_dir)])
     assert bad.exit_code != 0 and "lm perturber" in str(bad.exception) and not (tmp_path / "bad2").exists()

@@ -184,9 +184,13 @@ def unlearn_command(
                   "MA before and after": before_after_histogram(run.path("histogram.png"), result)}
         inputs = {"model": loaded.describe(), "forget": forget_set.describe(),
                   "reference": None if ref_set is None else ref_set.describe(),
-                  "retain": None if retain_data is None else retain_data.describe()}
+                  "retain": None if retain_data is None else retain_data.describe(),
+                  # MIAU's neighbours depend on who refilled them: the original unless --refill-model
+                  "refill_model": None if refill is None else refill.describe()}
         options = {"method": m.describe(), "stop": stop, "tau": tau, "tau_from": "reference" if reference else "--tau",
-                   "band": [band.lo, band.hi], "metrics": list(wanted), "save": save, **opts.as_dict()}
+                   "band": [band.lo, band.hi], "metrics": list(wanted), "save": save, **opts.as_dict(),
+                   "attacks": None if attack_opts is None else
+                   {"names": list(attack_opts.attacks), "neighbours": neighbours, "perturber": perturber, "seed": seed}}
         write_json(run.path("manifest.json"), build_manifest("unlearn", options, inputs, result=summary))
         if save and distributed.is_main():
             save_model(result.model, tok, run.path("model"),
