@@ -326,3 +326,25 @@ def test_paper_table_states_the_start_once_per_split():
         "- jang32 (|D_f| = 32), splits 0: mean MA before unlearning 0.500; τ 0.400; "
         "sequences outside the band before, c(D_f): 7",
     ]
+
+
+def test_claims_state_the_start_and_below_chance_miau(ae):
+    """The before-unlearning line: mean AUC over splits per attack, strongest first, weak ones (< 0.6)
+    named; the MIAU line names exactly the methods whose MIAU AUC fell below chance in some split."""
+    before = {"miau": [0.50, 0.62, 0.56], "loss": [0.80, 0.90, 0.85], "zlib": [0.70, 0.60, 0.65],
+              "min-k": [0.55, 0.60, 0.59]}
+    rows = [{"split": s, "stage": ae.BEFORE, "stop": "-", "threshold": None,
+             "attacks": {a: {"auc": v[s], "below_chance": False, "tpr": {}} for a, v in before.items()}}
+            for s in range(3)]
+    df = pd.concat([_attack_runs(extra_split=False), pd.DataFrame(rows)], ignore_index=True)
+    out = ae.claims(df, list(AUC))
+    mean = {a: sum(v) / 3 for a, v in before.items()}  # loss .85, zlib .65, min-k .58, miau .56
+    assert ("Before unlearning (planted model): loss 0.85, zlib 0.65, min-k 0.58, miau 0.56; barely above chance: "
+            f"miau ({mean['miau']:.2f}), min-k ({mean['min-k']:.2f}) — an attack that cannot see the planted members "
+            "says little about what unlearning leaves.") in out
+    # in _attack_runs only GA's split-0 MIAU (0.30) is below chance
+    below = [line for line in out if "fell below chance" in line]
+    assert len(below) == 1 and below[0].startswith("mean stop rule: MIAU's AUC fell below chance after ga in at least")
+    df.loc[df["stage"] == "ga", "attacks"] = df.loc[df["stage"] == "ga", "attacks"].map(
+        lambda a: {**a, "miau": {**a["miau"], "below_chance": False}})
+    assert not any("fell below chance" in line for line in ae.claims(df, list(AUC)))
