@@ -95,6 +95,41 @@ def before_lines(summaries: list[dict]) -> list[str]:
     return lines
 
 
+def reading(summaries: list[dict], methods: list[str]) -> list[str]:
+    """What the runs say, per forget set, computed from their summaries: how many steps the stop rule
+    needed, c(D_f) before and after, MIAU after unlearning against chance, and how far the average
+    accuracy moved. Ranges are over runs, means over splits; the table beside it has the intervals."""
+    by_forget: dict[str, list[dict]] = {}
+    for s in summaries:
+        by_forget.setdefault(s["forget"], []).append(s)
+    out = []
+    for forget, runs in sorted(by_forget.items(), key=lambda kv: kv[1][0]["size"]):
+        ms = [m for m in methods if any(r["method"] == m for r in runs)]
+        of = {m: [r["metrics"] for r in runs if r["method"] == m] for m in ms}
+        span = lambda vals: f"{min(vals):g}–{max(vals):g}" if min(vals) != max(vals) else f"{min(vals):g}"  # noqa: E731
+        steps = [int(x["steps"]) for r in runs for x in [r["metrics"]]]
+        starts = {str(r["split"]): r["metrics"]["c_before"] for r in runs}
+        c_before = sum(starts.values()) / len(starts)
+        splits = len(starts)
+        line = (f"- {forget} (|D_f| = {runs[0]['size']}, {splits} split{'s' * (splits != 1)}): the stop rule held after "
+                f"{span(steps)} steps (" + ", ".join(f"{m.upper()} {span([int(x['steps']) for x in of[m]])}" for m in ms)
+                + f"); c(D_f) {c_before:.1f} before → " + ", ".join(
+                    f"{m.upper()} {sum(x['c'] for x in of[m]) / len(of[m]):.1f}" for m in ms) + " after (means over splits)")
+        miau = [x["miau_auc"] for r in runs for x in [r["metrics"]] if x.get("miau_auc") is not None]
+        if miau:
+            low = sum(a < 0.5 for a in miau)
+            line += ("; MIAU AUC after unlearning " + ", ".join(
+                f"{m.upper()} {sum(x['miau_auc'] for x in of[m]) / len(of[m]):.2f}" for m in ms if
+                all(x.get('miau_auc') is not None for x in of[m]))
+                + f", under 0.5 in {low} of {len(miau)} runs (the score now ranks the unlearned members below unseen "
+                  "text: a trace of unlearning that an attacker reads by flipping the score)")
+        acc = [x["average_acc_delta"] for r in runs for x in [r["metrics"]] if x.get("average_acc_delta") is not None]
+        if acc:
+            line += f"; average accuracy moved by {min(acc):+.3f} to {max(acc):+.3f}"
+        out.append(line + ".")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M) or a Hugging Face model folder")
@@ -147,6 +182,7 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     made_on = describe_devices([json.loads((f / "manifest.json").read_text()) for f in folders])
+    said = "\n".join(reading([json.loads((f / "summary.json").read_text()) for f in folders], args.methods))
     start = "\n".join(before_lines([json.loads((f / "summary.json").read_text()) for f in folders]))
     mixed = "; the seconds column mixes machines, so compare it only within one" if made_on.count(" on ") > 1 else ""
     label = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
@@ -167,6 +203,10 @@ splits {', '.join(map(str, args.splits))} (n = {len(args.splits)}).
 Where the methods started (the original model, per split):
 
 {start}
+
+What the runs say (computed from their summaries):
+
+{said}
 
 {tables}
 """

@@ -348,3 +348,21 @@ def test_claims_state_the_start_and_below_chance_miau(ae):
     df.loc[df["stage"] == "ga", "attacks"] = df.loc[df["stage"] == "ga", "attacks"].map(
         lambda a: {**a, "miau": {**a["miau"], "below_chance": False}})
     assert not any("fell below chance" in line for line in ae.claims(df, list(AUC)))
+
+
+def test_paper_table_reading_against_hand_computed_values():
+    """reading(): step ranges over runs, c(D_f) before once per split, c after / MIAU as means over the
+    method's runs, the count of runs under chance, the accuracy range; methods in the given order."""
+    pt = _load("paper_table")
+
+    def run(split, method, steps, c_before, c, miau, acc):
+        return {"forget": "jang8", "size": 8, "split": split, "method": method,
+                "metrics": {"steps": steps, "c_before": c_before, "c": c, "miau_auc": miau, "average_acc_delta": acc}}
+
+    runs = [run("0", "sga", 10, 3, 0, 0.40, 0.0), run("0", "ga", 4, 3, 1, 0.60, -0.016),
+            run("1", "sga", 3, 1, 1, 0.30, 0.008), run("1", "ga", 4, 1, 0, 0.20, -0.008)]
+    assert pt.reading(runs, ["ga", "sga", "ta"]) == [
+        "- jang8 (|D_f| = 8, 2 splits): the stop rule held after 3–10 steps (GA 4, SGA 3–10); c(D_f) 2.0 before → "
+        "GA 0.5, SGA 0.5 after (means over splits); MIAU AUC after unlearning GA 0.40, SGA 0.35, under 0.5 in 3 of "
+        "4 runs (the score now ranks the unlearned members below unseen text: a trace of unlearning that an "
+        "attacker reads by flipping the score); average accuracy moved by -0.016 to +0.008."]
