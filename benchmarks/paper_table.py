@@ -130,6 +130,31 @@ def reading(summaries: list[dict], methods: list[str]) -> list[str]:
     return out
 
 
+def keep_artifacts(report: Path, label: str) -> str:
+    """Copy the table's CSVs and the per-sequence before/after plots from the report (under the ignored
+    runs/ folder) into benchmarks/results/, so that what RESULTS.md states can be checked in the repo.
+    Returns the Markdown that links them."""
+    import shutil
+
+    stem = "paper_table_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    dest = ROOT / "benchmarks" / "results"
+    dest.mkdir(parents=True, exist_ok=True)
+    links = []
+    for name, what in (("results.csv", "the table"), ("runs.csv", "one row per run")):
+        shutil.copyfile(report / name, dest / f"{stem}_{name}")
+        links.append(f"{what}: `benchmarks/results/{stem}_{name}`")
+    plots = []
+    def size(png: Path) -> int:  # <model>_<forget>_<size>_before_after.png: smaller forget sets first
+        part = png.stem.split("_")[-3]
+        return int(part) if part.isdigit() else 0
+
+    for png in sorted((report / "images").glob("*_before_after.png"), key=lambda f: (size(f), f.name)):
+        target = f"{stem}_{png.name.split('_', 1)[1]}"
+        shutil.copyfile(png, dest / target)
+        plots.append(f"![per-sequence MA before and after]({'results/' + target})")
+    return "Kept in the repo: " + "; ".join(links) + ".\n\n" + "\n\n".join(plots)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M) or a Hugging Face model folder")
@@ -186,6 +211,7 @@ def main() -> None:
     start = "\n".join(before_lines([json.loads((f / "summary.json").read_text()) for f in folders]))
     mixed = "; the seconds column mixes machines, so compare it only within one" if made_on.count(" on ") > 1 else ""
     label = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
+    kept = keep_artifacts(args.out / "report", label)
     body = f"""Command (resumable: finished runs are skipped):
 
 ```
@@ -209,6 +235,8 @@ What the runs say (computed from their summaries):
 {said}
 
 {tables}
+
+{kept}
 """
     write_section(f"Paper table: {label} on Jang's forget sets", body)
     print("wrote its section of benchmarks/RESULTS.md")

@@ -366,3 +366,24 @@ def test_paper_table_reading_against_hand_computed_values():
         "GA 0.5, SGA 0.5 after (means over splits); MIAU AUC after unlearning GA 0.40, SGA 0.35, under 0.5 in 3 of "
         "4 runs (the score now ranks the unlearned members below unseen text: a trace of unlearning that an "
         "attacker reads by flipping the score); average accuracy moved by -0.016 to +0.008."]
+
+
+def test_paper_table_keeps_its_tables_and_plots_in_the_repo(tmp_path, monkeypatch):
+    """The report lives under the ignored runs/ folder; the CSVs and before/after plots that RESULTS.md
+    cites are copied into benchmarks/results/, smaller forget sets first, and linked."""
+    pt = _load("paper_table")
+    report = tmp_path / "report"
+    (report / "images").mkdir(parents=True)
+    (report / "results.csv").write_text("method,c\nga,1\n")
+    (report / "runs.csv").write_text("method\nga\n")
+    for name in ("M_jang32_32_before_after.png", "M_jang8_8_before_after.png", "M_jang8_8_roc.png"):
+        (report / "images" / name).write_bytes(b"png")
+    monkeypatch.setattr(pt, "ROOT", tmp_path / "repo")
+    md = pt.keep_artifacts(report, "Smol LM/2")
+    kept = tmp_path / "repo" / "benchmarks" / "results"
+    assert sorted(f.name for f in kept.iterdir()) == [
+        "paper_table_Smol_LM_2_jang32_32_before_after.png", "paper_table_Smol_LM_2_jang8_8_before_after.png",
+        "paper_table_Smol_LM_2_results.csv", "paper_table_Smol_LM_2_runs.csv"]
+    assert (kept / "paper_table_Smol_LM_2_results.csv").read_text() == "method,c\nga,1\n"
+    assert md.index("jang8_8_before_after") < md.index("jang32_32_before_after")
+    assert "`benchmarks/results/paper_table_Smol_LM_2_runs.csv`" in md
