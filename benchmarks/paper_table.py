@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +58,13 @@ def build_config(args) -> dict:
     return cfg
 
 
-def describe_devices(manifests: list[dict]) -> str:
-    """Which machines made the runs, counted from their manifests, e.g. "20 on cuda (torch 2.11.0,
-    Python 3.12.3), 4 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)".
+def machines(manifests: list[dict]) -> dict[str, int]:
+    """How many runs each machine made, from their manifests: {"cuda (torch 2.11.0, Python 3.12.3)": 20, …},
+    largest first.
 
     The runner skips finished runs by a key that leaves the device out (it does not change what is
     computed), so one table can gather runs from several machines; its seconds column is then only
-    comparable within a device, and the section must say so instead of naming this machine alone."""
+    comparable within one, and the section must say so instead of naming this machine alone."""
     groups: dict[str, int] = {}
     for m in manifests:
         v = m.get("versions", {})
@@ -71,63 +72,76 @@ def describe_devices(manifests: list[dict]) -> str:
         device = m.get("device_name") or m.get("device", "?")
         label = f"{device} (torch {v.get('torch', '?')}, Python {v.get('python', '?')}{extra})"
         groups[label] = groups.get(label, 0) + 1
-    parts = [f"{n} on {label}" for label, n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]
-    return ", ".join(parts) if parts else "no runs"
+    return dict(sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def before_lines(summaries: list[dict]) -> list[str]:
+def describe_devices(manifests: list[dict]) -> str:
+    """machines() as a phrase: "20 on cuda (…), 4 on cpu (…)"."""
+    return ", ".join(f"{n} on {label}" for label, n in machines(manifests).items()) or "no runs"
+
+
+def _span(vals) -> str:
+    lo, hi = min(vals), max(vals)
+    return f"{lo:g}–{hi:g}" if lo != hi else f"{lo:g}"
+
+
+def _forget_sets(runs: pd.DataFrame):
+    """(forget set, its runs) in order of size: the report's run frame (load_runs), one row per run."""
+    for forget in sorted(runs["forget"].unique(), key=lambda f: runs.loc[runs["forget"] == f, "size"].iloc[0]):
+        yield forget, runs[runs["forget"] == forget]
+
+
+def _starts(g: pd.DataFrame) -> pd.DataFrame:
+    """One row per split: the methods of a split share the original model, so its start counts once."""
+    first = g.drop_duplicates("split")
+    key = first["split"].astype(str)
+    return first.iloc[sorted(range(len(first)), key=lambda i: (len(key.iloc[i]), key.iloc[i]))]  # 2 before 10
+
+
+def before_lines(runs: pd.DataFrame) -> list[str]:
     """One line per forget set: what there was to forget — mean MA, τ and c(D_f) of the original model,
     per split. The table shows only the after-state; without the start a reader cannot tell a method
-    that did little from a forget set that held little. The methods of one split share the start, so
-    each (forget set, split) is counted once."""
-    starts: dict[str, dict[str, dict]] = {}
-    for s in summaries:
-        starts.setdefault(s["forget"], {}).setdefault(str(s["split"]), {"size": s["size"], "tau": s["tau"], **s["metrics"]})
+    that did little from a forget set that held little."""
     lines = []
-    for forget, by_split in sorted(starts.items(), key=lambda kv: next(iter(kv[1].values()))["size"]):
-        splits = sorted(by_split, key=lambda k: (len(k), k))
-        first = by_split[splits[0]]
-        ma = ", ".join(f"{by_split[k]['mean_ma_before']:.3f}" for k in splits)
-        tau = ", ".join(f"{by_split[k]['tau']:.3f}" for k in splits)
-        c = ", ".join(str(int(by_split[k]["c_before"])) for k in splits)
-        lines.append(f"- {forget} (|D_f| = {first['size']}), splits {', '.join(splits)}: mean MA before unlearning "
-                     f"{ma}; τ {tau}; sequences outside the band before, c(D_f): {c}")
+    for forget, g in _forget_sets(runs):
+        st = _starts(g)
+        lines.append(f"- {forget} (|D_f| = {int(st['size'].iloc[0])}), splits {', '.join(map(str, st['split']))}: "
+                     f"mean MA before unlearning {', '.join(f'{v:.3f}' for v in st['mean_ma_before'])}; "
+                     f"τ {', '.join(f'{v:.3f}' for v in st['tau'])}; sequences outside the band before, c(D_f): "
+                     f"{', '.join(str(int(v)) for v in st['c_before'])}")
     return lines
 
 
-def reading(summaries: list[dict], methods: list[str]) -> list[str]:
-    """What the runs say, per forget set, computed from their summaries: how many steps the stop rule
+def reading(runs: pd.DataFrame, methods: list[str]) -> list[str]:
+    """What the runs say, per forget set, from the report's run frame: how many steps the stop rule
     needed, c(D_f) before and after, MIAU after unlearning against chance, and how far the average
     accuracy moved. Ranges are over runs, means over splits; the table beside it has the intervals."""
-    by_forget: dict[str, list[dict]] = {}
-    for s in summaries:
-        by_forget.setdefault(s["forget"], []).append(s)
     out = []
-    for forget, runs in sorted(by_forget.items(), key=lambda kv: kv[1][0]["size"]):
-        ms = [m for m in methods if any(r["method"] == m for r in runs)]
-        of = {m: [r["metrics"] for r in runs if r["method"] == m] for m in ms}
-        span = lambda vals: f"{min(vals):g}–{max(vals):g}" if min(vals) != max(vals) else f"{min(vals):g}"  # noqa: E731
-        steps = [int(x["steps"]) for r in runs for x in [r["metrics"]]]
-        starts = {str(r["split"]): r["metrics"]["c_before"] for r in runs}
-        c_before = sum(starts.values()) / len(starts)
-        splits = len(starts)
-        line = (f"- {forget} (|D_f| = {runs[0]['size']}, {splits} split{'s' * (splits != 1)}): the stop rule held after "
-                f"{span(steps)} steps (" + ", ".join(f"{m.upper()} {span([int(x['steps']) for x in of[m]])}" for m in ms)
-                + f"); c(D_f) {c_before:.1f} before → " + ", ".join(
-                    f"{m.upper()} {sum(x['c'] for x in of[m]) / len(of[m]):.1f}" for m in ms) + " after (means over splits)")
-        miau = [x["miau_auc"] for r in runs for x in [r["metrics"]] if x.get("miau_auc") is not None]
-        if miau:
-            low = sum(a < 0.5 for a in miau)
-            line += ("; MIAU AUC after unlearning " + ", ".join(
-                f"{m.upper()} {sum(x['miau_auc'] for x in of[m]) / len(of[m]):.2f}" for m in ms if
-                all(x.get('miau_auc') is not None for x in of[m]))
-                + f", under 0.5 in {low} of {len(miau)} runs (the score now ranks the unlearned members below unseen "
-                  "text: a trace of unlearning that an attacker reads by flipping the score)")
-        acc = [x["average_acc_delta"] for r in runs for x in [r["metrics"]] if x.get("average_acc_delta") is not None]
-        if acc:
-            line += f"; average accuracy moved by {min(acc):+.3f} to {max(acc):+.3f}"
+    for forget, g in _forget_sets(runs):
+        by = {m: g[g["method"] == m] for m in methods if (g["method"] == m).any()}
+        n = len(_starts(g))
+        line = (f"- {forget} (|D_f| = {int(g['size'].iloc[0])}, {n} split{'s' * (n != 1)}): the stop rule held after "
+                f"{_span(g['steps'].astype(int))} steps ("
+                + ", ".join(f"{m.upper()} {_span(r['steps'].astype(int))}" for m, r in by.items())
+                + f"); c(D_f) {_starts(g)['c_before'].mean():.1f} before → "
+                + ", ".join(f"{m.upper()} {r['c'].mean():.1f}" for m, r in by.items()) + " after (means over splits)")
+        miau = g["miau_auc"].dropna() if "miau_auc" in g else pd.Series(dtype=float)
+        if len(miau):
+            line += ("; MIAU AUC after unlearning "
+                     + ", ".join(f"{m.upper()} {r['miau_auc'].mean():.2f}" for m, r in by.items() if r["miau_auc"].notna().all())
+                     + f", under 0.5 in {int((miau < 0.5).sum())} of {len(miau)} runs (the score now ranks the unlearned "
+                       "members below unseen text: a trace of unlearning that an attacker reads by flipping the score)")
+        acc = g["average_acc_delta"].dropna() if "average_acc_delta" in g else pd.Series(dtype=float)
+        if len(acc):
+            line += f"; average accuracy moved by {acc.min():+.3f} to {acc.max():+.3f}"
         out.append(line + ".")
     return out
+
+
+def _plot_size(png: Path) -> int:
+    """The forget-set size in the report's <model>_<forget>_<size>_before_after.png (smaller sets first)."""
+    part = png.stem.split("_")[-3]
+    return int(part) if part.isdigit() else 0
 
 
 def keep_artifacts(report: Path, label: str) -> str:
@@ -144,11 +158,7 @@ def keep_artifacts(report: Path, label: str) -> str:
         shutil.copyfile(report / name, dest / f"{stem}_{name}")
         links.append(f"{what}: `benchmarks/results/{stem}_{name}`")
     plots = []
-    def size(png: Path) -> int:  # <model>_<forget>_<size>_before_after.png: smaller forget sets first
-        part = png.stem.split("_")[-3]
-        return int(part) if part.isdigit() else 0
-
-    for png in sorted((report / "images").glob("*_before_after.png"), key=lambda f: (size(f), f.name)):
+    for png in sorted((report / "images").glob("*_before_after.png"), key=lambda f: (_plot_size(f), f.name)):
         target = f"{stem}_{png.name.split('_', 1)[1]}"
         shutil.copyfile(png, dest / target)
         plots.append(f"![per-sequence MA before and after]({'results/' + target})")
@@ -182,7 +192,7 @@ def main() -> None:
     from unmemorize.errors import UserError
     from unmemorize.experiments import config_from_dict, run_experiment
     from unmemorize.progress import make_progress
-    from unmemorize.report.experiments import write_experiment_report
+    from unmemorize.report.experiments import load_runs, write_experiment_report
     from unmemorize.runs import atomic_write_text
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,10 +216,11 @@ def main() -> None:
         return
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    made_on = describe_devices([json.loads((f / "manifest.json").read_text()) for f in folders])
-    said = "\n".join(reading([json.loads((f / "summary.json").read_text()) for f in folders], args.methods))
-    start = "\n".join(before_lines([json.loads((f / "summary.json").read_text()) for f in folders]))
-    mixed = "; the seconds column mixes machines, so compare it only within one" if made_on.count(" on ") > 1 else ""
+    manifests = [json.loads((f / "manifest.json").read_text()) for f in folders]
+    made_on = describe_devices(manifests)
+    mixed = "; the seconds column mixes machines, so compare it only within one" if len(machines(manifests)) > 1 else ""
+    runs = load_runs(folders)
+    said, start = "\n".join(reading(runs, args.methods)), "\n".join(before_lines(runs))
     label = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
     kept = keep_artifacts(args.out / "report", label)
     body = f"""Command (resumable: finished runs are skipped):

@@ -295,6 +295,11 @@ def test_refill_comparison_pairs_runs_that_differ_only_in_the_refill(ae):
                    "model refilling (same members, non-members, masks and seed; only the refills differ)."]
 
 
+def _runs_frame(summaries: list[dict]) -> pd.DataFrame:
+    """The shape of the report's load_runs frame: a run's labels beside its flat metrics."""
+    return pd.DataFrame([{**{k: v for k, v in s.items() if k != "metrics"}, **s["metrics"]} for s in summaries])
+
+
 def test_paper_table_names_every_machine_its_runs_came_from():
     """A resumed table can hold runs from several machines (the run key leaves the device out), so the
     RESULTS section counts them per device from the manifests instead of naming the last machine."""
@@ -305,6 +310,7 @@ def test_paper_table_names_every_machine_its_runs_came_from():
         "2 on cuda (torch 2.11.0, Python 3.12.3), 1 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)")
     assert pt.describe_devices([cpu]) == "1 on cpu (torch 2.13.0+cpu, Python 3.11.7, 2 threads)"
     assert pt.describe_devices([]) == "no runs"
+    assert list(pt.machines([cpu, gpu, gpu]).values()) == [2, 1]  # two machines: the section warns about seconds
     h100 = {**gpu, "device_name": "NVIDIA H100 80GB HBM3"}  # newer manifests name the card
     assert pt.describe_devices([h100]) == "1 on NVIDIA H100 80GB HBM3 (torch 2.11.0, Python 3.12.3)"
 
@@ -320,7 +326,7 @@ def test_paper_table_states_the_start_once_per_split():
 
     summaries = [run("jang32", 32, "0", "ga", 0.5, 7), run("jang8", 8, "10", "ga", 0.61, 3),
                  run("jang8", 8, "2", "ga", 0.55, 2), run("jang8", 8, "2", "sga", 0.55, 2)]
-    assert pt.before_lines(summaries) == [
+    assert pt.before_lines(_runs_frame(summaries)) == [
         "- jang8 (|D_f| = 8), splits 2, 10: mean MA before unlearning 0.550, 0.610; τ 0.400, 0.400; "
         "sequences outside the band before, c(D_f): 2, 3",
         "- jang32 (|D_f| = 32), splits 0: mean MA before unlearning 0.500; τ 0.400; "
@@ -361,7 +367,7 @@ def test_paper_table_reading_against_hand_computed_values():
 
     runs = [run("0", "sga", 10, 3, 0, 0.40, 0.0), run("0", "ga", 4, 3, 1, 0.60, -0.016),
             run("1", "sga", 3, 1, 1, 0.30, 0.008), run("1", "ga", 4, 1, 0, 0.20, -0.008)]
-    assert pt.reading(runs, ["ga", "sga", "ta"]) == [
+    assert pt.reading(_runs_frame(runs), ["ga", "sga", "ta"]) == [
         "- jang8 (|D_f| = 8, 2 splits): the stop rule held after 3–10 steps (GA 4, SGA 3–10); c(D_f) 2.0 before → "
         "GA 0.5, SGA 0.5 after (means over splits); MIAU AUC after unlearning GA 0.40, SGA 0.35, under 0.5 in 3 of "
         "4 runs (the score now ranks the unlearned members below unseen text: a trace of unlearning that an "

@@ -13,7 +13,7 @@ on first use.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,10 @@ class AttackOptions:
     confidence: float = 0.95
     seed: int = 0
     batch_size: int = 8
+
+    def as_dict(self) -> dict:
+        """Every knob as plain data (the band as {lo, hi}), for manifests and result files."""
+        return {**asdict(self), "band": {"lo": self.band.lo, "hi": self.band.hi}}
 
     def validate(self, names: tuple[str, ...]) -> None:
         def need(cond: bool, msg: str) -> None:

@@ -6,7 +6,6 @@ checked before any model pass, so bad input fails fast and leaves nothing behind
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +46,8 @@ class AttackResults:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        opts = dataclasses.asdict(self.options)
-        opts["band"] = {"lo": self.options.band.lo, "hi": self.options.band.hi}
-        return to_jsonable({"inputs": self.inputs, "fprs": list(self.fprs), "options": opts, "notes": self.notes,
+        return to_jsonable({"inputs": self.inputs, "fprs": list(self.fprs), "options": self.options.as_dict(),
+                            "notes": self.notes,
                             "attacks": {n: r.as_dict() for n, r in self.attacks.items()}})
 
     def table(self) -> pd.DataFrame:

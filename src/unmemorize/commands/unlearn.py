@@ -190,7 +190,7 @@ def unlearn_command(
         options = {"method": m.describe(), "stop": stop, "tau": tau, "tau_from": "reference" if reference else "--tau",
                    "band": [band.lo, band.hi], "metrics": list(wanted), "save": save, **opts.as_dict(),
                    "attacks": None if attack_opts is None else
-                   {"names": list(attack_opts.attacks), "neighbours": neighbours, "perturber": perturber, "seed": seed}}
+                   {("names" if k == "attacks" else k): v for k, v in attack_opts.as_dict().items()}}
         write_json(run.path("manifest.json"), build_manifest("unlearn", options, inputs, result=summary))
         if save and distributed.is_main():
             save_model(result.model, tok, run.path("model"),
