@@ -1,13 +1,15 @@
 """Slow, obviously correct references for the metrics, for tests and benchmarks.
 
-Each one does literally what the definition (or the original code) says, one prefix at a time, so
-that the fast implementations in :mod:`unmemorize.memorization` can be checked for exact equality.
+Each one does literally what the definition (or the original code) says, one prefix (or one
+bootstrap replicate) at a time, so that the fast implementations in :mod:`unmemorize.memorization`
+and :mod:`unmemorize.stats` can be checked for exact equality.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from unmemorize.memorization import overlap
@@ -27,7 +29,7 @@ def greedy_reference(model, prefix: torch.Tensor, new_tokens: int) -> list[int]:
 
 @torch.no_grad()
 def memorization_accuracy_reference(model, x: torch.Tensor) -> float:
-    """The original code's loop: one-token greedy generation from every prefix x[:t] (PAPER_SPEC §2.2)."""
+    """The original code's loop: one-token greedy generation from every prefix x[:t] (docs/method.md §2.2)."""
     L = len(x)
     if L < 2:
         return math.nan
@@ -74,7 +76,7 @@ def jang_extraction_likelihood(model, input_ids: torch.Tensor, n: int = 10) -> l
 @torch.no_grad()
 def memorization_accuracy_generate_loop(model, input_ids: torch.Tensor, full_logits: bool = False) -> list[float]:
     """The original code's MA loop, batched over sequences as it runs: ``generate`` one token from
-    every prefix length (PAPER_SPEC §2.2). Timing baseline for benchmarks.
+    every prefix length (docs/method.md §2.2). Timing baseline for benchmarks.
 
     Today's ``generate`` computes the logits of the last prompt position only; the transformers of
     the original code (4.x, before ``logits_to_keep``) computed them for every prompt position.
@@ -93,3 +95,63 @@ def memorization_accuracy_generate_loop(model, input_ids: torch.Tensor, full_log
         pred = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=cfg, **extra)[:, -1]
         hits += (pred == input_ids[:, i]).float()
     return (hits / (T - 1)).tolist()
+
+
+def roc_metrics_reference(members: np.ndarray, nonmembers: np.ndarray, fprs) -> list[float]:
+    """[AUC, TPR@α …] the original scoring's way: scikit-learn's full ROC curve (every threshold kept),
+    trapezoid AUC, TPR@α = max{tpr_i : fpr_i ≤ α + 1e-12}. NaN-free 1-D inputs, both classes present."""
+    from sklearn.metrics import auc, roc_curve
+
+    labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    fpr, tpr, _ = roc_curve(labels, np.r_[members, nonmembers], drop_intermediate=False)
+    return [float(auc(fpr, tpr)), *(float(tpr[fpr <= a + 1e-12].max()) for a in fprs)]
+
+
+def roc_replicates_reference(members, nonmembers, fprs=(), bootstrap: int = 1000, seed: int = 0) -> np.ndarray:
+    """The original scoring's stratified bootstrap loop: per replicate, resample members then
+    non-members with replacement and build a whole ROC curve. [B, 1 + len(fprs)]; timing baseline."""
+    m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
+    rng = np.random.default_rng(seed)
+    boot = np.empty((bootstrap, 1 + len(fprs)))
+    for b in range(bootstrap):
+        bm = m[rng.integers(0, len(m), len(m))]
+        bn = n[rng.integers(0, len(n), len(n))]
+        boot[b] = roc_metrics_reference(bm, bn, fprs)
+    return boot
+
+
+def evaluate_reference(member_scores, nonmember_scores, fprs=(0.01, 0.001), bootstrap: int = 1000,
+                       confidence: float = 0.95, seed: int = 0):
+    """The original :func:`unmemorize.attacks.scoring.evaluate`, one ``roc_curve`` per bootstrap
+    replicate: the same :class:`~unmemorize.attacks.scoring.Evaluation`, slowly."""
+    from unmemorize.attacks.scoring import NO_BOOTSTRAP_MARGIN, Evaluation, Interval, resolvable_fprs, roc
+
+    m = np.asarray(member_scores, dtype=float)
+    n = np.asarray(nonmember_scores, dtype=float)
+    m_ok, n_ok = m[~np.isnan(m)], n[~np.isnan(n)]
+    ok_fprs, unresolved = resolvable_fprs(tuple(fprs), len(n_ok))
+    if len(m_ok) == 0 or len(n_ok) == 0:
+        nan = Interval(math.nan, math.nan, math.nan)
+        return Evaluation(nan, {}, tuple(fprs), len(m_ok), len(n_ok), len(m) - len(m_ok), len(n) - len(n_ok),
+                          False, np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    point_auc, *point_tprs = roc_metrics_reference(m_ok, n_ok, ok_fprs)
+    fpr_c, tpr_c = roc(np.r_[np.ones(len(m_ok)), np.zeros(len(n_ok))], np.r_[m_ok, n_ok])
+    boot = roc_replicates_reference(m_ok, n_ok, ok_fprs, bootstrap, seed)
+    q = (1 - confidence) / 2
+
+    def interval(col: int, value: float) -> Interval:
+        if bootstrap == 0:
+            return Interval(value, math.nan, math.nan)
+        lo, hi = np.quantile(boot[:, col], [q, 1 - q])
+        return Interval(value, float(lo), float(hi))
+
+    auc_iv = interval(0, point_auc)
+    return Evaluation(
+        auc=auc_iv,
+        tpr={a: interval(1 + i, point_tprs[i]) for i, a in enumerate(ok_fprs)},
+        unresolved_fprs=unresolved,
+        n_members=len(m_ok), n_nonmembers=len(n_ok),
+        nan_members=len(m) - len(m_ok), nan_nonmembers=len(n) - len(n_ok),
+        below_chance=bool(auc_iv.high < 0.5) if bootstrap else point_auc <= 0.5 - NO_BOOTSTRAP_MARGIN,
+        fpr_curve=fpr_c, tpr_curve=tpr_c,
+    )

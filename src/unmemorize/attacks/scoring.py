@@ -2,14 +2,17 @@
 
 Convention: a higher score means "member". Members are the forget set (label 1), non-members the
 unseen reference set of the same form (label 0). Sequences whose score is NaN (too short to be
-measured) are left out and counted, as the original code drops NaNs (PAPER_SPEC §3.3).
+measured) are left out and counted, as the original code drops NaNs (docs/method.md §3.3).
 
-* AUC = area under the ROC curve (scikit-learn's ``roc_curve`` + trapezoids; ties count one half).
+* AUC = area under the ROC curve = the Mann–Whitney U / (n_m·n_n) (ties count one half;
+  :func:`unmemorize.stats.auc`).
 * TPR@α = the highest true-positive rate among ROC points with FPR ≤ α (Carlini et al. 2022, "Membership
-  inference attacks from first principles"). With n non-members the smallest non-zero FPR is 1/n, so
-  TPR@α is only resolvable when n ≥ ⌈1/α⌉; :func:`resolvable_fprs` says which are.
+  inference attacks from first principles"; :func:`unmemorize.stats.tpr_at_fpr`). With n non-members the
+  smallest non-zero FPR is 1/n, so TPR@α is only resolvable when n ≥ ⌈1/α⌉; :func:`resolvable_fprs` says
+  which are.
 * 95% intervals: percentile bootstrap, members and non-members resampled separately (stratified),
-  so every replicate has both classes.
+  so every replicate has both classes (:func:`unmemorize.stats.roc_replicates`, all replicates at once;
+  the original one-``roc_curve``-per-replicate loop is :func:`unmemorize.reference.evaluate_reference`).
 * ``below_chance``: the whole AUC interval lies below 0.5 (without bootstrap: AUC ≤ 0.4). Members
   then look *less* like members than unseen text does — the model was pushed past the unseen-data
   level (over-unlearning), which an attacker sees just as well by flipping the score (AUC 1 − AUC).
@@ -21,9 +24,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import auc as _trapezoid_auc
 from sklearn.metrics import roc_curve
 
+from unmemorize import stats
 from unmemorize.errors import UserError
 
 DEFAULT_FPRS = (0.01, 0.001)
@@ -64,11 +67,6 @@ def roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, alpha: float) -> float:
     """TPR@α = max{ tpr_i : fpr_i ≤ α } over the ROC points (the curve starts at (0, 0))."""
     return float(tpr[fpr <= alpha + 1e-12].max())
-
-
-def _curve_metrics(labels: np.ndarray, scores: np.ndarray, fprs: tuple[float, ...]) -> tuple[float, list[float]]:
-    fpr, tpr = roc(labels, scores)
-    return float(_trapezoid_auc(fpr, tpr)), [tpr_at_fpr(fpr, tpr, a) for a in fprs]
 
 
 @dataclass
@@ -124,25 +122,15 @@ def evaluate(member_scores, nonmember_scores, fprs: tuple[float, ...] = DEFAULT_
         nan = Interval(math.nan, math.nan, math.nan)
         return Evaluation(nan, {}, tuple(fprs), len(m_ok), len(n_ok), len(m) - len(m_ok), len(n) - len(n_ok),
                           False, np.array([0.0, 1.0]), np.array([0.0, 1.0]))
-    labels = np.r_[np.ones(len(m_ok)), np.zeros(len(n_ok))]
-    scores = np.r_[m_ok, n_ok]
-    point_auc, point_tprs = _curve_metrics(labels, scores, ok_fprs)
-    fpr_c, tpr_c = roc(labels, scores)
-
-    rng = np.random.default_rng(seed)
-    boot = np.empty((bootstrap, 1 + len(ok_fprs)))
-    for b in range(bootstrap):
-        bm = m_ok[rng.integers(0, len(m_ok), len(m_ok))]
-        bn = n_ok[rng.integers(0, len(n_ok), len(n_ok))]
-        a, t = _curve_metrics(labels, np.r_[bm, bn], ok_fprs)
-        boot[b] = [a, *t]
-    q = (1 - confidence) / 2
+    point_auc, *point_tprs = (float(v) for v in stats.roc_metrics(m_ok, n_ok, ok_fprs))
+    fpr_c, tpr_c = roc(np.r_[np.ones(len(m_ok)), np.zeros(len(n_ok))], np.r_[m_ok, n_ok])
+    boot = stats.roc_replicates(m_ok, n_ok, ok_fprs, bootstrap, seed)
 
     def interval(col: int, value: float) -> Interval:
         if bootstrap == 0:
             return Interval(value, math.nan, math.nan)
-        lo, hi = np.quantile(boot[:, col], [q, 1 - q])
-        return Interval(value, float(lo), float(hi))
+        lo, hi = stats.percentile_interval(boot[:, col], confidence)
+        return Interval(value, lo, hi)
 
     auc_iv = interval(0, point_auc)
     return Evaluation(
