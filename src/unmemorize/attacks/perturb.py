@@ -6,7 +6,7 @@ Perturbers are a registry by name; all share the masking and differ only in how 
   or whichever the caller passes) given the text to its left, one span after another, K neighbours
   in one KV-cached batch. A span ends when the sample would start one word more than the span had.
   Needs nothing beyond the models already loaded.
-* ``t5`` — the original code's mask filler (PAPER_SPEC §3.3: T5, spans as ``<extra_id_i>``, sampling
+* ``t5`` — the original code's mask filler (docs/method.md §3.3: T5, spans as ``<extra_id_i>``, sampling
   with top_p = 1.0, retries for incomplete fills), for users who have a T5 folder locally. Spans
   still incomplete after the retries keep their original words and are counted.
 * ``words`` — cheap and model-free: each span is refilled with words drawn from the same text.
@@ -176,6 +176,12 @@ class CausalRefill(Perturber):
     make neighbours that no longer read like their text. A span ends when the next sample would begin
     word ``span_words + 1`` (that token is not fed), or after ``4·span_words + 4`` tokens. Text after
     the last span is never fed.
+
+    Refills can be longer than the words they replace, so a text can outgrow the model's context
+    (its first token included). No row ever feeds more tokens than the context holds: a span under
+    way when a row's context is full keeps what it has sampled, and the spans after it keep their
+    original words and are counted in ``fallback_spans`` (they lie beyond the T tokens a neighbour
+    is scored on). Rows that fit are refilled exactly as without the limit.
     """
 
     name = "lm"
@@ -219,8 +225,11 @@ class CausalRefill(Perturber):
 
     @torch.no_grad()
     def _fill_rows(self, masks: list[MaskedText], seeds: list[int]) -> list[list[str]]:
+        from unmemorize.models import max_positions
+
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
+        context = max_positions(model)
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         cap = 4 * self.masking.span_words + 4
         banned = [i for i in {tok.eos_token_id, tok.pad_token_id, tok.bos_token_id} if i is not None]
@@ -263,6 +272,12 @@ class CausalRefill(Perturber):
         inp = torch.full((K, 1), start, dtype=torch.long)
         past, fed = None, 0
         while not all(done):
+            if context is not None and fed >= context:
+                # the next token would sit at position `context`, past the model's last one
+                for r in range(K):
+                    if not done[r]:
+                        self._cut_short(masks[r], plans[r], seg[r], current[r], fills[r])
+                break
             fed += 1
             out = model(input_ids=inp.to(device), attention_mask=torch.ones(K, fed, dtype=torch.long, device=device),
                         cache=past, use_cache=True)
@@ -279,6 +294,15 @@ class CausalRefill(Perturber):
                    for r in range(K)]
             inp = torch.tensor(nxt, dtype=torch.long)[:, None]
         return fills
+
+    def _cut_short(self, mask: MaskedText, plan: list, seg: int, current: list[int], fills: list[str]) -> None:
+        """Complete a row's fills when its context is full: the span under way keeps its samples (the
+        last one, drawn but not yet fed, included), the spans not begun keep their original words."""
+        if seg < len(plan) and not isinstance(plan[seg], list):
+            fills.append(_normalise_fill(self.tokenizer.decode(current)))
+        kept = mask.originals[len(fills):]
+        self.fallback_spans += len(kept)
+        fills.extend(_normalise_fill(o) for o in kept)
 
 
 def _once(fn: Callable[[], int]) -> Callable[[], int]:
