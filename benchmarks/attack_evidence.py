@@ -36,26 +36,18 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, planted_lab, t_interval,
+                               unlearning_run, write_section)
+from unmemorize.stats import leakage, paired_difference
 
-from _results import write_section  # noqa: E402
-from paper_claims import fmt, paired_caveat, paired_difference, planted_model, t_interval  # noqa: E402  (the same planting, the same cache)
-
-from unmemorize.attacks import AttackOptions, build_perturber, run_attacks  # noqa: E402
-from unmemorize.data import load_sequences  # noqa: E402
-from unmemorize.memorization import ProfileOptions, profile  # noqa: E402
-from unmemorize.models import cache_dir, load_model  # noqa: E402
-from unmemorize.thresholds import Band, acceptable_level  # noqa: E402
-from unmemorize.unlearning import UnlearnOptions, unlearn  # noqa: E402
-
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-RUNS = RESULTS_DIR / "attack_evidence_runs.jsonl"
+STORE = RunStore(RESULTS_DIR / "attack_evidence_runs.jsonl")
 TITLE = "Attack evidence (issue 4)"
 BEFORE = "before"
 REFILL = {"planted": "planted model (the original, pre-unlearning model)",
@@ -70,15 +62,11 @@ def settings_key(args) -> dict:
             **({"refill": args.refill} if args.refill != "planted" else {})}  # the first runs' key stays valid
 
 
-def done_runs() -> list[dict]:
-    if not RUNS.exists():
-        return []
-    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-
-
 def nonmember_file(split: int, planted_ids: set[str], n: int) -> Path:
     """Unplanted Jang sequences: this split's 128-set first, then the other splits' (deduplicated)."""
-    frames = [pd.read_csv(SHARED / "forget" / f"lm_extraction_128_{s}.csv", dtype=str, keep_default_na=False)
+    from unmemorize.models import cache_dir
+
+    frames = [pd.read_csv(data("forget", f"lm_extraction_128_{s}.csv"), dtype=str, keep_default_na=False)
               for s in [split] + [s for s in (0, 1, 2) if s != split]]
     pool = pd.concat(frames).drop_duplicates("doc_id")
     pool = pool[~pool["doc_id"].isin(planted_ids)]
@@ -90,26 +78,36 @@ def nonmember_file(split: int, planted_ids: set[str], n: int) -> Path:
     return path
 
 
-def record(split: int, stage: str, stop: str, key: dict, results, extra: dict) -> dict:
+def record(split: int, stage: str, stop: str, key: dict, folder: Path, extra: dict) -> dict:
+    """The benchmark's row of one stage, from the attacks.json of its run folder."""
+    found = json.loads((folder / "attacks.json").read_text())
     attacks = {}
-    for name, r in results.attacks.items():
-        ev = r.evaluation
-        attacks[name] = {"auc": ev.auc.value, "auc_ci": [ev.auc.low, ev.auc.high], "below_chance": ev.below_chance,
-                         "tpr": {f"{a:g}": [iv.value, iv.low, iv.high] for a, iv in ev.tpr.items()}}
-    thr = results.attacks.get("threshold")
+    for name, a in found["attacks"].items():
+        attacks[name] = {"auc": _num(a["auc"]["value"]), "auc_ci": [_num(a["auc"]["ci_low"]), _num(a["auc"]["ci_high"])],
+                         "below_chance": a["below_chance"],
+                         "tpr": {f: [_num(v["value"]), _num(v["ci_low"]), _num(v["ci_high"])]
+                                 for f, v in a["tpr_at_fpr"].items()}}
+    thr = found["attacks"].get("threshold")
     row = {"split": split, "stage": stage, "stop": stop, "settings": key, "attacks": attacks,
-           "threshold": None if thr is None else {"tau": thr.calibration["tau"], **thr.summary},
-           "sampling": None if "sampling" not in results.attacks else results.attacks["sampling"].summary,
-           "perturber": None if "miau" not in results.attacks else results.attacks["miau"].summary["perturber"],
-           "notes": results.notes, **extra}
-    with RUNS.open("a") as f:
-        f.write(json.dumps(row, default=float) + "\n")
+           "threshold": None if thr is None else {"tau": thr["calibration"]["tau"], **thr["summary"]},
+           "sampling": None if "sampling" not in found["attacks"] else found["attacks"]["sampling"]["summary"],
+           "perturber": None if "miau" not in found["attacks"] else found["attacks"]["miau"]["summary"]["perturber"],
+           "notes": found["notes"], **extra}
+    STORE.append(row)
     aucs = " ".join(f"{n} {a['auc']:.2f}" for n, a in attacks.items())
     print(f"split {split} {stage:>4} {stop:>12}: {aucs}", flush=True)
     return row
 
 
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
 def run_split(split: int, args, done: list[dict]) -> None:
+    from unmemorize.attacks.run import attack_run
+    from unmemorize.recipe import Resources
+    from unmemorize.spec import AttackRunSpec
+
     key = settings_key(args)
     stages = [(BEFORE, "-")] + [(m, s) for m in args.methods for s in args.stops]
     todo = [(m, s) for m, s in stages
@@ -118,39 +116,36 @@ def run_split(split: int, args, done: list[dict]) -> None:
         print(f"split {split}: every run already recorded", flush=True)
         return
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    planted, members_file, manifest = planted_model(split, args, log)
-    tok = planted.tokenizer
-    forget = load_sequences(members_file, tok, 200)
-    reference = load_sequences(nonmember_file(split, set(forget.ids), args.nonmembers), tok, 200)
-    tau = acceptable_level(profile(planted.model, reference, ProfileOptions(metrics=("ma",),
-                                                                            batch_size=args.micro_batch))["ma"])
-    band = Band(args.band_lo, args.band_hi)
-    print(f"split {split}: {len(forget)} members, {len(reference)} non-members, τ = {tau:.4f}", flush=True)
-    opts = AttackOptions(attacks=tuple(args.attacks) if args.attacks else None, neighbours=args.neighbours,
-                         perturber=args.perturber, band=band, bootstrap=args.bootstrap, seed=args.seed,
-                         batch_size=args.micro_batch)
-    # one perturber for the split: one model refills every run's neighbours (shared, cached)
-    refill = planted if args.refill == "planted" else load_model("default", log=log)
-    perturber = build_perturber(opts, refill.model, refill.tokenizer, refill.fingerprint)
+    planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log)
+    nonmembers = nonmember_file(split, set(pd.read_csv(members_file, dtype=str)["doc_id"]), args.nonmembers)
+    # one model refills every stage's neighbours (cached on disk): the planted one, or the unplanted default
+    attacks = {"names": args.attacks or None, "neighbours": args.neighbours, "perturber": args.perturber,
+               "bootstrap": args.bootstrap, "batch_size": args.micro_batch,
+               "refill_model": "default" if args.refill == "base" else None}
+    resources = Resources(log=log)  # the planted model and τ on the non-members, shared by the split's runs
+    out = RUNS / "attack_evidence" / f"split{split}" / ("refill-base" if args.refill == "base" else "refill-planted")
     for stage, stop in todo:
         t = time.perf_counter()
         if stage == BEFORE:
-            base = refill if args.refill == "base" else load_model("default", log=log)  # load it once
-            results = run_attacks(planted.model, tok, forget, reference, original=base.model,
-                                  original_tokenizer=base.tokenizer, options=opts, perturber=perturber)
-            del base
+            # the planted model attacked, with the unplanted default model as the reference attack's reference
+            spec = AttackRunSpec(model=str(planted), original="default", forget=members_file, reference=nonmembers,
+                                 seed=args.seed, band={"lo": args.band_lo, "hi": args.band_hi},
+                                 attacks={k: v for k, v in attacks.items() if k != "refill_model"}
+                                         | {"refill_model": "default" if args.refill == "base" else str(planted)})
+            _, folder = attack_run(spec, out / "before", overwrite=True, log=log)
+            tau = json.loads((folder / "attacks.json").read_text())["attacks"].get("threshold", {}).get(
+                "calibration", {}).get("tau")
             extra = {"reference_model": "unplanted default model", "tau": tau}
         else:
-            uopts = UnlearnOptions(lr=args.lr, max_steps=args.max_steps, micro_batch=args.micro_batch, seed=args.seed)
-            r = unlearn(planted.model, tok, forget, tau=tau, method=stage, band=band, stop=stop, options=uopts)
-            s = r.summary()
-            results = run_attacks(r.model, tok, forget, reference, original=planted.model, original_tokenizer=tok,
-                                  options=opts, perturber=perturber)
-            extra = {"reference_model": "planted (pre-unlearning) model", "tau": tau, "steps": r.steps,
-                     "converged": r.converged, "stop_reason": r.stop_reason, "c_low": s.c_low, "c_high": s.c_high,
-                     "mean_ma": s.mean}
-            del r
-        record(split, stage, stop, key, results, {**extra, "seconds": time.perf_counter() - t})
+            r, folder = unlearning_run(resources, planted, members_file, nonmembers, out / f"{stage}-{stop}",
+                                       method=stage, stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
+                                       micro_batch=args.micro_batch, band=(args.band_lo, args.band_hi),
+                                       attacks={**attacks, "before": False})
+            u = r.unlearning
+            extra = {"reference_model": "planted (pre-unlearning) model", "tau": r.tau, "steps": u.steps,
+                     "converged": u.converged, "stop_reason": u.stop_reason, "c_low": u.after.c_low,
+                     "c_high": u.after.c_high, "mean_ma": u.after.mean}
+        record(split, stage, stop, key, folder, {**extra, "seconds": time.perf_counter() - t})
 
 
 # ---------------------------------------------------------------- the RESULTS.md section
@@ -176,11 +171,6 @@ def tables(df: pd.DataFrame, attacks: list[str]) -> list[str]:
             lines.append(f"| {stage} | {stop} | {len(g)} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return out
-
-
-def leakage(auc: float) -> float:
-    """max(AUC, 1 − AUC): the AUC of an attacker free to flip the score (over-unlearning leaks too)."""
-    return max(auc, 1.0 - auc)
 
 
 def _leak_by_split(sub: pd.DataFrame, method: str, attack: str) -> dict[int, float]:
@@ -292,7 +282,7 @@ def _seconds(df: pd.DataFrame, rows) -> str:
 
 def write_results(args) -> None:
     key = settings_key(args)
-    rows = [r for r in done_runs() if r["settings"] == key]
+    rows = STORE.rows(key)
     if not rows:
         return
     df = pd.DataFrame(rows)
@@ -306,7 +296,7 @@ def write_results(args) -> None:
            + (f" --refill {args.refill}" if args.refill != "planted" else "")
            + (f" --attacks {','.join(args.attacks)}" if args.attacks else ""))
     stages = df.groupby("split")["stage"].apply(lambda s: len(set(s))).to_dict()
-    lines = claims(df, attacks) + (refill_comparison(df, key, done_runs()) if args.refill != "planted" else [])
+    lines = claims(df, attacks) + (refill_comparison(df, key, STORE.rows()) if args.refill != "planted" else [])
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {os.cpu_count()} cores shared with other work).
 
 Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at
@@ -356,14 +346,13 @@ def main() -> None:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.stops = [s.strip() for s in args.stops.split(",") if s.strip()]
     args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    if not (SHARED / "forget").exists():
-        sys.exit(f"needs {SHARED / 'forget'} (../shared/data)")
+    data("forget")
     if args.threads:
         torch.set_num_threads(args.threads)
     RESULTS_DIR.mkdir(exist_ok=True)
     if not args.report_only:
         for split in [int(s) for s in args.splits.split(",") if s.strip()]:
-            run_split(split, args, done_runs())
+            run_split(split, args, STORE.rows())
             write_results(args)
     write_results(args)
 

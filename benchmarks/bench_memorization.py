@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import write_section  # noqa: E402
+from benchmarks.common import DATA, ROOT, data, write_section  # noqa: E402
 
 from unmemorize.audit import audit  # noqa: E402
 from unmemorize.data import load_sequences  # noqa: E402
@@ -61,7 +60,7 @@ def main() -> None:
     if parts == {"none"}:  # rewrite the RESULTS.md section from the recorded numbers
         _write(out, json.loads(out.read_text()))
         return
-    forget_path = SHARED / "forget" / "lm_extraction_32_0.csv"
+    forget_path = data("forget", "lm_extraction_32_0.csv")
     if not forget_path.exists():
         sys.exit(f"needs {forget_path} (../shared/data)")
     torch.manual_seed(0)
@@ -70,7 +69,7 @@ def main() -> None:
     seqs = load_sequences(forget_path, tok, 200)
     full = [i for i in range(len(seqs)) if int(seqs.lengths[i]) == 200]  # the original loops assume T = 200
     results: dict = json.loads(out.read_text()) if out.exists() else {}
-    results.update({"model": lm.name, "forget": str(forget_path.relative_to(SHARED.parent)), "torch_threads":
+    results.update({"model": lm.name, "forget": str(forget_path.relative_to(DATA.parent)), "torch_threads":
                      torch.get_num_threads(), "machine": platform.machine(), "T": 200,
                "load_average_before": os.getloadavg()[0]})
     results.setdefault("argv", {})
@@ -124,13 +123,13 @@ def _el(model, seqs, full, args, results) -> None:
 
 
 def _audit(model, tok, args, results) -> None:
-    pile = load_sequences(SHARED / "eval" / "pile.csv", tok, 200)
+    pile = load_sequences(data("eval", "pile.csv"), tok, 200)
     pile = pile.subset(range(min(args.pile_rows, len(pile))))
     band = Band()
     audits = {}
     ref_prof = None
     for split in (0, 1, 2):
-        f = load_sequences(SHARED / "forget" / f"lm_extraction_32_{split}.csv", tok, 200)
+        f = load_sequences(data("forget", f"lm_extraction_32_{split}.csv"), tok, 200)
         res = audit(model, f, pile, ProfileOptions(metrics=("ma",)), band, tau_by="corpus",
                     reference_profile=ref_prof)  # the reference is profiled once, for split 0
         g = res.forget["ma"].to_numpy()

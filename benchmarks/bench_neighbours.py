@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_section  # noqa: E402
 
 from unmemorize.attacks.perturb import CausalRefill, Masking  # noqa: E402
 from unmemorize.lab.records import members_and_nonmembers  # noqa: E402

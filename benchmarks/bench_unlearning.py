@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import write_section  # noqa: E402
+from benchmarks.common import ROOT, data, write_section  # noqa: E402
 
 from unmemorize.data import load_sequences  # noqa: E402
 from unmemorize.unlearning import UnlearnOptions, unlearn  # noqa: E402
@@ -58,7 +57,7 @@ def load(kind: str, sequences: int):
     from unmemorize.models import load_model
 
     lm = load_model(kind)
-    path = SHARED / "forget" / "lm_extraction_32_0.csv"
+    path = data("forget", "lm_extraction_32_0.csv")
     if path.exists():
         seqs = load_sequences(path, lm.tokenizer, 200)
         source = f"Jang lm_extraction_32_0 (first {sequences})"

@@ -22,46 +22,25 @@ rewritten from every run recorded with the current settings.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, planted_lab, t_interval,
+                               unlearning_run, write_section)
+from unmemorize.stats import paired_difference
+from unmemorize.thresholds import Band, outlier_count
 
-from _results import write_section  # noqa: E402
-
-from unmemorize.data import load_sequences  # noqa: E402
-from unmemorize.memorization import ProfileOptions, profile  # noqa: E402
-from unmemorize.models import cache_dir, load_model  # noqa: E402
-from unmemorize.report.experiments import t_interval as _t_interval  # noqa: E402
-from unmemorize.thresholds import Band, acceptable_level, outlier_count  # noqa: E402
-from unmemorize.unlearning import UnlearnOptions, unlearn  # noqa: E402
-
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-RUNS = RESULTS_DIR / "paper_claims_runs.jsonl"
+STORE = RunStore(RESULTS_DIR / "paper_claims_runs.jsonl")
 METRICS = ("c_low", "c_high", "c", "distance_to_tau", "mean_ma", "std_ma", "max_ma", "steps", "seconds",
            "reference_ma_after")
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95 % Student-t interval): the report's :func:`t_interval` without n."""
-    return _t_interval(values)[:2]
-
-
-def fmt(mean: float, half: float, digits: int = 1) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
 def settings_key(args) -> dict:
@@ -70,31 +49,12 @@ def settings_key(args) -> dict:
             "band": [args.band_lo, args.band_hi], "seed": args.seed}
 
 
-def done_runs() -> list[dict]:
-    if not RUNS.exists():
-        return []
-    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-
-
-def planted_model(split: int, args, log):
-    """Plant the split's first ``members`` sequences into the default model (cached), then load it."""
-    from unmemorize.commands.plant import parse_exposures, plant_into
-
-    src = pd.read_csv(SHARED / "forget" / f"lm_extraction_32_{split}.csv", dtype=str, keep_default_na=False)
-    lab = cache_dir() / "labs" / f"paper-claims-32_{split}-m{args.members}-e{args.exposures.replace(',', '_')}"
-    lab.parent.mkdir(parents=True, exist_ok=True)
-    members_file = lab.parent / f"{lab.name}.members.csv"
-    src.head(args.members).to_csv(members_file, index=False)
-    lm = load_model("default", log=log)
-    folder, manifest = plant_into(lm, members_file, parse_exposures(args.exposures), lab, seed=args.seed, log=log)
-    del lm
-    planted = load_model(str(folder), log=log)
-    return planted, members_file, manifest
-
-
 def reference_file(split: int, args) -> Path:
-    big = pd.read_csv(SHARED / "forget" / f"lm_extraction_128_{split}.csv", dtype=str, keep_default_na=False)
-    small = pd.read_csv(SHARED / "forget" / f"lm_extraction_32_{split}.csv", dtype=str, keep_default_na=False)
+    """Unplanted Jang sequences of the split: ``lm_extraction_128_k`` minus ``32_k``."""
+    from unmemorize.models import cache_dir
+
+    big = pd.read_csv(data("forget", f"lm_extraction_128_{split}.csv"), dtype=str, keep_default_na=False)
+    small = pd.read_csv(data("forget", f"lm_extraction_32_{split}.csv"), dtype=str, keep_default_na=False)
     ref = big[~big["doc_id"].isin(small["doc_id"])].head(args.reference_rows)
     path = cache_dir() / "labs" / f"paper-claims-reference-{split}-{args.reference_rows}.csv"
     ref.to_csv(path, index=False)
@@ -102,6 +62,8 @@ def reference_file(split: int, args) -> Path:
 
 
 def run_split(split: int, args, done: list[dict]) -> None:
+    from unmemorize.recipe import Resources
+
     key = settings_key(args)
     todo = [(m, s) for m in args.methods for s in args.stops
             if not any(r["split"] == split and r["method"] == m and r["stop"] == s and r["settings"] == key for r in done)]
@@ -110,87 +72,39 @@ def run_split(split: int, args, done: list[dict]) -> None:
         return
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    planted, members_file, manifest = planted_model(split, args, log)
+    planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log)
     print(f"split {split}: planted in {time.perf_counter() - t0:.0f} s (or reused)", flush=True)
-    tok = planted.tokenizer
-    forget = load_sequences(members_file, tok, 200)
-    reference = load_sequences(reference_file(split, args), tok, 200)
-    popts = ProfileOptions(metrics=("ma",), batch_size=args.micro_batch)
-    ref_before = profile(planted.model, reference, popts)["ma"].to_numpy()
-    tau = acceptable_level(ref_before)
-    band = Band(args.band_lo, args.band_hi)
-    forget_before = profile(planted.model, forget, popts)["ma"].to_numpy()
+    resources = Resources(log=log)  # the planted model and τ on the reference, shared by the split's runs
     exposure = manifest["exposure"]
-    print(f"split {split}: τ = {tau:.4f} from {len(reference)} unplanted sequences; planted MA mean "
-          f"{forget_before.mean():.3f} (min {forget_before.min():.3f}, max {forget_before.max():.3f})", flush=True)
-    rc_low, rc_high = outlier_count(ref_before, band)
     for method, stop in todo:
-        opts = UnlearnOptions(lr=args.lr, max_steps=args.max_steps, micro_batch=args.micro_batch, seed=args.seed)
         t = time.perf_counter()
-        r = unlearn(planted.model, tok, forget, tau=tau, method=method, band=band, stop=stop, options=opts)
-        ref_after = profile(r.model, reference, popts)["ma"].to_numpy()
-        s = r.summary()
-        after = r.after.set_index("id")
-        row = {"split": split, "method": method, "stop": stop, "settings": key, "tau": tau,
-               "c_low": s.c_low, "c_high": s.c_high, "c": s.c, "distance_to_tau": s.distance_to_tau,
-               "mean_ma": s.mean, "std_ma": s.std, "steps": r.steps, "seconds": r.seconds,
-               "converged": r.converged, "stop_reason": r.stop_reason, "events": r.events,
-               "reference_ma_before": float(ref_before.mean()), "reference_ma_after": float(ref_after.mean()),
-               "reference_c_low_before": rc_low, "reference_c_high_before": rc_high,
-               "forget_ma_before": float(forget_before.mean()),
-               "forget_c_before": list(outlier_count(forget_before, band)),
-               "per_sequence": {sid: {"exposure": exposure.get(sid), "before": float(b), "after": float(after.loc[sid, "ma"])}
-                                for sid, b in zip(forget.ids, forget_before)},
-               "wall_seconds": time.perf_counter() - t}
-        with RUNS.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"split {split} {method:>4} {stop:>12}: c_low {s.c_low} c_high {s.c_high} mean {s.mean:.3f} "
-              f"dist {s.distance_to_tau:.1f} steps {r.steps} {r.seconds:.0f} s ref {ref_before.mean():.3f}→"
-              f"{ref_after.mean():.3f} — {r.stop_reason}", flush=True)
-        del r
+        r, folder = unlearning_run(resources, planted, members_file, reference_file(split, args),
+                                   RUNS / "paper_claims" / f"split{split}" / f"{method}-{stop}", method=method,
+                                   stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
+                                   micro_batch=args.micro_batch, band=(args.band_lo, args.band_hi))
+        STORE.append(record_row(r, folder, split, key, exposure, time.perf_counter() - t))
+        u = r.unlearning
+        print(f"split {split} {method:>4} {stop:>12}: c_low {u.after.c_low} c_high {u.after.c_high} mean "
+              f"{u.after.mean:.3f} dist {u.after.distance_to_tau:.1f} steps {u.steps} {u.seconds:.0f} s ref "
+              f"{r.reference_ma_before:.3f}→{r.reference_ma_after:.3f} — {u.stop_reason}", flush=True)
 
 
-@dataclass(frozen=True)
-class PairedDifference:
-    """Per-split differences between two methods: mean, 95 % half-width, and the Bonferroni half-width."""
-
-    mean: float
-    half: float
-    strict: float  # half-width at 1 − 0.05/comparisons (= half when comparisons == 1)
-    n: int
-    comparisons: int
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.n >= 2 and abs(self.mean) > self.half
-
-    @property
-    def survives_correction(self) -> bool:
-        return self.n >= 2 and abs(self.mean) > self.strict
-
-
-def paired_difference(diffs: list[float], comparisons: int = 1) -> PairedDifference:
-    """Paired: in a split both methods start from the same planted model with the same τ (and face the same
-    non-members), so the split-to-split spread cancels in the difference; overlapping per-method
-    intervals would say less than the data do. With ``comparisons`` > 1 the interval is also taken at the
-    Bonferroni level 1 − 0.05/comparisons (several attacks and rules are compared)."""
-    mean, half = t_interval(diffs)
-    strict = _t_interval(diffs, 1 - 0.05 / comparisons)[1] if comparisons > 1 else half
-    return PairedDifference(mean, half, strict, len(diffs), comparisons)
-
-
-def paired_caveat(d: PairedDifference, what: str, digits: int = 1) -> str:
-    """The sentence for a :class:`PairedDifference`: its interval and whether it excludes 0."""
-    if d.n < 2:
-        return ", but one split has no interval (not evidence either way)"
-    text = f"; the paired {what} difference over {d.n} splits is {d.mean:+.{digits}f} ± {d.half:.{digits}f}, which "
-    if not d.excludes_zero:
-        return text + "includes 0: not evidence either way"
-    if d.comparisons <= 1:
-        return text + "excludes 0: evidence at this scale"
-    level = f"the Bonferroni level for {d.comparisons} comparisons (± {d.strict:.{digits}f})"
-    return text + (f"excludes 0, and still does at {level}: evidence at this scale" if d.survives_correction else
-                   f"excludes 0, but not at {level}: weak evidence")
+def record_row(r, folder: Path, split: int, key: dict, exposure: dict, wall: float) -> dict:
+    """The benchmark's row of one run, from its record and its per-sequence frames."""
+    before = pd.read_parquet(folder / "profile_before.parquet").set_index("id")["ma"]
+    after = pd.read_parquet(folder / "profile_after.parquet").set_index("id")["ma"]
+    band = Band(*r.band)
+    u = r.unlearning
+    return {"split": split, "method": r.labels.method, "stop": r.labels.stop, "settings": key, "tau": r.tau,
+            "c_low": u.after.c_low, "c_high": u.after.c_high, "c": u.after.c,
+            "distance_to_tau": u.after.distance_to_tau, "mean_ma": u.after.mean, "std_ma": u.after.std,
+            "steps": u.steps, "seconds": u.seconds, "converged": u.converged, "stop_reason": u.stop_reason,
+            "events": u.events, "reference_ma_before": r.reference_ma_before, "reference_ma_after": r.reference_ma_after,
+            "reference_c_low_before": r.reference_before.c_low, "reference_c_high_before": r.reference_before.c_high,
+            "forget_ma_before": float(before.mean()), "forget_c_before": list(outlier_count(before.to_numpy(), band)),
+            "per_sequence": {sid: {"exposure": exposure.get(sid), "before": float(before[sid]),
+                                   "after": float(after[sid])} for sid in before.index},
+            "wall_seconds": wall}
 
 
 def _noise(df: pd.DataFrame, a: str, b: str) -> str:
@@ -291,7 +205,7 @@ def claims(df: pd.DataFrame) -> list[str]:
 
 def write_results(args) -> None:
     key = settings_key(args)
-    rows = [r for r in done_runs() if r["settings"] == key]
+    rows = STORE.rows(key)
     if not rows:
         return
     df = pd.DataFrame(rows)
@@ -358,14 +272,13 @@ def main() -> None:
     args = ap.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.stops = [s.strip() for s in args.stops.split(",") if s.strip()]
-    if not (SHARED / "forget").exists():
-        sys.exit(f"needs {SHARED / 'forget'} (../shared/data)")
+    data("forget")
     if args.threads:
         torch.set_num_threads(args.threads)
     RESULTS_DIR.mkdir(exist_ok=True)
     if not args.report_only:
         for split in [int(s) for s in args.splits.split(",") if s.strip()]:
-            run_split(split, args, done_runs())
+            run_split(split, args, STORE.rows())
             write_results(args)
     write_results(args)
 

@@ -12,7 +12,7 @@ running the same command again resumes where it stopped. Then it aggregates the 
 t-interval over the splits) into ``<out>/report`` and rewrites the section of
 ``benchmarks/RESULTS.md`` named after the model, with the command that made it.
 
-Needs ../shared/data (the forget sets and the evaluation files).
+Needs the data folder (UNMEMORIZE_DATA: the forget sets and the evaluation files; docs/data.md).
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import write_section  # noqa: E402
+from benchmarks.common import ROOT, data, write_section  # noqa: E402
 
 
 def build_config(args) -> dict:
@@ -41,10 +40,10 @@ def build_config(args) -> dict:
     cfg["name"] = "paper-table"
     if args.model != "default":
         cfg["model"] = {"path": str(Path(args.model).resolve()), "name": args.model_name or Path(args.model).name}
-    cfg["forget"] = [{"name": f"jang{s}", "path": str(SHARED / "forget" / f"lm_extraction_{s}_{{split}}.csv"),
+    cfg["forget"] = [{"name": f"jang{s}", "path": str(data("forget") / f"lm_extraction_{s}_{{split}}.csv"),
                       "splits": args.splits} for s in args.sizes]
     cfg["methods"] = args.methods
-    cfg["reference"] = str(SHARED / "eval" / "pile.csv")
+    cfg["reference"] = str(data("eval", "pile.csv"))
     cfg["reference_limit"] = args.reference_limit
     cfg["length"] = args.length
     cfg["training"] = {**cfg["training"], "max_steps": args.max_steps, "micro_batch": args.micro_batch}
@@ -52,7 +51,7 @@ def build_config(args) -> dict:
     if args.utility_limit == 0:
         cfg["utility"] = {"tasks": []}
     else:
-        cfg["utility"] = {**cfg["utility"], "data_dir": str(SHARED / "eval"), "limit": args.utility_limit}
+        cfg["utility"] = {**cfg["utility"], "data_dir": str(data("eval")), "limit": args.utility_limit}
     if args.device:
         cfg["device"] = args.device
     return cfg
@@ -138,13 +137,7 @@ def reading(runs: pd.DataFrame, methods: list[str]) -> list[str]:
     return out
 
 
-def _plot_size(png: Path) -> int:
-    """The forget-set size in the report's <model>_<forget>_<size>_before_after.png (smaller sets first)."""
-    part = png.stem.split("_")[-3]
-    return int(part) if part.isdigit() else 0
-
-
-def keep_artifacts(report: Path, label: str) -> str:
+def keep_artifacts(written, label: str) -> str:
     """Copy the table's CSVs and the per-sequence before/after plots from the report (under the ignored
     runs/ folder) into benchmarks/results/, so that what RESULTS.md states can be checked in the repo.
     Returns the Markdown that links them."""
@@ -153,24 +146,25 @@ def keep_artifacts(report: Path, label: str) -> str:
     stem = "paper_table_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
     dest = ROOT / "benchmarks" / "results"
     dest.mkdir(parents=True, exist_ok=True)
+    report = written.html.parent
     links = []
     for name, what in (("results.csv", "the table"), ("runs.csv", "one row per run")):
         shutil.copyfile(report / name, dest / f"{stem}_{name}")
         links.append(f"{what}: `benchmarks/results/{stem}_{name}`")
     plots = []
-    for png in sorted((report / "images").glob("*_before_after.png"), key=lambda f: (_plot_size(f), f.name)):
-        target = f"{stem}_{png.name.split('_', 1)[1]}"
-        shutil.copyfile(png, dest / target)
+    for (model, forget, size), found in sorted(written.plots.items(), key=lambda kv: (kv[0][2], str(kv[0][1]))):
+        target = f"{stem}_{forget}_{size}_before_after.png"
+        shutil.copyfile(found["before_after"], dest / target)
         plots.append(f"![per-sequence MA before and after]({'results/' + target})")
     return "Kept in the repo: " + "; ".join(links) + ".\n\n" + "\n\n".join(plots)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M) or a Hugging Face model folder")
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct) or a Hugging Face model folder")
     p.add_argument("--model-name", default=None, help="label of --model in the table")
     p.add_argument("--sizes", default="8,32", help="forget-set sizes (Jang: 1, 4, 8, 32, 128)")
-    p.add_argument("--splits", default="0,1,2", help="splits per size (../shared/data has 0-2)")
+    p.add_argument("--splits", default="0,1,2", help="splits per size (the data folder has 0-2)")
     p.add_argument("--methods", default="ga,sga,ta,tau")
     p.add_argument("--max-steps", type=int, default=150)
     p.add_argument("--micro-batch", type=int, default=8, help="must divide every size")
@@ -192,7 +186,7 @@ def main() -> None:
     from unmemorize.errors import UserError
     from unmemorize.experiments import config_from_dict, run_experiment
     from unmemorize.progress import make_progress
-    from unmemorize.report.experiments import load_runs, write_experiment_report
+    from unmemorize.report.experiments import write_experiment_report
     from unmemorize.runs import atomic_write_text
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -207,9 +201,10 @@ def main() -> None:
             folders = run_experiment(cfg, args.out, progress=progress, log=lambda m: progress.console.print(m))
     except UserError as e:
         sys.exit(f"error: {e}")
-    html = write_experiment_report(folders, args.out / "report", title="Paper table")
+    written = write_experiment_report(folders, args.out / "report", title="Paper table")
+    html = written.html
     minutes = (time.perf_counter() - t0) / 60
-    tables = (args.out / "report" / "results.md").read_text().split("\n", 3)[-1]
+    tables = written.markdown
     print(tables)
     print(f"report: {html}")
     if args.no_results:
@@ -219,10 +214,10 @@ def main() -> None:
     manifests = [json.loads((f / "manifest.json").read_text()) for f in folders]
     made_on = describe_devices(manifests)
     mixed = "; the seconds column mixes machines, so compare it only within one" if len(machines(manifests)) > 1 else ""
-    runs = load_runs(folders)
+    runs = written.runs
     said, start = "\n".join(reading(runs, args.methods)), "\n".join(before_lines(runs))
     label = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
-    kept = keep_artifacts(args.out / "report", label)
+    kept = keep_artifacts(written, label)
     body = f"""Command (resumable: finished runs are skipped):
 
 ```

@@ -34,13 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "eval"
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import DATA as _DATA  # noqa: E402
+from benchmarks.common import ROOT, write_section  # noqa: E402
+
+DATA = _DATA / "eval"
 OUT = ROOT / "benchmarks" / "results" / "utility_baseline.json"
 TITLE = "Utility baseline (issue 5)"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _results import write_section  # noqa: E402
 
 from unmemorize.utility import TASKS, evaluate_utility, resolve_tasks  # noqa: E402
 from unmemorize.utility.suite import AGGREGATES, aggregate  # noqa: E402
@@ -241,7 +243,7 @@ def main() -> None:
         write_section(TITLE, render(json.loads(args.from_json.read_text())))
         return
     if not DATA.is_dir():
-        raise SystemExit(f"needs {DATA} (../shared/data/eval is not present on this machine)")
+        raise SystemExit(f"needs {DATA}: set UNMEMORIZE_DATA to the folder that holds eval/ (docs/data.md)")
     from unmemorize.models import load_model
 
     torch.set_num_threads(args.threads)

@@ -14,16 +14,16 @@ from unmemorize.lab.ordinary import stdlib_paragraphs
 from unmemorize.lab.records import generate_records
 from unmemorize.tiny import tiny_model, train_tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks.common import DATA as SHARED  # the one setting: UNMEMORIZE_DATA (docs/data.md)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test with the reason."""
+    """A path under the data folder (UNMEMORIZE_DATA), or skip the test with the reason."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"needs {p} (../shared/data is not present on this machine)")
+        pytest.skip(f"needs {p} (set UNMEMORIZE_DATA to the data folder, docs/data.md)")
     return p
 
 

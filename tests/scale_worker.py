@@ -21,6 +21,7 @@ def main() -> None:
     from unmemorize import distributed
     from unmemorize.thresholds import Band
     from unmemorize.unlearning import UnlearnOptions, unlearn
+    from unmemorize.unlearning.methods import MethodSpec
     from unlearning_fixtures import make_set, records
 
     model_dir, out_dir, configs = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
@@ -33,7 +34,7 @@ def main() -> None:
     for name, cfg in configs.items():
         cfg = dict(cfg)
         method, stop, tau = cfg.pop("method"), cfg.pop("stop", "mean"), cfg.pop("tau")
-        result = unlearn(model, tok, forget, tau=tau, method=method, stop=stop, band=Band(0.15, 0.6),
+        result = unlearn(model, forget, tau=tau, method=MethodSpec.model_validate(method), stop=stop, band=Band(0.15, 0.6),
                          options=UnlearnOptions(**cfg))
         if distributed.is_main():
             result.trajectory.to_parquet(out_dir / f"{name}.parquet", index=False)

@@ -83,7 +83,7 @@ def test_reference_attack_sees_unlearning_that_moves_members(memorized, tokenize
         opt.step()
     unlearned.eval()
     res = run_attacks(unlearned, tokenizer, members, others, original=model, original_tokenizer=tokenizer,
-                      options=_quick(attacks=("reference",)))
+                      options=_quick(names=("reference",)))
     r = res.attacks["reference"]
     assert r.evaluation.auc.value >= 0.9
     delta = res.scores.groupby("member")["reference.delta"].mean()
@@ -211,13 +211,13 @@ def small(tokenizer):
     (dict(reference="empty"), "reference .*is empty"),
     (dict(options=dict(neighbours=0)), "neighbours.*at least 1"),
     (dict(options=dict(fprs=(0.01,))), "3 sequences, too few for TPR at 1% FPR"),
-    (dict(options=dict(attacks=("reference",))), "pass --original"),
-    (dict(options=dict(attacks=("loss", "nope"))), "unknown attack nope"),
+    (dict(options=dict(names=("reference",))), "pass --original"),
+    (dict(options=dict(names=("loss", "nope"))), "unknown attack 'nope'"),
     (dict(original="other tokenizer"), "different tokenizers"),
 ])
 def test_bad_input_fails_before_any_model_pass(small, tokenizer, change, message):
     model, forget, reference = small
-    kwargs: dict = {"options": _quick(**change.get("options", {}))}
+    kwargs: dict = {}
     if change.get("forget") == "empty":
         forget = forget.subset([])
     if change.get("reference") == "empty":
@@ -231,8 +231,8 @@ def test_bad_input_fails_before_any_model_pass(small, tokenizer, change, message
 
     model = copy.deepcopy(model)
     model.forward = no_pass
-    with pytest.raises(UserError, match=message):
-        run_attacks(model, tokenizer, forget, reference, **kwargs)
+    with pytest.raises(UserError, match=message):  # bad options are refused when they are made
+        run_attacks(model, tokenizer, forget, reference, options=_quick(**change.get("options", {})), **kwargs)
 
 
 def test_sequences_from_another_tokenizer_are_refused(small, tokenizer):
@@ -328,9 +328,11 @@ def test_attack_command_refills_with_a_separate_model(command_inputs):
 
 
 def test_command_help_names_every_attack():
-    from unmemorize.commands.attack import ATTACK_NAMES
+    from unmemorize.attacks.registry import AttackSettings
 
-    assert [n.strip() for n in ATTACK_NAMES.split(",")] == list(ATTACKS)
+    words = AttackSettings.model_fields["names"].description
+    listed = words[words.index("(") + 1:words.index(";")].split(", ")
+    assert listed == list(ATTACKS)
 
 
 def test_results_write_and_report_for_other_commands(small, tokenizer, tmp_path):
@@ -339,7 +341,7 @@ def test_results_write_and_report_for_other_commands(small, tokenizer, tmp_path)
 
     model, forget, reference = small
     res = run_attacks(model, tokenizer, forget, reference,
-                      options=_quick(attacks=("threshold", "loss", "sampling"), bootstrap=0))
+                      options=_quick(names=("threshold", "loss", "sampling"), bootstrap=0))
     paths = write_results(res, tmp_path, prefix="after_")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "after_attack_scores.csv", "after_attack_scores.parquet", "after_attacks.json", "after_roc.png"]

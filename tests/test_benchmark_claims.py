@@ -7,26 +7,18 @@ pairing and verdict by the most direct loop, so a wrong comparison cannot hide i
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from types import SimpleNamespace
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 T2 = 4.3026527  # t_{0.975, 2} from a printed table: three splits
 
 
 def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -269,9 +261,9 @@ def test_paper_table_config_is_valid_and_spans_the_issue_grid(tmp_path):
     cfg = config_from_dict(raw, source=str(tmp_path / "paper_table.yaml"))
     runs = expand(cfg)
     assert len(runs) == 2 * 3 * 4
-    assert {(r.forget.name, r.split, r.method.name) for r in runs} == {
+    assert {(r.labels["forget"], r.split, r.spec.method.name) for r in runs} == {
         (f"jang{s}", str(k), m) for s in (8, 32) for k in range(3) for m in ("ga", "sga", "ta", "tau")}
-    assert cfg.training.micro_batch == 8 and all(int(r.forget.name[4:]) % 8 == 0 for r in runs)
+    assert cfg.training.micro_batch == 8 and all(int(r.labels["forget"][4:]) % 8 == 0 for r in runs)
     assert raw["forget"][1]["path"].endswith("lm_extraction_32_{split}.csv")
     assert raw["utility"]["limit"] == 16 and raw["attacks"]["neighbours"] == 10
     # no utility: the tasks list is emptied, not left pointing at the data
@@ -382,10 +374,15 @@ def test_paper_table_keeps_its_tables_and_plots_in_the_repo(tmp_path, monkeypatc
     (report / "images").mkdir(parents=True)
     (report / "results.csv").write_text("method,c\nga,1\n")
     (report / "runs.csv").write_text("method\nga\n")
-    for name in ("M_jang32_32_before_after.png", "M_jang8_8_before_after.png", "M_jang8_8_roc.png"):
-        (report / "images" / name).write_bytes(b"png")
+    plots = {}
+    for (forget, size) in (("jang32", 32), ("jang8", 8)):
+        found = plots.setdefault(("M", forget, size), {})
+        for kind in ("before_after", "roc"):
+            found[kind] = report / "images" / f"M_{forget}_{size}_{kind}.png"
+            found[kind].write_bytes(b"png")
+    written = SimpleNamespace(html=report / "report.html", plots=plots)  # what write_experiment_report returns
     monkeypatch.setattr(pt, "ROOT", tmp_path / "repo")
-    md = pt.keep_artifacts(report, "Smol LM/2")
+    md = pt.keep_artifacts(written, "Smol LM/2")
     kept = tmp_path / "repo" / "benchmarks" / "results"
     assert sorted(f.name for f in kept.iterdir()) == [
         "paper_table_Smol_LM_2_jang32_32_before_after.png", "paper_table_Smol_LM_2_jang8_8_before_after.png",

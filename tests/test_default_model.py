@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from unmemorize.data import TextRecords, tokenize
 from unmemorize.memorization import ProfileOptions, profile

@@ -70,7 +70,7 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(tmp_path, tokenizer, monkeypa
 
 def test_exposure_table_is_the_group_means_by_hand():
     """The demo's by-exposure table: non-members as exposure 0, each cell the plain mean of its group."""
-    from unmemorize.commands.demo import exposure_table
+    from unmemorize.lab.demo import exposure_table
 
     forget = pd.DataFrame({"exposure": [1, 1, 64], "ma": [0.5, 0.7, 1.0], "el_10": [0.0, 0.2, 0.9],
                            "extraction_exact": [False, False, True], "extraction_matched": [10, 30, 80],

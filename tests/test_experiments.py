@@ -7,6 +7,7 @@ saved to a folder so the runner loads it like any user model; a handful of steps
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -15,9 +16,10 @@ import yaml
 
 from unlearning_fixtures import one_thread, records, small_lab
 from unmemorize.errors import UserError
+from unmemorize import recipe
 from unmemorize.experiments import expand, load_config, plan, run_experiment, run_key
-from unmemorize.experiments import pipeline
 from unmemorize.experiments.grid import InputHashes, resolved_settings
+from unmemorize.record import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,25 +164,25 @@ def test_grid_expansion_and_keys(tmp_path):
     cfg = load_config(path)
     runs = expand(cfg)
     assert len(runs) == 1 * 2 * 2 * 2 * 2  # models × splits × methods × stops × seeds
-    assert [(r.split, r.method.name, r.stop, r.seed) for r in runs[:5]] == [
+    assert [(r.split, r.spec.method.name, r.spec.stop, r.spec.seed) for r in runs[:5]] == [
         ("0", "ga", "mean", 1), ("0", "ga", "mean", 2), ("0", "ga", "per-sequence", 1),
         ("0", "ga", "per-sequence", 2), ("0", "sga", "mean", 1)]
-    keys = [run_key(cfg, r) for r in runs]
+    keys = [run_key(r.spec) for r in runs]
     assert len(set(keys)) == len(keys)
-    assert keys == [run_key(cfg, r, InputHashes()) for r in runs]  # deterministic
-    settings = resolved_settings(cfg, runs[0])
-    assert settings["method"]["micro_batch"] == 2 and settings["tau"]["from_reference"] is True
+    assert keys == [run_key(r.spec, InputHashes()) for r in runs]  # deterministic
+    settings = resolved_settings(runs[0].spec)
+    assert settings["training"]["micro_batch"] == 2 and settings["tau"] is None  # τ: from the reference
     # a label does not change a key; a setting or an input file does
     relabel = load_config(tiny_experiment(tmp_path, utility=False, stop=["mean", "per-sequence"], seeds=[1, 2],
                                           name="other", methods=[{"name": "ga", "label": "GA!"}, {"name": "sga", "label": "SGA"}]))
-    assert run_key(relabel, expand(relabel)[0]) == keys[0]
+    assert run_key(expand(relabel)[0].spec) == keys[0]
     steps = load_config(tiny_experiment(tmp_path, utility=False, stop=["mean", "per-sequence"], seeds=[1, 2],
                                         training={"max_steps": 4, "micro_batch": 2}))
-    assert run_key(steps, expand(steps)[0]) != keys[0]
+    assert run_key(expand(steps)[0].spec) != keys[0]
     f0 = tmp_path / "data" / "forget_0.jsonl"
     f0.write_text(f0.read_text().replace("Record", "Rekord", 1))
-    assert run_key(cfg, runs[0]) != keys[0]
-    assert run_key(cfg, runs[-1]) == keys[-1]  # split 1 untouched
+    assert run_key(runs[0].spec) != keys[0]
+    assert run_key(runs[-1].spec) == keys[-1]  # split 1 untouched
 
 
 # ---------------------------------------------------------------- running, caching, resumption
@@ -202,41 +204,42 @@ def test_runs_write_complete_folders(experiment):
     assert len(folders) == 4 and all(f.parent == out for f in folders)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary or checkpoint left
     for f in folders:
-        s = json.loads((f / "summary.json").read_text())
-        assert s["kind"] == "unmemorize experiment run" and f.name.endswith(s["key"][:12])
+        s = read_record(f)
+        assert f.name.endswith(s.key[:12])
         for name in ("profile_before.parquet", "profile_after.parquet", "trajectory.parquet", "steps.parquet",
-                     "attacks.json", "attack_scores.parquet", "roc.png", "utility_before.json",
-                     "utility_after.json", "manifest.json", "trajectory.png"):
+                     "attacks.json", "attack_scores.parquet", "roc.png", "before_attacks.json", "utility_before.json",
+                     "utility_after.json", "manifest.json", "trajectory.png", "record.json", "report.html"):
             assert (f / name).is_file(), (f, name)
-        m = s["metrics"]
+        m = s.row()
         after = pd.read_parquet(f / "profile_after.parquet")
         assert m["mean_ma"] == pytest.approx(after["ma"].mean())
         assert m["c_high"] == int((after["ma"] >= 0.6).sum()) and m["c_low"] == int((after["ma"] <= 0.15).sum())
-        assert m["distance_to_tau"] == pytest.approx(abs(100 * after["ma"].mean() - 100 * s["tau"]))
+        assert m["distance_to_tau"] == pytest.approx(abs(100 * after["ma"].mean() - 100 * s.tau))
         attacks = json.loads((f / "attacks.json").read_text())["attacks"]
         assert set(attacks) == {"miau", "loss", "reference"}
         assert m["miau_auc"] == pytest.approx(attacks["miau"]["auc"]["value"])
-        assert m["miau_tpr@1%"] is None  # 10 non-members cannot resolve 1% FPR: null (NaN), not a number
+        assert math.isnan(m["miau_tpr@1%"])  # 10 non-members cannot resolve 1% FPR: NaN, not a number
+        assert set(s.attacks.before) == {"miau", "loss"}  # the original model, before unlearning (no reference attack)
         ub, ua = (json.loads((f / f"utility_{w}.json").read_text()) for w in ("before", "after"))
         assert m["average_acc"] == pytest.approx(ua["aggregates"]["average_acc"]["value"])
         assert m["average_perplexity_delta"] == pytest.approx(ua["aggregates"]["average_perplexity"]["value"]
                                                               - ub["aggregates"]["average_perplexity"]["value"])
         assert m["steps"] <= 3
     # τ came from the reference and is the same for every run of the model
-    assert len({json.loads((f / "summary.json").read_text())["tau"] for f in folders}) == 1
+    assert len({read_record(f).tau for f in folders}) == 1
 
 
 def test_finished_runs_are_skipped(experiment, monkeypatch):
     path, out, folders = experiment
-    stamps = {f: (f / "summary.json").stat().st_mtime_ns for f in folders}
+    stamps = {f: (f / "record.json").stat().st_mtime_ns for f in folders}
 
     def must_not_run(*a, **k):
         raise AssertionError("a finished run was run again")
 
-    monkeypatch.setattr(pipeline, "run_one", must_not_run)
-    monkeypatch.setattr(pipeline, "load_context", must_not_run)
+    monkeypatch.setattr(recipe, "execute", must_not_run)
+    monkeypatch.setattr(recipe.Resources, "model", must_not_run)
     assert run_experiment(load_config(path), out) == folders
-    assert {f: (f / "summary.json").stat().st_mtime_ns for f in folders} == stamps
+    assert {f: (f / "record.json").stat().st_mtime_ns for f in folders} == stamps
     assert all(r.done for r in plan(load_config(path), out))
 
 
@@ -245,27 +248,27 @@ def test_a_stop_loses_only_the_run_in_progress(tmp_path, monkeypatch):
                            methods=["ga"], training={"max_steps": 2, "micro_batch": 2, "checkpoint_every": 1})
     cfg = load_config(path)
     out = tmp_path / "out"
-    real = pipeline.run_one
+    real = recipe.execute
     calls = []
 
-    def interrupted(cfg_, run, key, folder, ctx, progress=None):
-        calls.append(run.split)
+    def interrupted(spec, out, **kwargs):
+        calls.append(kwargs["labels"]["split"])
         if len(calls) == 2:
             raise KeyboardInterrupt  # the machine stops during the second run
-        return real(cfg_, run, key, folder, ctx, progress)
+        return real(spec, out, **kwargs)
 
-    monkeypatch.setattr(pipeline, "run_one", interrupted)
+    monkeypatch.setattr(recipe, "execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, out)
     done = [r for r in plan(cfg, out) if r.done]
-    assert [r.spec.split for r in done] == ["0"]
+    assert [r.run.split for r in done] == ["0"]
     assert [p for p in out.iterdir() if not p.name.startswith(".")] == [done[0].folder]
-    first = (done[0].folder / "summary.json").read_bytes()
+    first = (done[0].folder / "record.json").read_bytes()
     calls.clear()
     folders = run_experiment(cfg, out)
     assert calls == ["1"]  # only the unfinished run
-    assert (done[0].folder / "summary.json").read_bytes() == first
-    assert all((f / "summary.json").is_file() for f in folders)
+    assert (done[0].folder / "record.json").read_bytes() == first
+    assert all((f / "record.json").is_file() for f in folders)
 
 
 def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path, monkeypatch):
@@ -290,8 +293,8 @@ def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path, monkeypatch
     assert not planned.done and (planned.folder.parent / f".{planned.folder.name}.checkpoint").is_dir()
     monkeypatch.setattr(unlearning, "unlearn", real)
     (folder,) = run_experiment(cfg, tmp_path / "out")
-    resumed = json.loads((folder / "summary.json").read_text())
-    assert resumed["unlearning"]["resumed_from"] == 2 and resumed["metrics"]["steps"] == 4
+    resumed = read_record(folder)
+    assert resumed.unlearning.resumed_from == 2 and resumed.unlearning.steps == 4
     assert not (folder.parent / f".{folder.name}.checkpoint").exists()
     # the same numbers as a run that was never stopped
     (fresh,) = run_experiment(cfg, tmp_path / "fresh")
@@ -309,13 +312,13 @@ def test_every_kind_of_method_runs(tmp_path):
     folders = run_experiment(cfg, tmp_path / "out")
     assert len(folders) == 2 * 4 * 2
     for f in folders:
-        s = json.loads((f / "summary.json").read_text())
-        assert s["tau"] == 0.4 and s["tau_from"] == "tau"
-        assert s["unlearning"]["method"] == s["settings"]["method"]["name"]
-        if s["method"] == "dpd":
-            assert s["metrics"]["steps"] == 0 and "decoding only" in s["notes"][0]
-        if s["method"] == "SGA-0.5":
-            assert s["settings"]["method"]["selector"] == "threshold:0.5"
+        s = read_record(f)
+        assert s.tau == 0.4 and s.tau_from == "given"
+        assert s.unlearning.method == s.spec["method"]["name"]
+        if s.labels.method == "dpd":
+            assert s.unlearning.steps == 0 and "decoding only" in s.notes[0]
+        if s.labels.method == "SGA-0.5":
+            assert s.spec["method"]["selector"] == "threshold:0.5"
 
 
 def test_sampled_forget_set_is_seeded(tmp_path):
@@ -325,7 +328,7 @@ def test_sampled_forget_set_is_seeded(tmp_path):
     cfg = load_config(path)
     run = expand(cfg)[0]
     tok = small_lab()[0]
-    a, b = pipeline.load_forget(cfg, run, tok), pipeline.load_forget(cfg, run, tok)
+    a, b = recipe.load_forget(run.spec, tok), recipe.load_forget(run.spec, tok)
     assert len(a) == 2 and a.ids == b.ids and set(a.ids) <= {f"a{i}" for i in range(4)}
     bad = tiny_experiment(tmp_path, utility=False, attacks={"names": []}, tau=0.4,
                           forget=[{"path": "data/forget_{split}.jsonl", "splits": [0], "sample": 5}])

@@ -13,9 +13,9 @@ from unmemorize.report.experiments import (
     collect_run_dirs,
     format_cell,
     markdown_tables,
-    t_interval,
     table_cells,
 )
+from unmemorize.stats import t_interval
 
 # t quantiles t_{0.975, df} from a printed table: df = 1, 2, 4
 T1, T2, T4 = 12.7062047, 4.3026527, 2.7764451
@@ -90,5 +90,5 @@ def test_collect_run_dirs_errors(tmp_path):
         collect_run_dirs([tmp_path / "nope"])
     (tmp_path / "empty" / "x").mkdir(parents=True)
     (tmp_path / "empty" / "x" / "summary.json").write_text('{"kind": "something else"}')
-    with pytest.raises(UserError, match="neither an experiment run folder"):
+    with pytest.raises(UserError, match="neither a run folder nor a folder of them"):
         collect_run_dirs([tmp_path / "empty"])

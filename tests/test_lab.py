@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from unmemorize.lab.plant import PlantConfig, assign_exposures, plant, plant_key, training_stream
 from unmemorize.lab.records import generate_records, members_and_nonmembers

@@ -24,10 +24,12 @@ import pytest
 import torch
 
 from unmemorize.audit import audit
+from unmemorize.record import read_record
 from unmemorize.data import load_sequences
 from unmemorize.memorization import ProfileOptions, profile
 from unmemorize.thresholds import Band, acceptable_level
 from unmemorize.unlearning import UnlearnOptions, unlearn
+from unmemorize.unlearning.methods import MethodSpec
 
 from unlearning_fixtures import LENGTH, make_set, one_thread, records, small_lab
 
@@ -58,7 +60,7 @@ def _configs(tau: float) -> dict:
     return {
         "sga": dict(method="sga", max_steps=10, **common),
         "sga_per_sequence": dict(method="sga", stop="per-sequence", max_steps=10, **common),
-        "tau": dict(method="tau", switch_below=0.6, max_steps=6, **common),  # TA phase: the edited model is measured
+        "tau": dict(method={"name": "tau", "switch_below": 0.6}, max_steps=6, **common),  # TA phase: the edited model is measured
         "ga_lora": dict(method="ga", max_steps=6, lora_rank=4, **{**common, "lr": 5e-3}),
         "npo": dict(method="npo", max_steps=4, **common),  # its reference log-likelihoods are measured on every rank
     }
@@ -92,7 +94,7 @@ def _one_process(folder: Path, cfg: dict):
     tok = AutoTokenizer.from_pretrained(folder / "model")
     model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32).eval()
     with one_thread():
-        return unlearn(model, tok, make_set(tok, records(8, seed=7)), tau=tau, method=method, stop=stop,
+        return unlearn(model, make_set(tok, records(8, seed=7)), tau=tau, method=MethodSpec.model_validate(method), stop=stop,
                        band=Band(0.15, 0.6), options=UnlearnOptions(**cfg))
 
 
@@ -108,7 +110,7 @@ def test_two_processes_follow_the_one_process_trajectory(lab, two_process_runs, 
     assert list(two["phase"]) == list(one["phase"])
     np.testing.assert_array_equal(two["selected"].to_numpy(), one["selected"].to_numpy())
     np.testing.assert_array_equal(two["ma"].to_numpy(), one["ma"].to_numpy())
-    np.testing.assert_allclose(two["loss"].to_numpy(), one["loss"].to_numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(two["loss"].to_numpy(), one["loss"].to_numpy(), rtol=1e-4, atol=1e-6)
     if name == "tau":
         assert "ta" in set(one["phase"])  # the task-arithmetic phase (edited model) was exercised
 
@@ -155,8 +157,8 @@ def test_unlearn_command_under_two_processes_writes_once_and_follows_one_process
     leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".unlearn2")]
     assert leftovers == []  # no temporary run folder, no checkpoint left behind
     assert (out / "model" / "model.safetensors").is_file()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2
+    summary = read_record(out).unlearning
+    assert summary.world_size == 2
     got = pd.read_parquet(out / "trajectory.parquet")
     want = _one_process(folder, _configs(tau)["sga"]).trajectory
     np.testing.assert_array_equal(got["ma"].to_numpy(), want["ma"].to_numpy())
@@ -196,7 +198,7 @@ def test_attack_command_under_two_processes_scores_every_sequence_once(lab):
         want = run_attacks(lm.model, lm.tokenizer, load_sequences(members, lm.tokenizer, LENGTH),
                            load_sequences(others, lm.tokenizer, LENGTH), original=lm.model,
                            original_tokenizer=lm.tokenizer,
-                           options=AttackOptions(attacks=tuple(names.split(",")), perturber="words", neighbours=3,
+                           options=AttackOptions(names=tuple(names.split(",")), perturber="words", neighbours=3,
                                                  neighbour_cache=False, bootstrap=50, extraction_prefix=10,
                                                  first_tokens=5))
     assert list(got["id"]) == list(want.scores["id"]) and len(got) == 16
@@ -254,11 +256,14 @@ def test_run_command_under_two_processes_commits_the_one_process_run(lab, tmp_pa
     with one_thread():
         one = run_experiment(config, tmp_path / "one")
     assert [p.name for p in one] == [two[0].name]  # the same run key
-    got = json.loads((two[0] / "summary.json").read_text())["metrics"]
-    want = json.loads((one[0] / "summary.json").read_text())["metrics"]
+    got = read_record(two[0]).row()
+    want = read_record(one[0]).row()
     assert got.keys() == want.keys()
     for k, v in want.items():
         if k == "seconds":
+            continue
+        if isinstance(v, str):  # the labels
+            assert got[k] == v, k
             continue
         if v is None or got[k] is None:  # NaN is written as null
             assert got[k] is v is None, k

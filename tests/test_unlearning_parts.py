@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from unmemorize.decoding import DPDLogitsProcessor, dpd_logits, top_k_filter
 from unmemorize.errors import UserError
+from unmemorize.memorization import masked_mean
 from unmemorize.unlearning import losses
 from unmemorize.unlearning.methods import METHODS, resolve_method
 from unmemorize.unlearning.selectors import All, Threshold, TopK, parse_selector
@@ -106,7 +107,7 @@ def test_cross_entropy_to_reference_by_hand():
 def test_per_sequence_mean_by_hand():
     nll = torch.tensor([[1.0, 3.0], [2.0, 8.0]])
     mask = torch.tensor([[True, True], [False, False]])
-    out = losses.per_sequence_mean(nll, mask)
+    out = masked_mean(nll, mask)
     assert out[0].item() == 2.0 and math.isnan(out[1].item())
 
 

@@ -486,9 +486,9 @@ def test_malformed_dialogue_file(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"limit": 0}, "limit must be a positive"),
-    ({"limit": -3}, "limit must be a positive"),
-    ({"mode": "fast"}, "unknown mode 'fast'; choose from full, parity"),
+    ({"limit": 0}, "limit': got -?[0-9]+; allowed: a positive number of examples"),
+    ({"limit": -3}, "limit': got -?[0-9]+; allowed: a positive number of examples"),
+    ({"mode": "fast"}, "mode': got 'fast'; allowed: full, parity"),
     ({"max_length": 1}, "max_length"),
 ])
 def test_bad_options(kwargs, message, data_dir, tokenizer):

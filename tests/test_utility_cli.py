@@ -84,8 +84,8 @@ def test_parity_mode_is_labelled(app, setup):
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "piqa,bogus"], "unknown task bogus"),
     (["--tasks", "piqa"], "no file for task piqa"),
-    (["--tasks", "copa", "--limit", "0"], "limit must be a positive"),
-    (["--tasks", "copa", "--mode", "quick"], "unknown mode"),
+    (["--tasks", "copa", "--limit", "0"], "a positive number of examples"),
+    (["--tasks", "copa", "--mode", "quick"], "--mode: got 'quick'; allowed: full, parity"),
     (["--tasks", "none"], "nothing to evaluate"),
 ])
 def test_bad_input_fails_before_the_model_loads(app, setup, args, message):

@@ -14,7 +14,6 @@ import copy
 import functools
 import random
 
-import numpy as np
 import pandas as pd
 import torch
 

@@ -12,11 +12,36 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pathlib import Path
+
+from pydantic import model_validator
+
 from unmemorize.data import SequenceSet
 from unmemorize.errors import UserError
 from unmemorize.memorization import ProfileOptions, profile
+from unmemorize.models import ModelSource
+from unmemorize.options import Options, option
 from unmemorize.thresholds import (Band, Summary, acceptable_level, acceptable_level_by_group, group_key, summarize,
                                    verdict)
+
+
+class AuditSpec(Options):
+    """One audit (``unmemorize audit``): which sequences does a model memorize, against unseen text?"""
+
+    model: ModelSource = option(ModelSource(), "The model to audit (only read).")
+    forget: Path = option(..., "Sequences to audit: Jang CSV, JSONL, text file or folder.", "--forget", "-f")
+    reference: Path | None = option(None, "Unseen text of the same form, for τ.", "--reference", "-r")
+    length: int = option(200, "Tokens per sequence T (the paper: 200).", ge=2)
+    tau: float | None = option(None, "Use this τ instead of the reference's mean MA.", ge=0.0, le=1.0)
+    tau_by: str | None = option(None, "Column shared by both sets (e.g. corpus): τ per group.")
+    band: Band = option(Band(), "The acceptable band of g(x).")
+    profile: ProfileOptions = option(ProfileOptions(metrics=("ma", "el", "extraction")), "What to measure.")
+
+    @model_validator(mode="after")
+    def _tau_known(self):
+        if self.reference is None and self.tau is None:
+            raise ValueError("give --reference FILE (unseen text of the same form) or --tau VALUE")
+        return self
 
 
 @dataclass
@@ -60,7 +85,7 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
     if reference is None and tau is None:
         raise UserError("give a reference set of unseen text (--reference) or a τ value (--tau)")
     metrics = tuple(dict.fromkeys(("ma", "loss", *opts.metrics)))  # MA is the paper's g(x): always
-    opts = ProfileOptions(**{**opts.__dict__, "metrics": metrics})
+    opts = opts.replace(metrics=metrics)
     warnings = _short_warnings(forget, opts, "forget set")
     prof = profile(model, forget, opts, progress)
     if prof["ma"].isna().all():
@@ -70,7 +95,7 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
     if reference is not None:
         ref_metrics = reference_metrics or tuple(m for m in metrics if m in ("ma", "loss", "el"))
         ref_metrics = tuple(dict.fromkeys(("ma", *ref_metrics)))
-        ref_opts = ProfileOptions(**{**opts.__dict__, "metrics": ref_metrics})
+        ref_opts = opts.replace(metrics=ref_metrics)
         warnings += _short_warnings(reference, ref_opts, "reference set")
         if reference_profile is not None:
             if list(reference_profile["id"]) != list(reference.ids) or "ma" not in reference_profile:
@@ -141,3 +166,31 @@ def summary_rows(result: AuditResult) -> list[tuple[str, str]]:
         rows.append((f"τ[{g}]", f"{t:.3f}"))
     return rows
 
+
+
+def audit_run(spec: AuditSpec, out: str | Path, *, overwrite: bool = False, progress=None, log=print):
+    """``unmemorize audit``'s work: load, measure, write the run folder ``out`` (profiles, summary,
+    histogram, report.html, manifest.json). Returns (result, folder, description of τ's source)."""
+    from unmemorize import distributed
+    from unmemorize.data import load_sequences
+    from unmemorize.report.audit import audit_sections, write_audit
+    from unmemorize.report.html import write_report
+    from unmemorize.runs import RunDir, build_manifest, write_json
+
+    # the output folder is checked before any slow work; under a launch rank 0 writes `out`
+    with RunDir(distributed.output_dir(out), overwrite) as run:
+        lm = spec.model.load(log=log)
+        forget_set = load_sequences(spec.forget, lm.tokenizer, spec.length)
+        ref_set = load_sequences(spec.reference, lm.tokenizer, spec.length) if spec.reference is not None else None
+        result = audit(lm.model, forget_set, ref_set, spec.profile, spec.band, spec.tau, spec.tau_by, progress)
+        images = write_audit(run, result, lm.tokenizer, spec.band)
+        ref_desc = f"{ref_set.source} ({len(ref_set)} sequences)" if ref_set is not None else "a given value"
+        options = {**spec.model_dump(mode="json", exclude={"model", "forget", "reference"}),
+                   "padding": "counted (parity)" if spec.profile.parity else "masked"}
+        write_json(run.path("manifest.json"), build_manifest(
+            "audit", options, {"model": lm.describe(), "forget": forget_set.describe(),
+                               "reference": ref_set.describe() if ref_set is not None else None},
+            device=spec.model.device))
+        write_report(run.path("report.html"), "unmemorize audit", audit_sections(result, lm.tokenizer, images, ref_desc),
+                     subtitle=f"model {lm.name} · forget {forget_set.source} · reference {ref_desc}")
+        return result, run.commit(), ref_desc

@@ -1,4 +1,4 @@
-"""Differentially-private decoding (DPD), the decoding-time baseline of PAPER_SPEC §4.6.
+"""Differentially-private decoding (DPD), the decoding-time baseline of docs/method.md §4.6.
 
 Two mixings, both as a transformers ``LogitsProcessor`` and as a pure function:
 
@@ -66,7 +66,7 @@ def sampled_memorization_accuracy(model, seqs: SequenceSet, lam: float = 0.2, mo
                                   top_k: int | None = 50, seed: int = 0, batch_size: int = 8,
                                   parity: bool = False, progress=None) -> np.ndarray:
     """MA under DPD: one teacher-forced pass; at every position a token is sampled from
-    top-k(DPD(z_t)) and compared with x_{t+1} (PAPER_SPEC §4.6). Seeded; per-sequence values."""
+    top-k(DPD(z_t)) and compared with x_{t+1} (docs/method.md §4.6). Seeded; per-sequence values."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.full_like(seqs.lengths, seqs.length) if parity else seqs.lengths

@@ -1,4 +1,4 @@
-"""Per-sequence memorization: MA, EL_n, exact extraction and loss (PAPER_SPEC §2.2, §2.3, §2.9).
+"""Per-sequence memorization: MA, EL_n, exact extraction and loss (docs/method.md §2.2, §2.3, §2.9).
 
 Everything is computed from one teacher-forced forward pass per batch, plus batched KV-cached greedy
 decoding for EL_n and extraction — and only where decoding is needed:
@@ -11,21 +11,23 @@ memorized a sequence, the fewer disagreements, the cheaper its EL.
 
 Conventions (0-indexed): a sequence x has true length L; a[t] = argmax p(· | x[:t]) for t = 1..L-1.
 Padding is masked unless ``parity=True``, which reproduces the original code: every row counts all
-T-1 positions, pads included, and attends to pads (PAPER_SPEC §2.2 quirk).
+T-1 positions, pads included, and attends to pads (docs/method.md §2.2 quirk).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 
+from unmemorize import forward
 from unmemorize.data import SequenceSet
+from unmemorize.options import Options, option
 from unmemorize.progress import task
 
 METRICS = ("ma", "el", "extraction", "loss")
@@ -34,7 +36,7 @@ METRICS = ("ma", "el", "extraction", "loss")
 # ---------------------------------------------------------------- pure metric functions
 
 def memorization_accuracy(greedy: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """MA(x) = 1/(L-1) · Σ_{t=1}^{L-1} 1[a[t] = x[t]]  (PAPER_SPEC §2.2).
+    """MA(x) = 1/(L-1) · Σ_{t=1}^{L-1} 1[a[t] = x[t]]  (docs/method.md §2.2).
 
     ``greedy[:, t-1]`` is a[t], the argmax of the logits at position t-1. Returns NaN for L < 2.
     """
@@ -45,14 +47,40 @@ def memorization_accuracy(greedy: torch.Tensor, input_ids: torch.Tensor, lengths
     return torch.where(n > 0, ma, torch.full_like(ma, math.nan))
 
 
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """nll[i, t-1] = −log softmax(z_{i,t-1})[x_{i,t}] for t = 1..W-1, in fp32 ([B, W-1]; pads included,
+    masked by the caller). The one per-token negative log-likelihood: profiles, attacks and every
+    unlearning loss read it."""
+    B, W, V = logits.shape
+    # Score all W positions against the ids shifted left (the last one against a dummy) and drop the
+    # last column: a view of contiguous logits, no [B, W-1, V] copy.
+    targets = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)
+    nll = F.cross_entropy(logits.float().reshape(B * W, V), targets.reshape(-1), reduction="none")
+    return nll.view(B, W)[:, :-1]
+
+
+def position_mask(lengths: torch.Tensor, width: int, start: int | torch.Tensor = 1) -> torch.Tensor:
+    """mask[i, t-1] = [max(start_i, 1) ≤ t < L_i]: positions whose token x_t is predicted and counted.
+
+    ``start`` > 1 leaves out a prefix (one for all rows, or one per row), e.g. GA+Mismatch ascends
+    only tokens 50 onwards (docs/method.md §4.7).
+    """
+    t = torch.arange(1, width, device=lengths.device)[None, :]
+    s = torch.as_tensor(start, device=lengths.device).clamp(min=1)
+    s = s[:, None] if s.dim() == 1 else s
+    return (t >= s) & (t < lengths[:, None])
+
+
+def masked_mean(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean of ``nll`` over the counted positions, summed in float64, [B] (NaN where none counts)."""
+    n = mask.sum(1)
+    out = (nll.detach().double() * mask).sum(1) / n.clamp(min=1)
+    return torch.where(n > 0, out, torch.full_like(out, math.nan))
+
+
 def sequence_loss(logits: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-sequence token-mean cross-entropy over the L-1 predicted positions (fp32)."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    valid = (torch.arange(1, input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None])
-    n = valid.sum(1)
-    loss = (nll * valid).sum(1).double() / n.clamp(min=1).double()
-    return torch.where(n > 0, loss, torch.full_like(loss, math.nan))
+    """Per-sequence token-mean cross-entropy over the L-1 predicted positions (float64; NaN for L < 2)."""
+    return masked_mean(token_nll(logits, input_ids), position_mask(lengths, input_ids.shape[1]))
 
 
 def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
@@ -69,7 +97,7 @@ def overlap(pred: Sequence[int], label: Sequence[int], n: int) -> float:
 
 
 def extraction_likelihood(x: Sequence[int], continuations: Sequence[Sequence[int]], n: int) -> float:
-    """EL_n(x) = 1/(L-n) · Σ_{i=1}^{L-n} OVERLAP_n(f(x[:i]), x[i:])  (PAPER_SPEC §2.3).
+    """EL_n(x) = 1/(L-n) · Σ_{i=1}^{L-n} OVERLAP_n(f(x[:i]), x[i:])  (docs/method.md §2.3).
 
     ``continuations[i-1]`` is the greedy continuation of the prefix x[:i] up to length L.
     """
@@ -99,13 +127,6 @@ def matched_prefix(x: Sequence[int], greedy_ok: Sequence[bool], k: int, m: int) 
 # ---------------------------------------------------------------- model passes
 
 @torch.no_grad()
-def teacher_forced(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
-    """Logits of one forward pass (fp32 on CPU; the model's dtype elsewhere)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.logits
-
-
-@torch.no_grad()
 def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], int], greedy: torch.Tensor,
                          seq_batch: int = 8, batch_size: int = 64, progress=None) -> dict[tuple[int, int], list[int]]:
     """Greedy continuations of ``x_r[:j]`` for every job ``(r, j) -> tokens``, without re-reading the prompts.
@@ -118,10 +139,20 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
     after the first. (Prefilling each prompt again would cost Σ j tokens per sequence: for a weakly
     memorized 200-token text, more than all its decoding.) Jobs are decoded longest first, and a job
     that has its tokens leaves the batch.
+
+    Every job fits the model's context (prompt j plus its tokens is at most L ≤ T), but the batch's
+    cache is P + steps wide (P: the longest prompt of the batch), and a model may not take a cache
+    wider than its context (GPT-Neo slices its causal mask from a context × context buffer by cache
+    width). So when the next token would outgrow it, the leading columns that are left padding for
+    every job still decoding are dropped (masked columns: the continuations stay the same); with
+    a long enough context nothing is dropped.
     """
     from transformers import DynamicCache
 
+    from unmemorize.models import max_positions
+
     device = next(model.parameters()).device
+    context = max_positions(model)
     results: dict[tuple[int, int], list[int]] = {}
     by_row: dict[int, list[tuple[int, int]]] = {}
     for key in jobs:
@@ -159,6 +190,7 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
                 gen = torch.zeros(len(chunk), need[0], dtype=torch.long, device=device)
                 gen[:, 0] = nxt
                 alive = len(chunk)
+                dropped = 0  # leading (all-padding) columns cut from the cache and the mask
                 for step in range(1, need[0]):
                     # a job that has its tokens leaves the batch (and its cache); known in advance, so
                     # the loop never waits on the device to decide it
@@ -168,7 +200,14 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
                         nxt, last = nxt[:alive], last[:alive]
                         cache.batch_select_indices(torch.arange(alive, device=device))
                     last = last + 1
-                    step_out = model(input_ids=nxt[:, None], attention_mask=mask[:alive, : P + step],
+                    if context is not None and P + step - dropped > context:
+                        # with this token a live job holds j + step < j + its tokens ≤ L ≤ T ≤ context
+                        # positions: cut to the longest live prompt, the cache always fits
+                        cut = P - max(j for _, j in chunk[:alive]) - dropped
+                        for layer in cache.layers:
+                            layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+                        dropped += cut
+                    step_out = model(input_ids=nxt[:, None], attention_mask=mask[:alive, dropped: P + step],
                                      position_ids=last[:, None],
                                      cache=cache, use_cache=True)
                     cache = step_out.cache
@@ -184,39 +223,45 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
 
 # ---------------------------------------------------------------- the profile
 
-@dataclass
-class ProfileOptions:
-    metrics: tuple[str, ...] = METRICS
-    batch_size: int = 8
-    decode_batch_size: int = 64
-    el_n: int = 10
-    extraction_prefix: int = 100  # k: prefix tokens given to the model
-    extraction_suffix: int = 100  # m: true suffix tokens it must reproduce
-    parity: bool = False  # reproduce the original code's unmasked counting (PAPER_SPEC §2.2)
+Metric = str  # one of METRICS
+
+
+def known_metrics(metrics) -> tuple[str, ...]:
+    """``metrics`` as a tuple, or a ValueError naming the unknown ones (for the options' validators)."""
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metric {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+    return metrics
+
+
+class ProfileOptions(Options):
+    """What to measure per sequence, and how (the audit's flags)."""
+
+    metrics: tuple[Metric, ...] = option(METRICS, "Comma-separated subset of ma,el,extraction,loss.", split=True)
+    batch_size: int = option(8, "Sequences per forward pass.", ge=1)
+    decode_batch_size: int = option(64, "Greedy continuations decoded together (EL, extraction).", ge=1)
+    el_n: int = option(10, "n of EL_n.", "--el-n", ge=1)
+    extraction_prefix: int = option(100, "Extraction: prefix tokens k (a 'prefix' column overrides).", "--prefix", ge=1)
+    extraction_suffix: int = option(100, "Extraction: true suffix tokens m.", "--suffix", ge=1)
+    parity: bool = option(False, "Count padding as the original code does (docs/method.md §2.2).")
+
+    _metrics = field_validator("metrics", mode="before")(known_metrics)
 
 
 def _greedy_pass(model, seqs: SequenceSet, opts: ProfileOptions, progress):
     """One teacher-forced pass per batch: a[t] for every position, per-sequence MA and loss."""
-    device = next(model.parameters()).device
     greedy = torch.full_like(seqs.input_ids, -1)
     ma = torch.empty(len(seqs), dtype=torch.float64)
     loss = torch.full((len(seqs),), math.nan, dtype=torch.float64)
-    lengths = torch.full_like(seqs.lengths, seqs.length) if opts.parity else seqs.lengths
-    with task(progress, "teacher-forced pass", len(seqs)) as bar:
-        for s in range(0, len(seqs), opts.batch_size):
-            # Trim the batch to its longest sequence: right padding is masked and causal, so the
-            # columns past every row's end change nothing but the cost.
-            width = int(lengths[s:s + opts.batch_size].max())
-            ids = seqs.input_ids[s:s + opts.batch_size, :width].to(device)
-            ln = lengths[s:s + opts.batch_size].to(device)
-            mask = None if opts.parity else seqs.attention_mask[s:s + opts.batch_size, :width].to(device)
-            logits = teacher_forced(model, ids, mask)
-            g = logits.argmax(-1)
-            greedy[s:s + len(ids), :width] = g.cpu()
-            ma[s:s + len(ids)] = memorization_accuracy(g, ids, ln).cpu()
-            if "loss" in opts.metrics:  # a full-vocabulary log-softmax: skipped when re-profiling MA only
-                loss[s:s + len(ids)] = sequence_loss(logits, ids, ln).cpu()
-            bar.advance(len(ids))
+    for batch, logits in forward.teacher_forced(model, seqs.input_ids, seqs.lengths, batch_size=opts.batch_size,
+                                                parity=opts.parity, progress=progress):
+        g = logits.argmax(-1)
+        rows = torch.as_tensor(batch.rows)
+        greedy[rows, : g.shape[1]] = g.cpu()
+        ma[rows] = memorization_accuracy(g, batch.input_ids, batch.counted).cpu()
+        if "loss" in opts.metrics:  # a full-vocabulary log-softmax: skipped when re-profiling MA only
+            loss[rows] = sequence_loss(logits, batch.input_ids, batch.counted).cpu()
     return greedy, ma, loss
 
 
@@ -239,16 +284,15 @@ def profile(model, seqs: SequenceSet, opts: ProfileOptions | None = None, progre
     every rank gets the whole table back, in the original order (every rank must call this).
     """
     from unmemorize import distributed
+    from unmemorize.models import check_context
 
+    check_context(model, seqs.length)
     parts = distributed.map_shards(len(seqs), lambda rows: _profile(model, seqs.subset(rows.tolist()), opts, progress))
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress) -> pd.DataFrame:
     opts = opts or ProfileOptions()
-    unknown = set(opts.metrics) - set(METRICS)
-    if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
     was_training = model.training
     model.eval()
     try:

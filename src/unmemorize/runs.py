@@ -79,6 +79,37 @@ def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
+class AtomicDir:
+    """A folder that appears at ``dest`` whole or not at all: it is filled in a hidden temporary
+    sibling (``tmp``) and renamed into place by :meth:`commit` (leaving the block without an exception
+    commits too; with one, the temporary folder is removed and ``dest`` stays as it was). The one way
+    this project writes a folder: run folders, saved models, checkpoints."""
+
+    def __init__(self, dest: str | os.PathLike):
+        self.out = Path(dest)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
+        self.committed = False
+
+    def commit(self) -> Path:
+        replace_dir(self.tmp, self.out)
+        self.committed = True
+        return self.out
+
+    def discard(self) -> None:
+        if not self.committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self.committed:
+            self.commit()
+        else:
+            self.discard()
+
+
 def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
@@ -135,10 +166,30 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def build_manifest(command: str, options: dict[str, Any], inputs: dict[str, Any], **extra: Any) -> dict:
-    """A self-describing record of a run: what was asked, on what, with which software."""
+def device_description(device: str | None = None) -> dict:
+    """Where a run computes: the device type, its name (the GPU model, or the CPU), the processes and
+    threads. Timings are only comparable on the same one. ``device``: the run's own (default: the one
+    models are loaded onto: the current rank's under a launch, else cuda when there is one)."""
+    import platform
+
     import torch
 
+    from unmemorize import distributed
+
+    d = distributed.current()
+    kind = torch.device(device or (str(d.device) if d is not None else "cuda" if torch.cuda.is_available() else "cpu"))
+    if kind.type == "cuda":
+        name = torch.cuda.get_device_name(kind.index or 0)
+    else:
+        name = platform.processor() or platform.machine() or kind.type
+    return {"type": kind.type, "name": name, "world_size": 1 if d is None else d.world_size,
+            "torch_threads": torch.get_num_threads()}
+
+
+def build_manifest(command: str, options: dict[str, Any], inputs: dict[str, Any], device: str | None = None,
+                   **extra: Any) -> dict:
+    """A self-describing record of a run: what was asked, on what, with which software, where."""
+    where = device_description(device)
     return {
         "command": command,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -146,51 +197,33 @@ def build_manifest(command: str, options: dict[str, Any], inputs: dict[str, Any]
         "inputs": to_jsonable(inputs),
         "versions": package_versions(),
         "git_sha": git_sha(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        # the card's name: timings are only comparable on the same one
-        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch_threads": torch.get_num_threads(),
+        "device": where["type"],
+        "device_name": where["name"],  # the GPU's (or CPU's) name: timings are only comparable on the same one
+        "world_size": where["world_size"],
+        "torch_threads": where["torch_threads"],
         **to_jsonable(extra),
     }
 
 
-class RunDir:
-    """Assemble a run in a hidden temporary folder; :meth:`commit` renames it into place.
+class RunDir(AtomicDir):
+    """A run folder: an :class:`AtomicDir` that refuses to replace a previous run unless asked.
 
-    Use as a context manager: leaving the block with an exception removes the temporary folder and
-    leaves any previous run untouched.
+    Use as a context manager and :meth:`commit` when complete; leaving the block with an exception
+    removes the temporary folder and leaves any previous run untouched.
     """
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False):
-        self.out = Path(out)
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"output path {self.out} exists and is not a folder")
-        if self.out.is_dir() and any(self.out.iterdir()) and not overwrite:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"output path {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise UserError(
-                f"output folder {self.out} already holds files (a previous run?); "
+                f"output folder {out} already holds files (a previous run?); "
                 "pass --overwrite to replace it, or choose another --out"
             )
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
-        self.committed = False
+        super().__init__(out)
 
     def path(self, name: str) -> Path:
         p = self.tmp / name
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
-
-    def commit(self) -> Path:
-        replace_dir(self.tmp, self.out)
-        self.committed = True
-        return self.out
-
-    def discard(self) -> None:
-        if not self.committed:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "RunDir":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.discard()

@@ -1,8 +1,8 @@
 """The acceptable memorization level τ, the acceptable band, and the paper's outlier count c(D_f).
 
-τ is the model's mean MA on unseen text of the same form (Jang et al.'s definition, PAPER_SPEC §2.4).
+τ is the model's mean MA on unseen text of the same form (Jang et al.'s definition, docs/method.md §2.4).
 A sequence is *extractable* when g(x) ≥ hi and *over-forgotten* (detectably unlearned) when
-g(x) ≤ lo (§2.6, defaults 0.15 / 0.60); c(D_f) = c_low + c_high. ``distance_to_tau`` is §2.7's
+g(x) ≤ lo (docs/method.md §2.6, defaults 0.15 / 0.60); c(D_f) = c_low + c_high. ``distance_to_tau`` is §2.7's
 |100·mean g − 100·τ| in MA points.
 """
 
@@ -14,20 +14,29 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from pydantic import model_validator
 
 from unmemorize.errors import UserError
+from unmemorize.options import Options, option
 
 EXTRACTABLE, IN_BAND, OVER_FORGOTTEN, UNMEASURED = "extractable", "in band", "over-forgotten", "unmeasured"
 
 
-@dataclass(frozen=True)
-class Band:
-    lo: float = 0.15
-    hi: float = 0.60
+class Band(Options):
+    """The acceptable band of g(x): over-forgotten at or below ``lo``, extractable at or above ``hi``
+    (docs/method.md §2.6; the authors' analysis uses 0.15 and 0.60). ``Band(0.15, 0.6)`` works too."""
 
-    def __post_init__(self):
+    lo: float = option(0.15, "Over-forgotten (detectably unlearned) at or below this MA.", "--band-lo")
+    hi: float = option(0.60, "Extractable at or above this MA.", "--band-hi")
+
+    def __init__(self, lo: float = 0.15, hi: float = 0.60, **extra):
+        super().__init__(lo=lo, hi=hi, **extra)
+
+    @model_validator(mode="after")
+    def _ordered(self):
         if not (0.0 <= self.lo < self.hi <= 1.0):
-            raise UserError(f"acceptable band needs 0 ≤ lo < hi ≤ 1, got lo={self.lo}, hi={self.hi}")
+            raise ValueError(f"acceptable band needs 0 ≤ lo < hi ≤ 1, got lo={self.lo}, hi={self.hi}")
+        return self
 
 
 def acceptable_level(reference_g: pd.Series | np.ndarray) -> float:
@@ -77,14 +86,14 @@ def verdict(g: float, band: Band) -> str:
 
 
 def outlier_count(g: pd.Series | np.ndarray, band: Band) -> tuple[int, int]:
-    """(c_low, c_high) = (#{g ≤ lo}, #{g ≥ hi}); c(D_f) is their sum (PAPER_SPEC §2.6)."""
+    """(c_low, c_high) = (#{g ≤ lo}, #{g ≥ hi}); c(D_f) is their sum (docs/method.md §2.6)."""
     values = np.asarray(g, dtype=float)
     values = values[~np.isnan(values)]
     return int((values <= band.lo).sum()), int((values >= band.hi).sum())
 
 
 def distance_to_tau(g: pd.Series | np.ndarray, tau: float | np.ndarray) -> float:
-    """|100·mean g − 100·τ| in MA points (PAPER_SPEC §2.7); with per-sequence τ, the mean of τ."""
+    """|100·mean g − 100·τ| in MA points (docs/method.md §2.7); with per-sequence τ, the mean of τ."""
     values = np.asarray(g, dtype=float)
     taus = np.broadcast_to(np.asarray(tau, dtype=float), values.shape)
     keep = ~np.isnan(values)

@@ -1,4 +1,4 @@
-"""Privacy attacks: can an attacker tell the forget set from unseen text? (PAPER_SPEC §3)
+"""Privacy attacks: can an attacker tell the forget set from unseen text? (docs/method.md §3)
 
 Every attack gives each sequence a score, higher = "member"; members are the forget set,
 non-members an unseen reference set of the same form. Registered attacks:

@@ -100,5 +100,5 @@ def _summarize(ctx: AttackContext, frames: dict[str, pd.DataFrame]) -> dict:
     return out
 
 
-attack("sampling", title="sampling extraction", source="Carlini et al. 2021 (top-k sampling); PAPER_SPEC §3.4",
+attack("sampling", title="sampling extraction", source="Carlini et al. 2021 (top-k sampling); docs/method.md §3.4",
        summarize=_summarize)(_score)

@@ -1,4 +1,4 @@
-"""MIAU, the neighbourhood likelihood-gap attack (PAPER_SPEC §3.3, done right).
+"""MIAU, the neighbourhood likelihood-gap attack (docs/method.md §3.3, done right).
 
 For each candidate x, make K neighbours x̃_1..x̃_K (mask ~30% of the words in 2-word spans and
 refill them, :mod:`unmemorize.attacks.perturb`), and compare the model's log-likelihood of x with
@@ -64,7 +64,7 @@ def _summarize(ctx: AttackContext, frames: dict[str, pd.DataFrame]) -> dict:
     return out
 
 
-@attack("miau", title="MIAU (neighbourhood gap)", source="PAPER_SPEC §3.3 (Mattern et al. 2023 neighbourhood attack)",
+@attack("miau", title="MIAU (neighbourhood gap)", source="docs/method.md §3.3 (Mattern et al. 2023 neighbourhood attack)",
         summarize=_summarize)
 def _miau(ctx: AttackContext, part: str) -> pd.DataFrame:
     s = ctx.stats(part)

@@ -13,78 +13,127 @@ on first use.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pydantic import field_validator, model_validator
+
 from unmemorize.data import SequenceSet
-from unmemorize.errors import UserError
+from unmemorize.options import Options, as_list, option
 from unmemorize.thresholds import Band
 
 MEMBERS, NONMEMBERS = "forget", "reference"
 PARTS = (MEMBERS, NONMEMBERS)
 
 
-@dataclass
-class AttackOptions:
-    """Every knob of every attack, with the paper's defaults where it has one."""
+class AttackSettings(Options):
+    """Every knob of every attack, with the paper's defaults where it has one (YAML ``attacks:``).
 
-    attacks: tuple[str, ...] | None = None  # None: every registered attack the inputs allow
-    # MIAU neighbourhood (PAPER_SPEC §3.3)
-    neighbours: int = 25  # K
-    perturber: str = "lm"  # a name in perturb.PERTURBERS
-    t5_path: str | None = None  # local T5 folder for perturber "t5"
-    mask_fraction: float = 0.3  # share of the words masked
-    span_words: int = 2  # words per masked span
-    refill_top_k: int | None = 50  # LM refill sampling (HF's default); None = the full distribution (noisy fills)
-    refill_temperature: float = 1.0
-    neighbour_cache: Path | None | bool = True  # True: <cache_dir>/neighbours; False/None: no cache
+    ``names`` None runs every registered attack the inputs allow except sampling extraction, which
+    decodes N samples per prefix (minutes per sequence on a CPU): ask for it by name.
+    """
+
+    names: tuple[str, ...] | None = option(
+        None, "Comma-separated attacks (miau, threshold, loss, zlib, min-k, min-k++, reference, sampling; default: "
+              "every one the inputs allow but sampling).", "--attacks", "-a", split=True)
+    before: bool = option(True, "Unlearning runs: also attack the original model before unlearning.",
+                          "--attacks-before/--no-attacks-before")
+    # MIAU neighbourhood (docs/method.md §3.3)
+    neighbours: int = option(25, "MIAU: neighbours per sequence (K).", "--neighbours", "-k", ge=1,
+                             allowed="a positive integer (at least 1)")
+    perturber: str = option("lm", "MIAU neighbours: lm (offline refill by a causal LM), t5 (needs --t5), words (cheap).")
+    t5_path: str | None = option(None, "Local T5 folder for --perturber t5 (never downloaded).", "--t5")
+    mask_fraction: float = option(0.3, "MIAU: share of the words masked.", gt=0.0, lt=1.0,
+                                  allowed="a number in (0, 1)")
+    span_words: int = option(2, "MIAU: words per masked span.", ge=1)
+    refill_model: str | None = option(
+        None, "MIAU lm perturber: the model that refills the masked spans (default: the original). One that never "
+              "saw the forget set keeps neighbours from leaning towards the memorized words.")
+    refill_top_k: int | None = option(50, "MIAU lm perturber: sample refills from the top k tokens (none: all).", ge=1)
+    refill_temperature: float = option(1.0, "MIAU lm perturber: sampling temperature.", gt=0)
+    neighbour_cache: bool | Path = option(True, "Reuse neighbours cached on disk (they hold perturbed copies of the "
+                                                "texts); a folder, or true for the user cache.",
+                                          "--neighbour-cache/--no-neighbour-cache")
     # likelihood attacks
-    min_k: float = 0.2  # k for min-k% and min-k%++ (Shi et al. / Zhang et al. recommend 20%)
-    # threshold attack on g(x) (PAPER_SPEC §3.2)
-    tau: float | None = None  # None: mean g on the reference set
-    band: Band = field(default_factory=Band)
+    min_k: float = option(0.2, "k for min-k% and min-k%++ (fraction of tokens).", gt=0.0, le=1.0,
+                          allowed="a number in (0, 1]")
     # sampling extraction
-    samples: int = 10  # N samples per prefix
-    top_k: int | None = 40
-    temperature: float = 1.0
-    extraction_prefix: int = 100  # k prefix tokens (a per-row 'prefix' column wins, as in the audit)
-    extraction_suffix: int = 100  # m true suffix tokens
-    first_tokens: int = 50  # also count samples that reproduce the first m' tokens
+    samples: int = option(10, "Sampling extraction: samples per prefix (N).", ge=1)
+    top_k: int | None = option(40, "Sampling extraction: top-k (none: the full distribution).", ge=1)
+    temperature: float = option(1.0, "Sampling extraction: temperature.", gt=0)
+    extraction_prefix: int = option(100, "Sampling extraction: prefix tokens k (a 'prefix' column wins).",
+                                    "--prefix-tokens", ge=1)
+    extraction_suffix: int = option(100, "Sampling extraction: true suffix tokens m.", "--suffix-tokens", ge=1)
+    first_tokens: int = option(50, "Sampling extraction: also count samples reproducing the first m' tokens.", ge=1)
     # scoring
-    fprs: tuple[float, ...] | None = None  # None: 1% and 0.1% where the reference set can resolve them
-    bootstrap: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    batch_size: int = 8
+    fprs: tuple[float, ...] | None = option(
+        None, "False-positive rates for TPR@FPR (default: 0.01 and 0.001 where the non-members resolve them).",
+        "--fpr")
+    bootstrap: int = option(1000, "Bootstrap replicates for the 95% intervals (0: none).", ge=0)
+    confidence: float = option(0.95, "Confidence level of the intervals.", gt=0.0, lt=1.0)
+    batch_size: int = option(8, "Attacks: sequences per forward pass.", "--attack-batch-size", ge=1)
+
+    @field_validator("fprs", mode="before")
+    @classmethod
+    def _fpr_list(cls, v):
+        return as_list(v)
+
+    @field_validator("fprs")
+    @classmethod
+    def _fprs_in_range(cls, v):
+        for a in v or ():
+            if not 0.0 < a < 1.0:
+                raise ValueError(f"false-positive rate {a} must lie strictly between 0 and 1 (e.g. 0.01 for 1%)")
+        return v
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names_list(cls, v):
+        return as_list(v)
+
+    @field_validator("names")
+    @classmethod
+    def _known_names(cls, v):
+        unknown = [n for n in v or () if n not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack {unknown[0]!r}; allowed: {', '.join(ATTACKS)}")
+        return v
+
+    @field_validator("perturber")
+    @classmethod
+    def _known_perturber(cls, v):
+        from unmemorize.attacks.perturb import PERTURBERS
+
+        if v not in PERTURBERS:
+            raise ValueError(f"unknown perturber {v!r}; allowed: {', '.join(PERTURBERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        miau = self.names is None or "miau" in self.names
+        if miau and self.perturber == "t5" and not self.t5_path:
+            raise ValueError("perturber t5 needs t5_path (--t5), a local T5 folder (it is never downloaded)")
+        if self.refill_model is not None and not (miau and self.perturber == "lm"):
+            raise ValueError("refill_model (--refill-model) is for MIAU's lm perturber: run miau with perturber lm")
+        return self
+
+
+class AttackOptions(AttackSettings):
+    """The settings plus what a caller decides: the threshold attack's τ and band, and the seed of
+    every random draw (neighbours, samples, bootstrap)."""
+
+    tau: float | None = option(None, "Threshold attack: τ (default: mean g on the non-members).", ge=0.0, le=1.0,
+                               yaml=False)
+    band: Band = option(Band(), "Threshold attack: the acceptable band.", yaml=False)
+    seed: int = option(0, "Random seed of the attacks.", yaml=False)
 
     def as_dict(self) -> dict:
         """Every knob as plain data (the band as {lo, hi}), for manifests and result files."""
-        return {**asdict(self), "band": {"lo": self.band.lo, "hi": self.band.hi}}
-
-    def validate(self, names: tuple[str, ...]) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise UserError(msg)
-
-        if "miau" in names:
-            need(self.neighbours >= 1, f"--neighbours (K) must be at least 1 for MIAU, got {self.neighbours}")
-            need(0.0 < self.mask_fraction < 1.0, f"--mask-fraction must lie in (0, 1), got {self.mask_fraction}")
-            need(self.span_words >= 1, f"--span-words must be at least 1, got {self.span_words}")
-            need(self.refill_temperature > 0, f"refill temperature must be > 0, got {self.refill_temperature}")
-            need(self.refill_top_k is None or self.refill_top_k >= 1, f"refill top-k must be ≥ 1, got {self.refill_top_k}")
-        need(0.0 < self.min_k <= 1.0, f"--min-k must lie in (0, 1], got {self.min_k}")
-        need(self.samples >= 1, f"--samples must be at least 1, got {self.samples}")
-        need(self.top_k is None or self.top_k >= 1, f"--top-k must be at least 1 (or none), got {self.top_k}")
-        need(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
-        need(self.extraction_prefix >= 1 and self.extraction_suffix >= 1 and self.first_tokens >= 1,
-             "extraction prefix, suffix and first-tokens must each be at least 1 token")
-        need(self.bootstrap >= 0, f"--bootstrap must be ≥ 0, got {self.bootstrap}")
-        need(0.0 < self.confidence < 1.0, f"confidence must lie in (0, 1), got {self.confidence}")
-        need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        return {**self.model_dump(mode="json"), "band": {"lo": self.band.lo, "hi": self.band.hi}}
 
 
 @dataclass
@@ -136,7 +185,7 @@ Score = Callable[[AttackContext, str], pd.DataFrame]
 class Attack:
     name: str
     title: str
-    source: str  # the paper that defines it, and the PAPER_SPEC section where there is one
+    source: str  # the paper that defines it, and the docs/method.md section where there is one
     score: Score
     setup: Callable[[AttackContext], dict] | None = None
     summarize: Callable[[AttackContext, dict[str, pd.DataFrame]], dict] | None = None

@@ -17,6 +17,7 @@ from unmemorize.attacks.registry import ATTACKS, MEMBERS, NONMEMBERS, PARTS, Att
 from unmemorize.attacks.scoring import DEFAULT_FPRS, Evaluation, check_fprs, evaluate, resolvable_fprs
 from unmemorize.data import SequenceSet
 from unmemorize.errors import UserError
+from unmemorize.models import check_context
 from unmemorize.runs import to_jsonable, write_frame, write_json
 
 
@@ -103,7 +104,9 @@ def check_inputs(model, forget: SequenceSet, reference: SequenceSet, options: At
     for role, seqs in (("forget (member) set", forget), ("reference (non-member) set", reference)):
         if len(seqs) == 0:
             raise UserError(f"the {role} {seqs.source} is empty: membership attacks need members and non-members")
-    options.validate(names)
+    check_context(model, max(forget.length, reference.length))
+    if original is not None:
+        check_context(original, max(forget.length, reference.length))
     vocab = model.get_input_embeddings().num_embeddings
     for role, seqs in (("forget", forget), ("reference", reference)):
         top = int(seqs.input_ids.max())
@@ -159,7 +162,7 @@ def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *
     are compared on the same neighbours.
     """
     opts = options or AttackOptions()
-    names, notes = select_attacks(opts.attacks, original is not None)
+    names, notes = select_attacks(opts.names, original is not None)
     fprs = check_inputs(model, forget, reference, opts, names, tokenizer, original, original_tokenizer)
     if opts.fprs is None:
         fprs, dropped = resolvable_fprs(fprs, len(reference))
@@ -204,3 +207,42 @@ def write_results(results: AttackResults, folder: str | Path, prefix: str = "") 
     write_frame(paths["scores"].with_suffix(""), results.scores)
     roc_plot(paths["roc"], results)
     return paths
+
+
+def attack_run(spec, out: str | Path, *, overwrite: bool = False, progress=None, log=print):
+    """``unmemorize attack``'s work: load the models named in ``spec`` (an :class:`~unmemorize.spec.
+    AttackRunSpec`), run the attacks and write the run folder ``out`` (attacks.json, per-sequence
+    scores, ROC, report.html, manifest.json). Returns (results, folder)."""
+    from unmemorize import distributed
+    from unmemorize.attacks.report import report_sections
+    from unmemorize.data import load_sequences
+    from unmemorize.report.html import write_report
+    from unmemorize.runs import RunDir, build_manifest, write_json
+
+    opts = spec.attack_options()
+    names, _ = select_attacks(opts.names, spec.original is not None)  # before any model is loaded
+    # under accelerate launch every rank scores its shard of the sequences; rank 0 writes `out`
+    with RunDir(distributed.output_dir(out), overwrite=overwrite) as run:
+        source = spec.model
+        target = source.load(log=log)
+        orig = source.replace(path=spec.original).load(log=log) if spec.original else None
+        members = load_sequences(spec.forget, target.tokenizer, spec.length)
+        nonmembers = load_sequences(spec.reference, target.tokenizer, spec.length)
+        pert = refill = None
+        if "miau" in names:
+            refill = (source.replace(path=opts.refill_model).load(log=log) if opts.refill_model
+                      else orig or target)
+            pert = build_perturber(opts, refill.model, refill.tokenizer, refill.fingerprint, source.device)
+        results = run_attacks(target.model, target.tokenizer, members, nonmembers,
+                              original=orig.model if orig else None, original_tokenizer=orig.tokenizer if orig else None,
+                              options=opts, perturber=pert, progress=progress)
+        paths = write_results(results, run.tmp)
+        write_report(run.path("report.html"), f"Privacy attacks on {target.name}", report_sections(results, paths["roc"]),
+                     subtitle=f"forget {spec.forget} · reference {spec.reference}"
+                              + (f" · original {orig.name}" if orig else ""))
+        write_json(run.path("manifest.json"), build_manifest(
+            "attack", results.as_dict()["options"], {"forget": members.describe(), "reference": nonmembers.describe()},
+            device=source.device, model=target.describe(), original=orig.describe() if orig else None,
+            perturber=pert.config() if pert else None,
+            refill_model=refill.describe() if pert is not None and opts.perturber == "lm" else None))
+        return results, run.commit()

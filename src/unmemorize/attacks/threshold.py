@@ -1,4 +1,4 @@
-"""The threshold attack on the memorization score g(x) (PAPER_SPEC §3.2).
+"""The threshold attack on the memorization score g(x) (docs/method.md §3.2).
 
 The attacker measures g(x) = MA under the model and flags a candidate when it lies outside the
 acceptable band: "still extractable" when g ≥ hi, "unlearned" (a visible member of D_f) when g ≤ lo.
@@ -41,7 +41,7 @@ def _summarize(ctx: AttackContext, frames: dict[str, pd.DataFrame]) -> dict:
     return out
 
 
-@attack("threshold", title="threshold on g(x)", source="PAPER_SPEC §3.2 (counts = c(D_f), §2.6)",
+@attack("threshold", title="threshold on g(x)", source="docs/method.md §3.2 (counts = c(D_f), §2.6)",
         setup=_setup, summarize=_summarize)
 def _threshold(ctx: AttackContext, part: str) -> pd.DataFrame:
     tau = ctx.setup("threshold")["tau"]

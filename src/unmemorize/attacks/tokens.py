@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unmemorize import forward
 from unmemorize.data import SequenceSet
-from unmemorize.memorization import memorization_accuracy, sequence_loss, teacher_forced
-from unmemorize.progress import task
+from unmemorize.memorization import memorization_accuracy, sequence_loss
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TokenStats:
     q: np.ndarray  # probability of the true next token under the *sampling* distribution (top-k, temperature)
     correct: np.ndarray  # bool: the greedy (argmax) prediction is the true next token
     valid: np.ndarray  # bool: position predicts a real token, not padding
-    ma: np.ndarray  # g(x) = memorization accuracy (PAPER_SPEC §2.2), from the same pass
+    ma: np.ndarray  # g(x) = memorization accuracy (docs/method.md §2.2), from the same pass
 
     def __len__(self) -> int:
         return len(self.ma)
@@ -87,32 +87,22 @@ def token_statistics(model, seqs: SequenceSet, *, top_k: int | None = 40, temper
 @torch.no_grad()
 def _token_statistics(model, seqs: SequenceSet, *, top_k: int | None, temperature: float, batch_size: int,
                       progress, label: str) -> TokenStats:
-    device = next(model.parameters()).device
     N, T = seqs.input_ids.shape
     shape = (N, T - 1)
-    out = {k: np.zeros(shape, dtype=np.float64) for k in ("logp", "mu", "sigma", "q")}
+    out = {k: np.full(shape, np.nan, dtype=np.float64) for k in ("logp", "mu", "sigma", "q")}
     valid = (np.arange(1, T)[None, :] < seqs.lengths.numpy()[:, None])
     correct = np.zeros(shape, dtype=bool)
     ma = np.zeros(N, dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with task(progress, f"token statistics {label}".strip(), N) as bar:
-            for s in range(0, N, batch_size):
-                ids = seqs.input_ids[s:s + batch_size].to(device)
-                mask = seqs.attention_mask[s:s + batch_size].to(device)
-                logits = teacher_forced(model, ids, mask)
-                greedy = logits.argmax(-1)
-                ma[s:s + len(ids)] = memorization_accuracy(greedy, ids, seqs.lengths[s:s + len(ids)].to(device)
-                                                           ).cpu().numpy()
-                correct[s:s + len(ids)] = (greedy[:, :-1] == ids[:, 1:]).cpu().numpy()
-                for b in range(len(ids)):  # one row at a time: [T, V] fp32 stays small for 50k vocabularies
-                    stats = position_statistics(logits[b, :-1], ids[b, 1:], top_k, temperature)
-                    for key, v in zip(("logp", "mu", "sigma", "q"), stats):
-                        out[key][s + b] = v.double().cpu().numpy()
-                bar.advance(len(ids))
-    finally:
-        model.train(was_training)
+    for batch, logits in forward.teacher_forced(model, seqs.input_ids, seqs.lengths, batch_size=batch_size,
+                                                progress=progress, label=f"token statistics {label}".strip()):
+        ids, rows, W = batch.input_ids, batch.rows, batch.input_ids.shape[1]
+        greedy = logits.argmax(-1)
+        ma[rows] = memorization_accuracy(greedy, ids, batch.lengths).cpu().numpy()
+        correct[rows, : W - 1] = (greedy[:, :-1] == ids[:, 1:]).cpu().numpy()
+        for b, r in enumerate(rows):  # one row at a time: [W, V] fp32 stays small for 50k vocabularies
+            stats = position_statistics(logits[b, :-1], ids[b, 1:], top_k, temperature)
+            for key, v in zip(("logp", "mu", "sigma", "q"), stats):
+                out[key][r, : W - 1] = v.double().cpu().numpy()
     for key in out:
         out[key][~valid] = np.nan
     correct &= valid
@@ -135,19 +125,8 @@ def mean_log_likelihood(model, input_ids: torch.Tensor, lengths: torch.Tensor, *
 @torch.no_grad()
 def _mean_log_likelihood(model, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int,
                          progress, label: str) -> np.ndarray:
-    device = next(model.parameters()).device
     out = np.empty(len(input_ids), dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with task(progress, label, len(input_ids)) as bar:
-            for s in range(0, len(input_ids), batch_size):
-                ids = input_ids[s:s + batch_size].to(device)
-                ln = lengths[s:s + batch_size].to(device)
-                mask = (torch.arange(ids.shape[1], device=device)[None, :] < ln[:, None]).long()
-                logits = teacher_forced(model, ids, mask)
-                out[s:s + len(ids)] = -sequence_loss(logits, ids, ln).cpu().numpy()
-                bar.advance(len(ids))
-    finally:
-        model.train(was_training)
+    for batch, logits in forward.teacher_forced(model, input_ids, lengths, batch_size=batch_size, progress=progress,
+                                                label=label):
+        out[batch.rows] = -sequence_loss(logits, batch.input_ids, batch.lengths).cpu().numpy()
     return out

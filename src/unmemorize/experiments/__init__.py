@@ -9,14 +9,14 @@ Library entry points (what ``unmemorize run`` and ``unmemorize report`` call)::
     folders = run_experiment(cfg, "runs/default", progress=p)   # skips finished runs; one folder per run
     html = write_experiment_report(folders, "runs/default/report")  # report.html, results.md, results.csv
 
-Modules: :mod:`.config` (typed YAML configs and their checks), :mod:`.grid` (expansion and run keys),
-:mod:`.pipeline` (one run: τ → unlearn → attacks → utility → run folder), :mod:`.runner` (the loop
-over the grid, with resumption).
+The config schema is :class:`unmemorize.spec.ExperimentConfig`; :mod:`.grid` expands it into
+:class:`~unmemorize.spec.RunSpec` s with their run keys; :mod:`.runner` runs each through the one
+recipe, :func:`unmemorize.recipe.execute`, skipping finished runs.
 """
 
-from unmemorize.experiments.config import ExperimentConfig, config_from_dict, load_config, missing_inputs
-from unmemorize.experiments.grid import RunSpec, expand, run_key
+from unmemorize.experiments.grid import GridRun, expand, run_key
 from unmemorize.experiments.runner import PlannedRun, plan, run_experiment
+from unmemorize.spec import ExperimentConfig, config_from_dict, load_config, missing_inputs
 
-__all__ = ["ExperimentConfig", "PlannedRun", "RunSpec", "config_from_dict", "expand", "load_config",
+__all__ = ["ExperimentConfig", "GridRun", "PlannedRun", "config_from_dict", "expand", "load_config",
            "missing_inputs", "plan", "run_experiment", "run_key"]

@@ -1,57 +1,42 @@
 """The grid: a config expanded into runs, each with a key that says whether its result already exists.
 
-One run = one (model, forget set, split, method, stop rule, seed). Its *key* is the sha256 of
+One run = one (model, forget set, split, method, stop rule, seed), described by a
+:class:`~unmemorize.spec.RunSpec`. Its *key* is the sha256 of
 
-* the resolved settings that determine its numbers (method with overrides, harness, τ source, band,
-  attacks, utility, sequence length, seed), and
-* the sha256 of every input file it reads: the forget file, the reference file, the utility task
-  files and the model's weights (``models.weights_fingerprint``; the embedded default by its GGUF).
+* the run's settings that determine its numbers (the spec without paths, labels, the device, the
+  checkpoint interval and the neighbour cache), and
+* the sha256 of every input it reads: the forget file, the reference and retain files, the utility
+  task files, the model's weights (``models.weights_fingerprint``; the embedded default by its GGUF)
+  and a MIAU refill model's,
 
 so a run is redone exactly when something that changes its numbers changes, and the run folder's
 name carries the key: a finished run is found again by name, whatever else sits beside it.
-Labels (table names) and the device are left out of the key: they do not change the numbers.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from unmemorize.experiments.config import (
-    ExperimentConfig,
-    ForgetSpec,
-    MethodSpec,
-    ModelSpec,
-    forget_label,
-    forget_path,
-    method_label,
-    model_label,
-    model_location,
-    resolve_path,
-)
-
-SUMMARY = "summary.json"  # written last into a run folder; the folder is committed only after it
+from unmemorize.models import ModelSource
+from unmemorize.spec import (ExperimentConfig, ForgetSource, RunSpec, forget_label, forget_path, method_label,
+                             model_label, model_location, resolve_path)
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    """One cell of the grid."""
+class GridRun:
+    """One cell of the grid: its spec, its labels in tables and its place in the config's order."""
 
-    model: ModelSpec
-    forget: ForgetSpec
-    split: str
-    method: MethodSpec
-    stop: str
-    seed: int
+    spec: RunSpec
+    labels: dict
+    order: tuple[int, ...]
 
     @property
-    def labels(self) -> dict:
-        return {"model": model_label(self.model), "forget": forget_label(self.forget), "split": self.split,
-                "method": method_label(self.method), "stop": self.stop, "seed": self.seed}
+    def split(self) -> str:
+        return self.labels["split"]
 
     def folder_name(self, key: str) -> str:
         lab = self.labels
@@ -63,31 +48,56 @@ def _safe(text) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-") or "x"
 
 
-def expand(cfg: ExperimentConfig) -> list[RunSpec]:
+def run_spec(cfg: ExperimentConfig, mi: int, fi: int, split, ki: int, stop: str, seed: int) -> RunSpec:
+    """The spec of one cell: the config's shared settings, its entries and its paths resolved."""
+    m, f, meth = cfg.models[mi], cfg.forget[fi], cfg.methods[ki]
+    source = ModelSource(**{k: getattr(m, k) for k in ModelSource.model_fields if k != "path"},
+                         path=model_location(cfg, m))
+    training = cfg.training.replace(lr=meth.lr or cfg.training.lr,
+                                    micro_batch=meth.micro_batch or cfg.training.micro_batch)
+    attacks = cfg.attacks.replace(
+        t5_path=str(resolve_path(cfg, cfg.attacks.t5_path)) if cfg.attacks.t5_path else None,
+        refill_model=(cfg.attacks.refill_model if cfg.attacks.refill_model in (None, "default")
+                      else str(resolve_path(cfg, cfg.attacks.refill_model))))
+    utility = cfg.utility.replace(data_dir=resolve_path(cfg, cfg.utility.data_dir) if cfg.utility.data_dir else None)
+    shared = {k: getattr(cfg, k) for k in ("reference_limit", "length", "band", "metrics", "save")}
+    return RunSpec(**shared, model=source,
+                   forget=ForgetSource(path=forget_path(cfg, f, split), sample=f.sample, sample_seed=f.sample_seed),
+                   reference=resolve_path(cfg, cfg.reference) if cfg.reference else None,
+                   retain=resolve_path(cfg, cfg.retain) if cfg.retain else None,
+                   tau=m.tau if m.tau is not None else cfg.tau, training=training, attacks=attacks, utility=utility,
+                   method=meth.spec(), stop=stop, seed=seed)
+
+
+def expand(cfg: ExperimentConfig) -> list[GridRun]:
     """models × forget sets × splits × methods × stop rules × seeds, in that nesting order (one model
     loaded at a time)."""
-    return [RunSpec(m, f, str(s), meth, stop, seed)
-            for m in cfg.models for f in cfg.forget for s in f.splits
-            for meth in cfg.methods for stop in cfg.stop for seed in cfg.seeds]
+    runs = []
+    for mi, m in enumerate(cfg.models):
+        for fi, f in enumerate(cfg.forget):
+            for si, split in enumerate(f.splits):
+                for ki, meth in enumerate(cfg.methods):
+                    for ti, stop in enumerate(cfg.stop):
+                        for ei, seed in enumerate(cfg.seeds):
+                            labels = {"model": model_label(m), "forget": forget_label(f), "split": str(split),
+                                      "method": method_label(meth), "stop": stop, "seed": seed}
+                            runs.append(GridRun(run_spec(cfg, mi, fi, split, ki, stop, seed), labels,
+                                                (mi, fi, si, ki, ti, ei)))
+    return runs
 
 
-def resolved_settings(cfg: ExperimentConfig, run: RunSpec) -> dict:
-    """Every setting that can change the numbers of ``run`` (no labels, no paths, no device)."""
-    method = {k: v for k, v in dataclasses.asdict(run.method).items() if k != "label"}
-    method["micro_batch"] = run.method.micro_batch or cfg.training.micro_batch
-    method["lr"] = run.method.lr or cfg.training.lr
-    tau = run.model.tau if run.model.tau is not None else cfg.tau
-    return {
-        "method": method, "stop": run.stop, "seed": run.seed,
-        "training": {"max_steps": cfg.training.max_steps, "parity": cfg.training.parity},
-        "tau": tau if tau is not None else {"from_reference": True, "reference_limit": cfg.reference_limit},
-        "band": [cfg.band.lo, cfg.band.hi], "length": cfg.length, "dtype": run.model.dtype,
-        "forget": {"split": run.split, "sample": run.forget.sample,
-                   "sample_seed": run.forget.sample_seed if run.forget.sample else None},
-        "reference_limit": cfg.reference_limit,
-        "attacks": dataclasses.asdict(cfg.attacks) | {"t5_path": None},
-        "utility": {k: v for k, v in dataclasses.asdict(cfg.utility).items() if k != "data_dir"},
-    }
+# settings that name inputs (hashed separately) or do not change a number
+_NOT_SETTINGS = {"model": ("path", "device"), "forget": ("path",), "training": ("checkpoint_every",),
+                 "attacks": ("t5_path", "refill_model", "neighbour_cache"), "utility": ("data_dir",)}
+
+
+def resolved_settings(spec: RunSpec) -> dict:
+    """Every setting that can change the numbers of a run (no labels, no paths, no device)."""
+    out = spec.model_dump(mode="json", exclude={"reference", "retain", "save"})
+    for section, keys in _NOT_SETTINGS.items():
+        for k in keys:
+            out[section].pop(k, None)
+    return out
 
 
 class InputHashes:
@@ -119,29 +129,36 @@ class InputHashes:
         return self._memo[key]
 
 
-def input_files(cfg: ExperimentConfig, run: RunSpec) -> dict[str, Path]:
-    """The files a run reads (besides the model), by role."""
-    files = {"forget": forget_path(cfg, run.forget, run.split)}
-    if cfg.reference is not None:
-        files["reference"] = resolve_path(cfg, cfg.reference)
-    if cfg.utility.tasks:
+def input_files(spec: RunSpec) -> dict[str, Path]:
+    """The files a run reads (besides models), by role."""
+    files = {"forget": Path(spec.forget.path)}
+    if spec.reference is not None:
+        files["reference"] = Path(spec.reference)
+    if spec.retain is not None:
+        files["retain"] = Path(spec.retain)
+    if spec.utility.tasks:
         from unmemorize.utility.tasks import TASKS, find_file, resolve_tasks
 
-        data = resolve_path(cfg, cfg.utility.data_dir)
-        for name in resolve_tasks(list(cfg.utility.tasks)):
-            files[f"utility:{name}"] = find_file(TASKS[name], data)
+        for name in resolve_tasks(list(spec.utility.tasks)):
+            files[f"utility:{name}"] = find_file(TASKS[name], spec.utility.data_dir)
+    if spec.attacks.t5_path:
+        files["t5"] = Path(spec.attacks.t5_path)
     return files
 
 
-def run_key(cfg: ExperimentConfig, run: RunSpec, hashes: InputHashes | None = None) -> str:
+def run_key(spec: RunSpec, hashes: InputHashes | None = None) -> str:
     """sha256 of the resolved settings and the hashes of the inputs (see the module docstring)."""
     hashes = hashes or InputHashes()
-    inputs = {role: hashes.file(p) for role, p in input_files(cfg, run).items()}
-    inputs["model"] = hashes.model(model_location(cfg, run.model))
-    blob = json.dumps({"settings": resolved_settings(cfg, run), "inputs": inputs}, sort_keys=True, default=str)
+    inputs = {role: hashes.file(p) for role, p in input_files(spec).items()}
+    inputs["model"] = hashes.model(spec.model.path)
+    if spec.attacks.refill_model is not None:
+        inputs["refill_model"] = hashes.model(spec.attacks.refill_model)
+    blob = json.dumps({"settings": resolved_settings(spec), "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def is_done(folder: Path) -> bool:
-    """A run is done when its folder exists with its summary (folders appear only complete)."""
-    return (folder / SUMMARY).is_file()
+    """A run is done when its folder holds its record (folders appear only complete)."""
+    from unmemorize.record import is_record
+
+    return is_record(folder)

@@ -1,9 +1,10 @@
 """Run a grid one run after another, skipping the runs whose results exist.
 
 A run counts as done only once its folder was committed (renamed into place complete, with its
-summary), so stopping the runner — Ctrl-C, a crash, a lost machine — loses at most the run in
+record), so stopping the runner — Ctrl-C, a crash, a lost machine — loses at most the run in
 progress, and even that one resumes from its last unlearning checkpoint. Runs are ordered model by
-model so each model is loaded once.
+model so each model is loaded once; what the runs of a model share (τ, the attacks and the utility
+of the original model) is computed once (:class:`unmemorize.recipe.Resources`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from unmemorize.experiments.config import ExperimentConfig, load_config, missing_inputs
-from unmemorize.experiments.grid import InputHashes, RunSpec, expand, is_done, run_key
+from unmemorize.experiments.grid import GridRun, InputHashes, expand, is_done, run_key
 from unmemorize.progress import task
+from unmemorize.spec import ExperimentConfig, load_config, missing_inputs
 
 
 @dataclass
 class PlannedRun:
-    spec: RunSpec
+    run: GridRun
     key: str | None  # None when an input is missing on this machine (cannot be hashed)
     folder: Path | None
+
+    @property
+    def spec(self):
+        return self.run.spec
 
     @property
     def done(self) -> bool:
@@ -33,14 +38,14 @@ def plan(config: ExperimentConfig, out_dir: str | Path) -> list[PlannedRun]:
     hashes = InputHashes()
     missing = bool(missing_inputs(config))
     planned = []
-    for spec in expand(config):
+    for run in expand(config):
         try:
-            key = run_key(config, spec, hashes)
+            key = run_key(run.spec, hashes)
         except Exception:  # noqa: BLE001 - an absent model or unset ${VAR} (listed by missing_inputs)
             if not missing:
                 raise
             key = None
-        planned.append(PlannedRun(spec, key, None if key is None else out_dir / spec.folder_name(key)))
+        planned.append(PlannedRun(run, key, None if key is None else out_dir / run.folder_name(key)))
     return planned
 
 
@@ -53,8 +58,8 @@ def run_experiment(config: ExperimentConfig | str | Path, out_dir: str | Path, p
     one-line messages (skips, model loads). Raises :class:`UserError` before any work if an input is
     missing.
     """
+    from unmemorize import distributed, recipe
     from unmemorize.errors import UserError
-    from unmemorize.experiments.pipeline import load_context, run_one
 
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
     problems = missing_inputs(cfg)
@@ -64,26 +69,24 @@ def run_experiment(config: ExperimentConfig | str | Path, out_dir: str | Path, p
     runs = plan(cfg, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     todo = [r for r in runs if not r.done]
-    from unmemorize import distributed
-
     d = distributed.current()
     if d is not None:  # every rank has listed the same finished runs before rank 0 commits a new one
         d.barrier()
     say(f"{len(runs)} runs in the grid: {len(runs) - len(todo)} already done, {len(todo)} to run")
-    ctx, ctx_model = None, None
+    resources = recipe.Resources(progress=progress, log=say)
+    current = None
     with task(progress, f"experiment {cfg.name or Path(cfg.source).stem}", len(runs)) as bar:
         bar.advance(len(runs) - len(todo))
         for r in todo:
-            location = (r.spec.model.path, r.spec.model.dtype)
-            if ctx_model != location:
-                ctx = None  # drop the previous model before loading the next
-                say(f"loading model {r.spec.model.name or r.spec.model.path}")
-                ctx, ctx_model = load_context(cfg, r.spec, log=say), location
-            lab = r.spec.labels
+            if current is not None and current != r.spec.model:
+                resources.forget_model(current)  # drop the previous model before loading the next
+            current = r.spec.model
+            lab = r.run.labels
             bar.update(description=f"{lab['model']} · {lab['forget']}-{lab['split']} · {lab['method']} · "
                                    f"{lab['stop']} · seed {lab['seed']}")
             inner_before = set(progress.task_ids) if progress is not None else set()
-            run_one(cfg, r.spec, r.key, r.folder, ctx, progress)
+            recipe.execute(r.spec, r.folder, resources=resources, key=r.key, labels=lab, order=r.run.order,
+                           overwrite=True, command="run")
             if progress is not None:  # keep the display to the overall bar and the current run
                 for tid in set(progress.task_ids) - inner_before:
                     progress.remove_task(tid)

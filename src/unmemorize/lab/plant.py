@@ -16,10 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import field_validator
 
 from unmemorize import __version__
 from unmemorize.data import SequenceSet
 from unmemorize.errors import UserError
+from unmemorize.models import ModelSource
+from unmemorize.options import Options, as_list, option
 from unmemorize.progress import task
 
 
@@ -121,3 +124,87 @@ def read_plant_manifest(folder: Path) -> dict | None:
         return json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+# ---------------------------------------------------------------- a planted model folder
+
+
+class PlantSpec(Options):
+    """What to plant into which model, and how (``unmemorize plant``)."""
+
+    model: ModelSource = option(ModelSource(), "The model to plant into (a copy is trained; the input is only read).")
+    members: Path = option(..., "Sequences to plant: CSV, JSONL, text file or folder.")
+    exposures: tuple[int, ...] = option((1, 2, 4, 8, 16), "Exposure counts, spread evenly over the members.",
+                                        split=True)
+    mix: Path | None = option(None, "Ordinary text mixed in (default: Python standard-library docstrings).")
+    mix_fraction: float = option(0.2, "Share of training rows of ordinary text.", ge=0.0, lt=1.0,
+                                 allowed="a number in [0, 1)")
+    lr: float = option(1e-4, "Adam learning rate.", gt=0)
+    batch_size: int = option(8, "Training rows per step.", ge=1)
+    length: int = option(200, "Tokens per sequence T.", ge=2)
+    seed: int = option(0, "Random seed (exposure assignment, stream order, training).")
+
+    @field_validator("exposures", mode="before")
+    @classmethod
+    def _counts(cls, v):
+        v = as_list(v)
+        if not v or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in v):
+            raise ValueError(f"exposures are non-negative counts like 1,2,4,8,16, got {v!r}")
+        return v
+
+
+def plant_into(lm, members_path: Path, exposures: tuple[int, ...], out: Path, *, mix_path: Path | None = None,
+               length: int = 200, lr: float = 1e-4, batch_size: int = 8, mix_fraction: float = 0.2,
+               seed: int = 0, log=print, progress=None) -> tuple[Path, dict]:
+    """Plant into a copy of the loaded model ``lm`` (or reuse a cached plant) and return the planted
+    model folder and its manifest.
+
+    The folder is a complete Hugging Face model folder plus ``plant.json`` (who was planted how often).
+    The loaded model is trained in place: load it again for anything else.
+    """
+    import pandas as pd
+
+    from unmemorize.data import TextRecords, load_sequences, tokenize
+    from unmemorize.lab.ordinary import stdlib_paragraphs
+    from unmemorize.models import save_model
+    from unmemorize.runs import build_manifest
+
+    members = load_sequences(members_path, lm.tokenizer, length)
+    if mix_path is not None:
+        mix = load_sequences(mix_path, lm.tokenizer, length)
+        mix_desc = mix.describe()
+    else:
+        paras = stdlib_paragraphs()
+        mix = tokenize(TextRecords(paras, [f"stdlib-{i}" for i in range(len(paras))],
+                                   pd.DataFrame(index=range(len(paras))), "python standard-library docstrings"),
+                       lm.tokenizer, min(length, 128))
+        mix_desc = {"source": "python standard-library docstrings", "sequences": len(mix)}
+    cfg = PlantConfig(tuple(exposures), lr, batch_size, mix_fraction, seed)
+    exposure = assign_exposures(members.ids, cfg.exposures, seed)
+    key = plant_key(lm.fingerprint, members, mix if mix_fraction > 0 else None, cfg, exposure)
+    out = Path(out)
+    existing = read_plant_manifest(out)
+    if existing is not None and existing.get("key") == key:
+        log(f"Reusing the planted model in {out} (same inputs, key {key}).")
+        return out, existing
+    if out.exists() and any(out.iterdir()) and existing is None:
+        raise UserError(f"{out} exists and is not a planted model folder; choose another --out")
+    result = plant(lm.model, members, exposure, mix, cfg, progress)
+    manifest = build_manifest(
+        "plant", {"exposures": list(cfg.exposures), "lr": lr, "batch_size": batch_size, "mix_fraction": mix_fraction,
+                  "length": length},
+        {"model": lm.describe(), "members": members.describe(), "mix": mix_desc}, seed=seed,
+        key=key, exposure=exposure, steps=result.steps, losses=result.losses)
+    save_model(lm.model, lm.tokenizer, out, files={"plant.json": manifest})
+    return out, manifest
+
+
+def plant_run(spec: PlantSpec, out: Path, *, log=print, progress=None) -> tuple[Path, dict]:
+    """``unmemorize plant``'s work: load the model and plant (cached by every input)."""
+    from unmemorize import distributed
+
+    distributed.one_process_only("plant", "it fine-tunes one copy of the model into one cached folder")
+    lm = spec.model.load(log=log)
+    return plant_into(lm, spec.members, spec.exposures, out, mix_path=spec.mix, length=spec.length, lr=spec.lr,
+                      batch_size=spec.batch_size, mix_fraction=spec.mix_fraction, seed=spec.seed, log=log,
+                      progress=progress)

@@ -1,6 +1,6 @@
 """Utility tasks that need no download: built from what every Python installation carries.
 
-The paper's utility suite reads its data from a folder the user provides (``../shared/data/eval`` in
+The paper's utility suite reads its data from a folder the user provides (laid out as docs/data.md says, in
 this project); a fresh machine has none, yet the demo must still show whether unlearning broke the
 model. Two small tasks stand in, both registered in :mod:`unmemorize.utility.tasks` and written by
 :func:`write_lab_tasks` into a folder with the suite's layout:

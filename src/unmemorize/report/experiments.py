@@ -1,4 +1,4 @@
-"""The paper's tables and plots from experiment run folders (PAPER_SPEC §2.8, §7).
+"""The paper's tables and plots from experiment run folders (docs/method.md §2.8, §7).
 
 One table per (model, forget set, size): rows = methods (× stop rule), columns = the paper's
 aggregates, each as mean ± the half-width of a 95% Student-t interval over the runs of the cell
@@ -9,16 +9,16 @@ aggregates, each as mean ± the half-width of a 95% Student-t interval over the 
 — the analysis script's interval (it hard-codes n = 5, t = 2.776); with one run there is no interval.
 NaN values (a part that was not run, a TPR the reference set cannot resolve) are left out of n.
 
-Pure parts: :func:`t_interval`, :func:`aggregate`, :func:`table_cells`. Readers and writers:
-:func:`collect_run_dirs`, :func:`load_runs`, :func:`write_experiment_report` (results.md,
-results.csv, report.html with its PNG plots).
+Pure parts: :func:`aggregate`, :func:`table_cells` (the interval is :func:`unmemorize.stats.t_interval`).
+Readers and writers: :func:`collect_run_dirs`, :func:`load_runs`, :func:`write_experiment_report`
+(results.md, results.csv, report.html with its PNG plots).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from unmemorize.errors import UserError
 from unmemorize.report.html import Section, write_report
 from unmemorize.report.plots import plt
 from unmemorize.runs import atomic_write_text
+from unmemorize.stats import t_interval
 from unmemorize.thresholds import Band
 
 GROUP = ("model", "forget", "size", "method", "stop")
@@ -35,7 +36,6 @@ PAPER_TASKS = frozenset(("piqa", "hellaswag", "arc_easy", "arc_challenge", "copa
                          "lambada", "wizard_of_wikipedia", "empathetic_dialogues", "blended_skill_talk",
                          "wizard_of_internet"))  # summarised by the aggregates; the per-task plot is for the others
 TABLE_GROUP = ("model", "forget", "size")
-RUN_KIND = "unmemorize experiment run"
 
 # (metrics-row column, table header, digits). The paper's columns (§7) plus the attacks.
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -58,22 +58,6 @@ HTML_TABLES = (("Forgetting and privacy", ("c", "c_low", "c_high", "mean_ma", "d
 
 
 # ---------------------------------------------------------------- pure aggregation
-
-
-def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width, n) of the finite values; half-width = t_{(1+c)/2, n−1}·s/√n, NaN for n < 2."""
-    from scipy.stats import t
-
-    v = np.asarray(list(values), dtype=float)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = float(v.mean())
-    if n == 1:
-        return mean, math.nan, 1
-    half = float(t.ppf((1 + confidence) / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return mean, half, n
 
 
 def aggregate(frame: pd.DataFrame, group: Sequence[str] = GROUP, metrics: Sequence[str] | None = None,
@@ -135,50 +119,34 @@ def _measured_elsewhere(agg: pd.DataFrame, col: str) -> bool:
 def collect_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     """Run folders from the arguments: a run folder itself, or a folder holding run folders (an
     experiment's output), searched two levels deep. Raises :class:`UserError` when none is found."""
+    from unmemorize.record import RECORD, is_record
+
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p} does not exist")
-        if _is_run(p):
+        if is_record(p):
             found.append(p)
             continue
-        inner = sorted({s.parent for pattern in ("*/summary.json", "*/*/summary.json") for s in p.glob(pattern)
-                        if _is_run(s.parent)})
+        inner = sorted({s.parent for pattern in (f"*/{RECORD}", f"*/*/{RECORD}") for s in p.glob(pattern)
+                        if is_record(s.parent)})
         if not inner:
-            raise UserError(f"{p} is neither an experiment run folder nor a folder of them "
-                            "(no summary.json written by `unmemorize run`)")
+            raise UserError(f"{p} is neither a run folder nor a folder of them (no {RECORD} written by "
+                            "`unmemorize unlearn` or `unmemorize run`)")
         found.extend(inner)
     return list(dict.fromkeys(found))
 
 
-def _is_run(p: Path) -> bool:
-    s = p / "summary.json"
-    if not s.is_file():
-        return False
-    try:
-        return json.loads(s.read_text()).get("kind") == RUN_KIND
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def load_runs(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run: its labels (model, forget, split, method, stop, seed), size, τ, band, folder
-    and the flat metrics row of its summary."""
-    rows = []
-    for d in map(Path, run_dirs):
-        s = json.loads((d / "summary.json").read_text())
-        row = {k: s[k] for k in ("model", "forget", "split", "method", "stop", "seed", "size", "tau")}
-        row["band_lo"], row["band_hi"] = s["band"]
-        row["folder"] = str(d)
-        row["order"] = tuple(s.get("order", ()))
-        row.update({k: (math.nan if v is None else v) for k, v in s["metrics"].items()})
-        rows.append(row)
-    if not rows:
+    """One row per run (:meth:`unmemorize.record.RunRecord.row`) plus its folder, in the config's order
+    (models, forget sets, splits, methods, stops, seeds)."""
+    from unmemorize.record import read_record
+
+    records = [(Path(d), read_record(d)) for d in run_dirs]
+    if not records:
         raise UserError("no runs to report")
-    # rows (and so table rows) in the config's order: models, forget sets, splits, methods, stops, seeds
-    frame = pd.DataFrame(rows)
-    frame = frame.iloc[sorted(range(len(frame)), key=lambda i: frame["order"].iloc[i])].reset_index(drop=True)
-    return frame.drop(columns="order")
+    records.sort(key=lambda fr: tuple(fr[1].order))
+    return pd.DataFrame([{**r.row(), "folder": str(f)} for f, r in records])
 
 
 # ---------------------------------------------------------------- plots
@@ -342,12 +310,23 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+@dataclass
+class ExperimentReport:
+    """What :func:`write_experiment_report` wrote, for callers that keep or quote parts of it."""
+
+    html: Path
+    markdown: str  # the tables, one per (model, forget set, size)
+    runs: pd.DataFrame  # one row per run
+    aggregated: pd.DataFrame  # one row per (model, forget set, size, method, stop)
+    plots: dict[tuple, dict[str, Path]]  # (model, forget, size) → {"before_after": …, "trajectories": …, …}
+
+
 def write_experiment_report(run_dirs: Iterable[str | Path], out_dir: str | Path, title: str = "Experiment report",
-                            lead: Sequence[Section] = (), subtitle: str | None = None) -> Path:
+                            lead: Sequence[Section] = (), subtitle: str | None = None) -> ExperimentReport:
     """Aggregate the runs and write ``results.md``, ``results.csv`` (every aggregate with its ``_ci``
     and ``_n``), ``runs.csv`` (one row per run) and ``report.html`` (tables and plots, self-contained)
-    into ``out_dir``; returns the HTML path. ``run_dirs`` may also name folders of run folders.
-    ``lead``: sections placed before the summary (the demo's lab and audit)."""
+    into ``out_dir``. ``run_dirs`` may also name folders of run folders. ``lead``: sections placed
+    before the summary (the demo's lab and audit)."""
     folders = collect_run_dirs(run_dirs)
     runs = load_runs(folders)
     metrics = [c for c, _, _ in COLUMNS] + [c for c in runs.columns if c.endswith("_delta")]
@@ -365,25 +344,30 @@ def write_experiment_report(run_dirs: Iterable[str | Path], out_dir: str | Path,
         f"{len(runs)} runs: models {', '.join(map(str, runs['model'].unique()))}; forget sets "
         f"{', '.join(map(str, runs['forget'].unique()))}; methods {', '.join(map(str, runs['method'].unique()))}.\n\n"
         "Each cell is the mean over the runs of a row (splits, and seeds if several) ± the half-width of the "
-        "95% Student-t interval, t_{0.975, n−1}·s/√n (PAPER_SPEC §2.8); one run gives no interval. "
+        "95% Student-t interval, t_{0.975, n−1}·s/√n (docs/method.md §2.8); one run gives no interval. "
         "avg accuracy and avg F1 and dialogue CE are the paper's average_acc, average_f1 and average_perplexity "
         "(mean dialogue cross-entropy in nats) after unlearning; c(D_f) = c_low + c_high counts the sequences "
         "outside the acceptable band; distance to τ = |100·mean MA − 100·τ|; seconds = the unlearning loop's "
         "wall-clock including its measurements."))]
+    plots: dict[tuple, dict[str, Path]] = {}
     for keys, grp in agg.groupby(list(TABLE_GROUP), sort=False):
         k = dict(zip(TABLE_GROUP, keys))
         cell_runs = runs[(runs["model"] == k["model"]) & (runs["forget"] == k["forget"]) & (runs["size"] == k["size"])]
         title_k = _title(k)
         slug = _slug(k["model"], k["forget"], k["size"])
+        cell = plots.setdefault(tuple(keys), {})
+        cell["before_after"] = before_after_plot(images / f"{slug}_before_after.png", cell_runs, title_k)
+        cell["trajectories"] = trajectory_panels(images / f"{slug}_trajectories.png", cell_runs, title_k)
         imgs = [("Per-sequence MA before (x) and after (y) unlearning, one panel per method; τ dashed, the "
-                 "acceptable band shaded", before_after_plot(images / f"{slug}_before_after.png", cell_runs, title_k)),
-                ("Trajectories: mean MA and share of extractable sequences per step",
-                 trajectory_panels(images / f"{slug}_trajectories.png", cell_runs, title_k))]
+                 "acceptable band shaded", cell["before_after"]),
+                ("Trajectories: mean MA and share of extractable sequences per step", cell["trajectories"])]
         roc_path = roc_panels(images / f"{slug}_roc.png", cell_runs, title_k)
         if roc_path is not None:
+            cell["roc"] = roc_path
             imgs.append(("ROC curves of the attacks after unlearning", roc_path))
         util_path = utility_delta_plot(images / f"{slug}_utility.png", grp.reset_index(drop=True), title_k)
         if util_path is not None:
+            cell["utility"] = util_path
             imgs.append(("Utility change (after − before unlearning)", util_path))
         tables = []
         for caption, cols in HTML_TABLES:  # the paper's one table, in two halves that fit the page
@@ -397,4 +381,4 @@ def write_experiment_report(run_dirs: Iterable[str | Path], out_dir: str | Path,
     html_path = out / "report.html"
     write_report(html_path, title, sections,
                  subtitle=subtitle or f"{len(runs)} runs from {len(set(Path(f).parent for f in folders))} folder(s)")
-    return html_path
+    return ExperimentReport(html_path, md, runs, agg, plots)

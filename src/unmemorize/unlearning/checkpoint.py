@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unmemorize.errors import UserError
-from unmemorize.runs import replace_dir
+from unmemorize.runs import AtomicDir
 
 FORMAT = 1
 
@@ -46,9 +45,8 @@ def save(path: str | os.PathLike, *, state: dict, weights: dict[str, torch.Tenso
          base: dict[str, torch.Tensor] | None, snapshot: dict[str, torch.Tensor] | None, optimizer: dict,
          arrays: dict[str, np.ndarray], trajectory: pd.DataFrame) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with AtomicDir(path) as folder:
+        tmp = folder.tmp
         save_file(_tensors(weights), str(tmp / "weights.safetensors"))
         if base is not None:
             save_file(_tensors(base), str(tmp / "base.safetensors"))
@@ -59,10 +57,6 @@ def save(path: str | os.PathLike, *, state: dict, weights: dict[str, torch.Tenso
                   str(tmp / "arrays.safetensors"))
         trajectory.to_parquet(tmp / "trajectory.parquet", index=False)
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

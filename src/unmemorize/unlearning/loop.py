@@ -1,4 +1,4 @@
-"""The one unlearning loop under every method (PAPER_SPEC §4.0).
+"""The one unlearning loop under every method (docs/method.md §4.0).
 
     measure g(x) for every x on the evaluated model (θ, or θ_b + c·(θ − θ_b) in a task-arithmetic phase)
     ├─ record the trajectory; hand over to the next phase if its threshold is crossed
@@ -11,9 +11,10 @@
 Measuring and training share forward passes: the weights a step's gradient is taken at are the
 weights just measured, so when most of a micro-batch will be selected, its one forward pass (with
 gradient) yields both the MA of every row and the loss of the selected rows; otherwise the rows are
-measured without gradient and only the selected ones are run again with it. Either way the
-selection uses the scores of the weights the gradient is taken at (the code's scores of the previous
-validation). Dropout is off (the model stays in eval mode while training).
+measured without gradient and only the selected ones are run again with it (fusion is a switch of
+the one pass, :func:`unmemorize.forward.logits` with ``grad``). Either way the selection uses the
+scores of the weights the gradient is taken at (the code's scores of the previous validation).
+Dropout is off (the model stays in eval mode while training).
 
 Scale (issue 7): ``mixed_precision`` autocasts the forward passes (weights stay fp32), gradient
 checkpointing recomputes activations in the backward pass, ``lora_rank`` trains a peft LoRA adapter
@@ -24,7 +25,8 @@ per-sequence scores are gathered by owner before anything is selected or decided
 micro-batch's loss is scaled by W/C (C = micro-batches that contribute, W = ranks) so that the
 engine's mean over ranks gives the same mean over micro-batches as one process: the trajectory is
 that of one process up to floating-point summation order. Measuring and training are not fused
-there (the selection must be known on every rank before a gradient pass).
+there (the selection must be known on every rank before a gradient pass). One process is the same
+code with one rank, no padding passes and no fusion restriction.
 
 Safety: the input model is not modified (``copy=True``, and the CLI never writes to its folder);
 a non-finite loss or gradient stops the run before the update, and non-finite outputs after an
@@ -37,30 +39,31 @@ from __future__ import annotations
 
 import contextlib
 import copy as _copy
-import dataclasses
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from unmemorize import distributed
+from unmemorize import distributed, forward
 from unmemorize.data import SequenceSet
 from unmemorize.errors import UserError
-from unmemorize.memorization import memorization_accuracy
-from unmemorize.models import MIXED_PRECISION, autocast, check_mixed_precision, enable_gradient_checkpointing
+from unmemorize.memorization import masked_mean, memorization_accuracy
+from unmemorize.models import MixedPrecision, check_context, check_mixed_precision, enable_gradient_checkpointing
+from unmemorize.options import Options, option
 from unmemorize.progress import task
 from unmemorize.thresholds import Band, Summary, outlier_count, summarize
 from unmemorize.unlearning import checkpoint as ckpt
 from unmemorize.unlearning import lora as lora_
 from unmemorize.unlearning import losses
-from unmemorize.unlearning.methods import Method, MicroBatch, ObjectiveContext, Phase, resolve_method
+from unmemorize.unlearning.methods import Method, MethodSpec, MicroBatch, ObjectiveContext, Phase, resolve_method
 from unmemorize.unlearning.retain import RetainData
 from unmemorize.unlearning.task_vectors import apply_edit_, copy_state, edited, load_state_, offload_to_disk, trainable_state
 
@@ -69,48 +72,36 @@ _FP16_RETRIES = 20  # loss-scale halvings tried for one update before giving up 
 BEFORE = "before"
 
 
-@dataclass(frozen=True)
-class UnlearnOptions:
-    """The harness's settings; defaults are the paper's (PAPER_SPEC §4.0, §4.9)."""
+class UnlearnOptions(Options):
+    """The harness (YAML ``training:``); defaults are the paper's (docs/method.md §4.0, §4.9)."""
 
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    max_steps: int = 150
-    micro_batch: int = 8  # sequences per forward pass; the update always covers the whole forget set
-    seed: int = 42
-    selector: str | None = None  # replaces the selector of the method's selective phases
-    switch_below: float | None = None  # TA's 0.9 / TAU's 0.5 hand-over threshold
-    edit_coef: float | None = None  # task-arithmetic c (TA −3, TAU −1)
-    reset_optimizer_at_switch: bool = False  # the code carries Adam's state over (§8.7)
-    parity: bool = False  # MA counts padding and sees no attention mask, as the code (§2.2)
-    base_on_cpu: bool = True  # keep θ_b (and θ_ft while the edit is measured) off the accelerator
-    fuse: str = "auto"  # share forward passes between measuring and training: auto | always | never
-    checkpoint_every: int = 1  # updates between checkpoints (when a checkpoint folder is given)
-    dpd_lambda: float = 0.2
-    dpd_mode: str = "logits"
-    dpd_top_k: int = 50
-    # scale (issue 7; docs/scaling.md)
-    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16: CUDA only, with dynamic loss scaling)
-    gradient_checkpointing: bool = False
-    lora_rank: int = 0  # > 0: train a LoRA adapter of this rank instead of the weights
-    lora_alpha: float | None = None  # default 2·rank (the code's air_peft: r = 32, α = 64)
-    lora_targets: str | None = None  # module names, "all-linear", or None for peft's default
-    base_on_disk: bool = False  # θ_b memory-mapped from a safetensors file instead of held in RAM
-
-    def __post_init__(self):
-        if self.lr <= 0 or self.max_steps < 0 or self.micro_batch < 1 or self.checkpoint_every < 0:
-            raise UserError("need lr > 0, max steps ≥ 0, micro-batch ≥ 1 and checkpoint interval ≥ 0")
-        if self.fuse not in ("auto", "always", "never"):
-            raise UserError(f"fuse must be auto, always or never, got {self.fuse!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
-        if self.lora_rank < 0:
-            raise UserError(f"LoRA rank must be ≥ 0 (0: off), got {self.lora_rank}")
+    lr: float = option(5e-5, "Adam learning rate.", gt=0, allowed="a positive number")
+    betas: tuple[float, float] = option((0.9, 0.98), "Adam's β1 and β2.")
+    eps: float = option(1e-8, "Adam's ε.", "--adam-eps", gt=0)
+    weight_decay: float = option(0.0, "Adam's weight decay (the paper: none).", ge=0)
+    max_steps: int = option(150, "At most this many optimizer steps.", ge=0, allowed="an integer ≥ 0")
+    micro_batch: int = option(8, "Sequences per forward pass (the update always covers the whole forget set).",
+                              ge=1, allowed="a positive integer")
+    parity: bool = option(False, "Count padding in MA and attend to it, as the original code does.")
+    checkpoint_every: int = option(5, "Updates between checkpoints (0: none).", ge=0,
+                                   allowed="an integer ≥ 0 (0: no checkpoints)")
+    mixed_precision: MixedPrecision = option("no", "no, bf16 (CPU or Ampere+ GPU) or fp16 (CUDA; loss scaling).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, ~1/3 "
+                                                 "more compute).")
+    lora_rank: int = option(0, "Train a LoRA adapter of this rank instead of the weights (0: off); merged at the end.",
+                            ge=0)
+    lora_alpha: float | None = option(None, "LoRA α (default 2·rank).", gt=0)
+    lora_targets: str | None = option(None, "LoRA target modules (comma-separated, or all-linear; default: peft's "
+                                            "for the architecture).")
+    base_on_disk: bool = option(False, "Task arithmetic: keep θ_b memory-mapped from a safetensors file instead of "
+                                       "in memory.")
+    # the library's own switches (neither keys nor flags)
+    base_on_cpu: bool = option(True, "Keep θ_b (and θ_ft while the edit is measured) off the accelerator.", yaml=False)
+    fuse: Literal["auto", "always", "never"] = option("auto", "Share forward passes between measuring and training.",
+                                                      yaml=False)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
 
 @dataclass
@@ -151,6 +142,7 @@ class UnlearningResult:
     iteration_seconds: list[float] = field(default_factory=list)  # measure + update, per update
     resumed_from: int | None = None
     world_size: int = 1  # processes that ran it (the numbers do not depend on it)
+    seed: int = 42
 
     def at(self, step: int) -> pd.DataFrame:
         return self.trajectory[self.trajectory["step"] == step].reset_index(drop=True)
@@ -182,28 +174,29 @@ class UnlearningResult:
                 "tau": self.tau, "band": [self.band.lo, self.band.hi], "steps": self.steps,
                 "seconds": self.seconds, "stop_reason": self.stop_reason, "converged": self.converged,
                 "rolled_back": self.rolled_back, "events": self.events, "resumed_from": self.resumed_from,
-                "world_size": self.world_size,
+                "world_size": self.world_size, "seed": self.seed,
                 "before": self.summary(int(self.trajectory["step"].min())).as_dict(),
                 "after": self.summary().as_dict(),
                 "median_iteration_seconds": float(np.median(self.iteration_seconds)) if self.iteration_seconds else None}
 
 
-def unlearn(model, tokenizer, forget: SequenceSet, *, tau: float, method: str | Method = "sga",
-            band: Band = Band(), stop: str = "mean", options: UnlearnOptions | None = None,
+def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec | Method = "sga",
+            band: Band = Band(), stop: str = "mean", seed: int = 42, options: UnlearnOptions | None = None,
             retain: RetainData | None = None, checkpoint_dir: str | Path | None = None,
             progress=None, on_step: Callable[[StepInfo], None] | None = None,
             copy: bool = True) -> UnlearningResult:
     """Unlearn ``forget`` from ``model`` with a registered method, stopping by ``stop``.
 
     ``tau`` is the acceptable memorization level (mean MA of the original model on unseen text of
-    the same form, :func:`unmemorize.thresholds.acceptable_level`). With ``copy=True`` the model
-    passed in is left untouched and the result holds a trained copy. With ``checkpoint_dir`` the run
-    is checkpointed every ``options.checkpoint_every`` updates, and a compatible checkpoint found
-    there is resumed. ``tokenizer`` is kept for callers that save the model; the loop needs none.
+    the same form, :func:`unmemorize.thresholds.acceptable_level`). ``seed`` fixes the micro-batch
+    partition of every step (and the retain draws, the LoRA initialisation, DPD's samples). With
+    ``copy=True`` the model passed in is left untouched and the result holds a trained copy. With
+    ``checkpoint_dir`` the run is checkpointed every ``options.checkpoint_every`` updates, and a
+    compatible checkpoint found there is resumed.
     """
-    del tokenizer  # the loop works on token ids; kept in the signature for symmetry with save_model
+    check_context(model, forget.length)
     opts = options or UnlearnOptions()
-    m = resolve_method(method, opts.selector, opts.switch_below, opts.edit_coef)
+    m = resolve_method(method)
     if stop not in STOP_RULES:
         raise UserError(f"unknown stop rule {stop!r}; choose from {', '.join(STOP_RULES)}")
     if not isinstance(tau, (int, float)) or not math.isfinite(tau):
@@ -217,15 +210,16 @@ def unlearn(model, tokenizer, forget: SequenceSet, *, tau: float, method: str | 
     if copy:
         model = _copy.deepcopy(model)
     if m.decoding:
-        return _decode_only(model, forget, m, float(tau), band, stop, opts, progress)
+        return _decode_only(model, forget, m, float(tau), band, stop, seed, opts, progress)
     dist = distributed.current()
-    check_mixed_precision(opts.mixed_precision, dist.device if dist is not None else next(model.parameters()).device)
+    check_mixed_precision(opts.mixed_precision, dist.device if dist is not None else forward.device_of(model))
+    loop = lambda net: _Loop(net, forget, m, float(tau), band, stop, seed, opts, retain, checkpoint_dir,  # noqa: E731
+                             progress, on_step)
     if not opts.lora_rank:
-        return _Loop(model, forget, m, float(tau), band, stop, opts, retain, checkpoint_dir, progress, on_step).run()
-    peft_model = lora_.add_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets, seed=opts.seed)
+        return loop(model).run()
+    peft_model = lora_.add_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets, seed=seed)
     try:
-        result = _Loop(peft_model, forget, m, float(tau), band, stop, opts, retain, checkpoint_dir, progress,
-                       on_step).run()
+        result = loop(peft_model).run()
     except BaseException:
         peft_model.unload()  # take the adapter out again: a model trained in place (copy=False) is left as it was
         raise
@@ -235,24 +229,25 @@ def unlearn(model, tokenizer, forget: SequenceSet, *, tau: float, method: str | 
 
 # ---------------------------------------------------------------- DPD: no training
 
-def _decode_only(model, forget, m: Method, tau, band, stop, opts, progress) -> UnlearningResult:
+def _decode_only(model, forget, m: Method, tau, band, stop, seed, opts, progress) -> UnlearningResult:
     from unmemorize.decoding import sampled_memorization_accuracy
     from unmemorize.memorization import ProfileOptions, profile
 
     t0 = time.perf_counter()
+    d = m.dpd
     greedy = profile(model, forget, ProfileOptions(metrics=("ma", "loss"), batch_size=opts.micro_batch,
                                                    parity=opts.parity), progress)
-    sampled = sampled_memorization_accuracy(model, forget, opts.dpd_lambda, opts.dpd_mode, opts.dpd_top_k,
-                                            opts.seed, opts.micro_batch, opts.parity, progress)
+    sampled = sampled_memorization_accuracy(model, forget, d["lambda"], d["mode"], d["top_k"], seed,
+                                            opts.micro_batch, opts.parity, progress)
     frames = [pd.DataFrame({"step": 0, "id": forget.ids, "ma": greedy["ma"].to_numpy(),
                             "loss": greedy["loss"].to_numpy(), "selected": False, "phase": "greedy"}),
               pd.DataFrame({"step": 1, "id": forget.ids, "ma": sampled, "loss": greedy["loss"].to_numpy(),
-                            "selected": False, "phase": f"dpd λ={opts.dpd_lambda:g} ({opts.dpd_mode})"})]
+                            "selected": False, "phase": f"dpd λ={d['lambda']:g} ({d['mode']})"})]
     met = _stop_met(stop, sampled, tau, band)
     return UnlearningResult(model, m, stop, tau, band, opts, pd.concat(frames, ignore_index=True), steps=0,
                             seconds=time.perf_counter() - t0,
                             stop_reason=f"decoding-time defence: MA under sampling, {_rule_text(stop, sampled, tau, band)}",
-                            converged=met, rolled_back=False)
+                            converged=met, rolled_back=False, seed=seed)
 
 
 # ---------------------------------------------------------------- the loop
@@ -291,12 +286,12 @@ class _Measurement:
 
 
 class _Loop:
-    def __init__(self, model, forget: SequenceSet, method: Method, tau: float, band: Band, stop: str,
+    def __init__(self, model, forget: SequenceSet, method: Method, tau: float, band: Band, stop: str, seed: int,
                  opts: UnlearnOptions, retain: RetainData | None, checkpoint_dir, progress, on_step):
         if not method.phases:
             raise UserError(f"method {method.name} has no training phase")
         self.model, self.forget, self.method = model, forget, method
-        self.tau, self.band, self.stop, self.opts = tau, band, stop, opts
+        self.tau, self.band, self.stop, self.seed, self.opts = tau, band, stop, seed, opts
         self.progress, self.on_step = progress, on_step
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.dist = distributed.current()
@@ -309,7 +304,7 @@ class _Loop:
             enable_gradient_checkpointing(model)
         # the network forward passes go through: the engine's wrapper (DDP/FSDP) when distributed
         self.net = self.dist.prepare_model(model) if self.dist is not None else model
-        self.device = next(model.parameters()).device
+        self.device = forward.device_of(model)
         check_mixed_precision(opts.mixed_precision, self.device)
         self.base_device = torch.device("cpu") if opts.base_on_cpu else self.device
         self.params = [p for p in self.net.parameters() if p.requires_grad]
@@ -321,7 +316,7 @@ class _Loop:
         reference_model = None
         if any(s.needs_reference_model for s in needs):
             reference_model = _copy.deepcopy(model).requires_grad_(False)
-        self.ctx = ObjectiveContext(model, opts.seed, forget.pad_id, retain, reference_model, opts.micro_batch)
+        self.ctx = ObjectiveContext(model, seed, forget.pad_id, retain, reference_model, opts.micro_batch)
         self.reference_ll = self._reference_ll() if any(s.needs_reference_ll for s in needs) else None
         # the state that a checkpoint saves
         self.k = 0
@@ -350,9 +345,6 @@ class _Loop:
                 raise UserError(f"method {self.method.name} runs extra forward passes on retain data, which is not "
                                 "supported with several processes yet; run it in one process (no accelerate launch)")
 
-    def _amp(self):
-        return autocast(self.opts.mixed_precision, self.device)
-
     def _new_optimizer(self) -> torch.optim.Optimizer:
         o = self.opts
         return torch.optim.Adam(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
@@ -364,7 +356,7 @@ class _Loop:
     def _fingerprint(self, retain: RetainData | None) -> str:
         h = hashlib.sha256()
         opts = {k: v for k, v in self.opts.as_dict().items() if k != "checkpoint_every"}
-        h.update(json.dumps({"method": self.method.describe(), "options": opts, "stop": self.stop,
+        h.update(json.dumps({"method": self.method.describe(), "options": opts, "stop": self.stop, "seed": self.seed,
                              "tau": self.tau, "band": [self.band.lo, self.band.hi], "ids": self.forget.ids,
                              "retain": None if retain is None else retain.describe()},
                             sort_keys=True, default=str).encode())
@@ -376,31 +368,38 @@ class _Loop:
         h.update(first.detach().float().cpu().numpy().tobytes())
         return h.hexdigest()[:24]
 
+    def _batch(self, rows: np.ndarray) -> forward.Batch:
+        return forward.make_batch(self.forget.input_ids, self.forget.lengths, rows, self.device, self.opts.parity)
+
+    def _logits(self, batch: forward.Batch, grad: bool) -> torch.Tensor:
+        return forward.logits(self.net, batch, grad=grad, mixed_precision=self.opts.mixed_precision)
+
     @torch.no_grad()
     def _reference_ll(self) -> torch.Tensor:
         """log π_ref(x) of every forget sequence under the model before unlearning (for NPO)."""
         out = torch.empty(self.N, dtype=torch.float32)
         for s in range(0, self.N, self.opts.micro_batch):
-            rows = np.arange(s, min(self.N, s + self.opts.micro_batch))
-            ids, lengths, attn, _ = self._batch(rows)
-            with self._amp():
-                logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            nll = losses.token_nll(logits, ids)
-            out[rows] = losses.sequence_log_likelihood(nll, losses.position_mask(lengths, ids.shape[1])).cpu()
+            batch = self._batch(np.arange(s, min(self.N, s + self.opts.micro_batch)))
+            logits = self._logits(batch, grad=False)
+            nll = losses.token_nll(logits, batch.input_ids)
+            mask = losses.position_mask(batch.lengths, batch.input_ids.shape[1])
+            out[batch.rows] = losses.sequence_log_likelihood(nll, mask).cpu()
         return out
 
-    def _batch(self, rows: np.ndarray):
-        """Token ids of the rows, trimmed to the longest (parity: full width, no attention mask)."""
-        lengths = self.forget.lengths[rows]
-        width = self.forget.length if self.opts.parity else int(lengths.max())
-        ids = self.forget.input_ids[rows, :width].to(self.device)
-        attn = None if self.opts.parity else self.forget.attention_mask[rows, :width].to(self.device)
-        ma_lengths = torch.full_like(lengths, self.forget.length) if self.opts.parity else lengths
-        return ids, lengths.to(self.device), attn, ma_lengths.to(self.device)
-
     def _partition(self, step: int) -> list[np.ndarray]:
-        perm = np.random.default_rng([self.opts.seed, step]).permutation(self.N)
+        perm = np.random.default_rng([self.seed, step]).permutation(self.N)
         return [perm[s:s + self.opts.micro_batch] for s in range(0, self.N, self.opts.micro_batch)]
+
+    def _ranks(self) -> tuple[int, int]:
+        return (1, 0) if self.dist is None else (self.dist.world_size, self.dist.rank)
+
+    def _my_parts(self, parts: list[np.ndarray]) -> Iterator[tuple[int | None, np.ndarray]]:
+        """This rank's micro-batches (j ≡ rank mod W), with j None for a padding pass: every rank makes
+        the same number of passes, so collectives inside them (DDP buffers, FSDP gathers) stay in step."""
+        W, rank = self._ranks()
+        for slot in range(math.ceil(len(parts) / W)):
+            j = slot * W + rank
+            yield (j, parts[j]) if j < len(parts) else (None, parts[0])
 
     def _eligible(self, scores: np.ndarray, unknown_ok: bool) -> np.ndarray:
         nan = np.isnan(scores)
@@ -412,15 +411,15 @@ class _Loop:
 
     # ------------------------------------------------------------ one measurement (+ fused gradient)
 
-    def _objective_batch(self, rows, ids, lengths, logits, weights) -> MicroBatch:
-        ref = None if self.reference_ll is None else self.reference_ll[rows].to(self.device)
-        return MicroBatch(self.k, 0, ids, lengths, logits,
+    def _objective_batch(self, batch: forward.Batch, logits, weights) -> MicroBatch:
+        ref = None if self.reference_ll is None else self.reference_ll[batch.rows].to(self.device)
+        return MicroBatch(self.k, 0, batch.input_ids, batch.lengths, logits,
                           torch.as_tensor(weights, dtype=torch.float32, device=self.device), ref)
 
     def _backward(self, mb: MicroBatch, index: int, meas: _Measurement, scale: float | None = None) -> bool:
         """Backpropagate the objective of one micro-batch (times ``scale`` when given); False if not finite."""
         mb.index = index
-        with self._amp():
+        with forward.autocast(self.opts.mixed_precision, self.device):
             loss = self.phase.objective_fn()(mb, self.ctx)
         if not torch.isfinite(loss):
             meas.loss_finite = False
@@ -446,35 +445,49 @@ class _Loop:
         if self.opts.base_on_disk and not self.lora:
             import tempfile
             folder = self.checkpoint_dir.parent if self.checkpoint_dir is not None else Path(tempfile.gettempdir())
-            state = offload_to_disk(state, folder / f".unmemorize-base-{self.fingerprint}-{self.dist.rank if self.dist else 0}.safetensors")
+            state = offload_to_disk(state, folder / f".unmemorize-base-{self.fingerprint}-{self._ranks()[1]}.safetensors")
         return state
 
     def _measure(self, train: bool) -> _Measurement:
+        """g(x) and the loss of every sequence on the evaluated model, and the selection for the next
+        update. In one process a micro-batch whose rows will mostly be selected is measured with
+        gradient and its objective backpropagated at once (fused); under several processes each rank
+        measures its micro-batches and every row is taken from its owner."""
         phase = self.phase
         selector = phase.make_selector()
         edit = phase.edit_coef is not None
         meas = _Measurement(np.full(self.N, np.nan), np.full(self.N, np.nan), np.zeros(self.N, dtype=bool))
+        parts = self._partition(self.k)
+        finite = True
         with self._edit_context(phase):
-            for j, rows in enumerate(self._partition(self.k)):
-                fuse = train and not edit and self._fuse(selector, rows)
-                ids, lengths, attn, ma_lengths = self._batch(rows)
-                with torch.set_grad_enabled(fuse), self._amp():
-                    logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            for j, rows in self._my_parts(parts):
+                fuse = train and not edit and self.dist is None and self._fuse(selector, rows)
+                batch = self._batch(rows)
+                logits = self._logits(batch, grad=fuse)
+                if j is None:
+                    continue  # a padding pass
                 if not bool(torch.isfinite(logits).all()):
-                    meas.finite = False
-                    return meas
-                mb = self._objective_batch(rows, ids, lengths, logits, np.zeros(len(rows)))
-                ma = memorization_accuracy(logits.detach().argmax(-1), ids, ma_lengths).cpu().numpy()
+                    finite = False
+                    if self.dist is None:
+                        break
+                mb = self._objective_batch(batch, logits, np.zeros(len(rows)))
+                ma = memorization_accuracy(logits.detach().argmax(-1), batch.input_ids, batch.counted).cpu().numpy()
                 meas.ma[rows] = ma
-                meas.loss[rows] = losses.per_sequence_mean(mb.nll.detach(), mb.mask).cpu().numpy()
-                sel = selector(ma, self._eligible(ma, unknown_ok=False))
-                meas.selected[rows] = sel
+                meas.loss[rows] = masked_mean(mb.nll.detach(), mb.mask).cpu().numpy()
                 if fuse:
                     meas.done.add(j)
+                    sel = selector(ma, self._eligible(ma, unknown_ok=False))
                     if sel.any():
                         mb.weights = torch.as_tensor(sel, dtype=torch.float32, device=self.device)
                         self._backward(mb, j, meas)
                 del logits, mb
+        if self.dist is not None:
+            owner = self._owner(parts)
+            meas.ma, meas.loss = self.dist.combine(meas.ma, owner), self.dist.combine(meas.loss, owner)
+            finite = self.dist.all_true(finite)
+        meas.finite = finite
+        if finite:
+            meas.selected = self._reselect(meas.ma)
         return meas
 
     def _fuse(self, selector, rows: np.ndarray) -> bool:
@@ -488,92 +501,52 @@ class _Loop:
         prior = self.prev_scores[rows]
         return bool(selector(prior, self._eligible(prior, unknown_ok=True)).mean() >= 0.5)
 
-    def _train(self, meas: _Measurement) -> None:
-        """Gradient of the selected rows of the micro-batches not already done during measuring."""
-        for j, rows in enumerate(self._partition(self.k)):
-            if j in meas.done:
-                continue
-            chosen = rows[meas.selected[rows]]
-            if chosen.size == 0:
-                continue
-            ids, lengths, attn, _ = self._batch(chosen)
-            with self._amp():
-                logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            self._backward(self._objective_batch(chosen, ids, lengths, logits, np.ones(len(chosen))), j, meas)
-            del logits
-
-    # ------------------------------------------------------------ several processes (lockstep)
-
     def _owner(self, parts: list[np.ndarray]) -> np.ndarray:
         owner = np.empty(self.N, dtype=np.int64)
         for j, rows in enumerate(parts):
             owner[rows] = j % self.dist.world_size
         return owner
 
-    def _measure_dist(self) -> _Measurement:
-        """Measure this rank's micro-batches (j ≡ rank mod W), gather every row from its owner, then
-        select on the full array exactly as one process would."""
-        W, rank = self.dist.world_size, self.dist.rank
-        phase = self.phase
-        selector = phase.make_selector()
-        parts = self._partition(self.k)
-        ma, loss = np.full(self.N, np.nan), np.full(self.N, np.nan)
-        finite = True
-        with self._edit_context(phase), torch.no_grad():
-            for slot in range(math.ceil(len(parts) / W)):
-                j = slot * W + rank
-                rows = parts[j] if j < len(parts) else parts[0]  # padding pass: keeps the collectives in step
-                ids, lengths, attn, ma_lengths = self._batch(rows)
-                with self._amp():
-                    logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
-                if j >= len(parts):
-                    continue
-                finite &= bool(torch.isfinite(logits).all())
-                ma[rows] = memorization_accuracy(logits.argmax(-1), ids, ma_lengths).cpu().numpy()
-                mask = losses.position_mask(lengths, ids.shape[1])
-                loss[rows] = losses.per_sequence_mean(losses.token_nll(logits, ids), mask).cpu().numpy()
-                del logits
-        owner = self._owner(parts)
-        meas = _Measurement(self.dist.combine(ma, owner), self.dist.combine(loss, owner), np.zeros(self.N, dtype=bool))
-        meas.finite = self.dist.all_true(finite)
-        meas.selected = self._reselect(meas.ma)
-        return meas
-
     def _no_sync(self, last: bool):
         """DDP: accumulate locally and all-reduce once, in the last slot (every rank has the same
         number of slots, so they all reach it). FSDP keeps its per-pass reduce-scatter: skipping it
         would hold unsharded gradients, the memory FSDP is there to save."""
-        if last or self.dist.kind not in ("MULTI_GPU", "MULTI_CPU"):
+        if self.dist is None or last or self.dist.kind not in ("MULTI_GPU", "MULTI_CPU"):
             return contextlib.nullcontext()
         return self.dist.accelerator.no_sync(self.net)
 
-    def _train_dist(self, meas: _Measurement) -> None:
-        """Gradient of the selected rows: the C contributing micro-batches dealt out round-robin, each
-        loss scaled by W/C, so that the engine's mean over W ranks is the mean over C micro-batches."""
-        W, rank = self.dist.world_size, self.dist.rank
+    def _train(self, meas: _Measurement) -> None:
+        """Gradient of the selected rows of the micro-batches not already done while measuring.
+
+        Several processes: the C contributing micro-batches are dealt out round-robin, each loss
+        scaled by W/C, so that the engine's mean over W ranks is the mean over C micro-batches; a rank
+        without a micro-batch left runs a zero-gradient padding pass. One process: W = 1, and the
+        gradient is divided by C after accumulation (see ``run``)."""
         jobs = [(j, rows[meas.selected[rows]]) for j, rows in enumerate(self._partition(self.k))
-                if meas.selected[rows].any()]
+                if j not in meas.done and meas.selected[rows].any()]
         C = len(jobs)
         if C == 0:
             return
+        W, rank = self._ranks()
+        scale = None if self.dist is None else W / C
         ok = True
         slots = math.ceil(C / W)
         for slot in range(slots):
             i = slot * W + rank
             j, chosen = jobs[i] if i < C else jobs[0]
-            ids, lengths, attn, _ = self._batch(chosen)
+            batch = self._batch(chosen)
             with self._no_sync(last=slot == slots - 1):
-                with self._amp():
-                    logits = self.net(input_ids=ids, attention_mask=attn, use_cache=False).logits
-                done = i < C and self._backward(self._objective_batch(chosen, ids, lengths, logits, np.ones(len(chosen))),
-                                                j, meas, scale=W / C)
-                if not done:  # padding pass, or a non-finite loss: a zero gradient keeps every rank in the all-reduce
+                logits = self._logits(batch, grad=True)
+                done = i < C and self._backward(self._objective_batch(batch, logits, np.ones(len(chosen))),
+                                                j, meas, scale)
+                if not done and self.dist is not None:  # a zero gradient keeps every rank in the all-reduce
                     ok &= i >= C
                     (logits.float().sum() * 0.0).backward()
             del logits
-        meas.loss_finite = self.dist.all_true(ok)
-        meas.contributed = C
-        meas.scaled = True
+        if self.dist is not None:
+            meas.loss_finite = self.dist.all_true(ok)
+            meas.contributed = C
+            meas.scaled = True
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -593,12 +566,12 @@ class _Loop:
             switched = True
             if self.phase.edit_coef is not None:
                 self.base = self._copy_base()
-            if self.opts.reset_optimizer_at_switch:
+            if self.method.reset_optimizer:
                 self.optimizer = self._new_optimizer()
             self.events.append(f"step {self.k}: mean MA {np.nanmean(g):.4f} < {old.until_mean_below:g}: "
                                f"phase {old.name} → {self.phase.name}"
                                + (f" (θ_b = the weights of step {self.k})" if self.phase.edit_coef is not None else "")
-                               + (", optimizer reset" if self.opts.reset_optimizer_at_switch else ", optimizer carried over"))
+                               + (", optimizer reset" if self.method.reset_optimizer else ", optimizer carried over"))
         return switched
 
     def _grads_finite(self) -> bool:
@@ -610,7 +583,7 @@ class _Loop:
     def _train_step(self, meas: _Measurement) -> None:
         """The gradient of the update; under fp16, overflowing gradients lower the loss scale and the
         gradient is recomputed (the update is not skipped, so step counts do not depend on the scale)."""
-        train = self._train_dist if self.dist is not None else self._train
+        train = self._train
         train(meas)
         if self.scaler is None:
             return
@@ -698,7 +671,7 @@ class _Loop:
             while True:
                 t0 = time.perf_counter()
                 train = self.k < opts.max_steps
-                meas = self._measure_dist() if self.dist is not None else self._measure(train)
+                meas = self._measure(train)
                 if not meas.finite:
                     rolled_back = self._roll_back()
                     reason = (f"non-finite outputs after step {self.k}: rolled back to the weights of step "
@@ -764,7 +737,7 @@ class _Loop:
                                 steps=int(trajectory["step"].max()), seconds=time.perf_counter() - t_start,
                                 stop_reason=reason, converged=converged, rolled_back=rolled_back, events=self.events,
                                 iteration_seconds=self.iteration_seconds, resumed_from=self.resumed_from,
-                                world_size=1 if self.dist is None else self.dist.world_size)
+                                world_size=self._ranks()[0], seed=self.seed)
 
     def _reselect(self, g: np.ndarray) -> np.ndarray:
         selector = self.phase.make_selector()

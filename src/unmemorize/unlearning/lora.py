@@ -1,4 +1,4 @@
-"""LoRA (via peft) for every gradient method, and task arithmetic on adapter deltas (PAPER_SPEC §4.3-4.4, §4.8).
+"""LoRA (via peft) for every gradient method, and task arithmetic on adapter deltas (docs/method.md §4.3-4.4, §4.8).
 
 With LoRA each targeted weight is W = W₀ + s·B·A (A: r × in, B: out × r, s = α/r), W₀ frozen, and only
 A and B train. Task arithmetic must act on the *weight* deltas, not on A and B one by one: editing
@@ -133,8 +133,3 @@ def merge(model):
     merged = model.merge_and_unload(adapter_names=[active])
     merged.eval()
     return merged
-
-
-def delta_weights(model, adapter: str = TRAINED) -> dict[str, torch.Tensor]:
-    """s·B·A of every LoRA layer, in the layout of its base weight (for tests and reports)."""
-    return {name: m.get_delta_weight(adapter).detach().clone() for name, m in _layers(model).items()}

@@ -1,4 +1,4 @@
-"""Unlearning losses as pure functions of tensors (PAPER_SPEC §4).
+"""Unlearning losses as pure functions of tensors (docs/method.md §4).
 
 Conventions: a batch of B sequences x_i padded to width W; ``nll[i, t-1] = −log p_θ(x_{i,t} | x_{i,<t})``
 for t = 1..W-1, and ``mask[i, t-1]`` says whether that position counts (a real token, past the
@@ -13,27 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def position_mask(lengths: torch.Tensor, width: int, start: int | torch.Tensor = 1) -> torch.Tensor:
-    """mask[i, t-1] = [max(start_i, 1) ≤ t < L_i]: positions whose token x_t is predicted and counted.
-
-    ``start`` > 1 leaves out a prefix (one for all rows, or one per row), e.g. GA+Mismatch ascends
-    only tokens 50 onwards (§4.7).
-    """
-    t = torch.arange(1, width, device=lengths.device)[None, :]
-    s = torch.as_tensor(start, device=lengths.device).clamp(min=1)
-    s = s[:, None] if s.dim() == 1 else s
-    return (t >= s) & (t < lengths[:, None])
-
-
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """nll[i, t-1] = −log softmax(z_{i,t-1})[x_{i,t}], in fp32 ([B, W-1]; pads included, mask later)."""
-    B, W, V = logits.shape
-    # Score all W positions against the ids shifted left (the last one against a dummy) and drop the
-    # last column: a view of contiguous logits, no [B, W-1, V] copy.
-    targets = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)
-    nll = F.cross_entropy(logits.float().reshape(B * W, V), targets.reshape(-1), reduction="none")
-    return nll.view(B, W)[:, :-1]
+# the one per-token NLL and its position mask, defined with the metrics; every loss here is made of them
+from unmemorize.memorization import position_mask, token_nll  # noqa: F401
 
 
 def _selected_token_mean(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -90,10 +71,3 @@ def cross_entropy_to_reference(logits: torch.Tensor, reference_logits: torch.Ten
     ce = -(p_ref * logp).sum(-1)
     m = mask.float()
     return (ce * m).sum() / m.sum().clamp(min=1.0)
-
-
-def per_sequence_mean(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token-mean cross-entropy of each sequence, [B] (NaN where nothing counts); for logging."""
-    n = mask.sum(1)
-    out = (nll.detach().double() * mask).sum(1) / n.clamp(min=1)
-    return torch.where(n > 0, out, torch.full_like(out, float("nan")))

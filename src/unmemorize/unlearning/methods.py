@@ -8,7 +8,7 @@ itself, and when to hand over to the next phase. The one loop in :mod:`~unmemori
 runs them all.
 
 =============  =====================================================================  ===========
-method         phases                                                                 PAPER_SPEC
+method         phases                                                                 method.md
 =============  =====================================================================  ===========
 ga             ascent on every sequence                                               §4.1
 sga            ascent on {g ≥ 0.7} ∪ {argmax of each micro-batch}                     §4.2
@@ -26,12 +26,14 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import field_validator, model_validator
 
 from unmemorize.errors import UserError
+from unmemorize.options import Options, option
 from unmemorize.unlearning import losses
 from unmemorize.unlearning.retain import RetainData
 from unmemorize.unlearning.selectors import Selector, parse_selector
@@ -197,6 +199,8 @@ class Method:
     phases: tuple[Phase, ...]
     decoding: bool = False  # no training: a decoding-time defence (DPD)
     description: str = ""
+    reset_optimizer: bool = False  # a fresh Adam state at a phase switch (the code carries it over, §8.7)
+    dpd: dict[str, Any] = field(default_factory=dict)  # DPD's λ, mode and top-k (decoding methods only)
 
     @property
     def needs_retain(self) -> bool:
@@ -208,7 +212,8 @@ class Method:
 
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "paper": self.paper,
-                "phases": [dataclasses.asdict(p) for p in self.phases], "decoding": self.decoding}
+                "phases": [dataclasses.asdict(p) for p in self.phases], "decoding": self.decoding,
+                "reset_optimizer": self.reset_optimizer, **({"dpd": self.dpd} if self.decoding else {})}
 
 
 METHODS: dict[str, Method] = {}
@@ -246,17 +251,59 @@ register(Method("ga+mismatch", "GA + Mismatch (Yao et al. 2023)", "§4.7",
                 description="0.5·ascent on tokens ≥ 50 + descent on prefix + random answers + CE to θ_0 on normal data; "
                             "full-parameter, in the shared harness (the code: AdaLoRA, AdamW 2e-4, batch 1)"))
 register(Method("dpd", "Differentially-private decoding (Majmudar et al.)", "§4.6", (), decoding=True,
+                dpd={"lambda": 0.2, "mode": "logits", "top_k": 50},
                 description="no training: sample from λ·z + (1−λ)·mean(z) (the code), or λ·p + (1−λ)/|V| (the original)"))
 
 
-def resolve_method(name: str | Method, selector: str | None = None, switch_below: float | None = None,
+class MethodSpec(Options):
+    """A registered method and the user's overrides of its constants (YAML ``method:``, flags below)."""
+
+    name: str = option("sga", "ga, sga, ta, tau, npo, ga+mismatch or dpd.", "--method")
+    selector: str | None = option(None, "Override the selector of the selective phases: all, threshold:γ, top:k.")
+    switch_below: float | None = option(None, "Mean MA at which ta/tau hand over to task arithmetic (0.9 / 0.5).",
+                                        ge=0.0, le=1.0, allowed="a number in [0, 1]")
+    edit_coef: float | None = option(None, "Task-arithmetic coefficient c (ta: −3, tau: −1).", "--edit-coef", "--ta-coef")
+    reset_optimizer: bool = option(False, "Fresh Adam state at a phase switch (the code carries it over).")
+    dpd_lambda: float = option(0.2, "DPD mixing weight λ.", ge=0.0, le=1.0, allowed="a number in [0, 1]")
+    dpd_mode: Literal["logits", "probs"] = option("logits", "DPD: logits (the code) or probs (Majmudar's original).")
+    dpd_top_k: int = option(50, "DPD: sample from the top k tokens (the code's Hugging Face default).", ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v):
+        if v.strip().lower() not in METHODS:
+            raise ValueError(f"unknown method {v!r}; allowed: {', '.join(METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        try:
+            method = resolve_method(self)
+        except UserError as e:
+            raise ValueError(str(e).replace("--ta-coef", "edit_coef").replace("--switch-below", "switch_below")) from None
+        if not method.decoding and (self.dpd_lambda != 0.2 or self.dpd_mode != "logits" or self.dpd_top_k != 50):
+            raise ValueError(f"dpd_lambda, dpd_mode and dpd_top_k apply to method dpd, not {self.name}")
+        return self
+
+
+def resolve_method(name: str | Method | MethodSpec, selector: str | None = None, switch_below: float | None = None,
                    edit_coef: float | None = None) -> Method:
     """A registered method with the user's overrides applied.
 
     ``selector`` replaces the selector of every selective phase; ``switch_below`` the hand-over
     threshold of the phase before task arithmetic (TA's 0.9, TAU's 0.5; 1.0 skips that phase for
-    TAU, i.e. plain TA); ``edit_coef`` the task-arithmetic coefficient c.
+    TAU, i.e. plain TA); ``edit_coef`` the task-arithmetic coefficient c. A :class:`MethodSpec`
+    brings its own overrides (and the optimizer and DPD settings).
     """
+    spec = None
+    if isinstance(name, MethodSpec):
+        spec = name
+        name, selector, switch_below, edit_coef = spec.name, spec.selector, spec.switch_below, spec.edit_coef
     if isinstance(name, Method):
         method = name
     else:
@@ -285,4 +332,9 @@ def resolve_method(name: str | Method, selector: str | None = None, switch_below
         raise UserError(f"method {method.name} uses no task arithmetic; --ta-coef applies to ta and tau")
     if switch_below is not None and not any(p.until_mean_below is not None for p in method.phases):
         raise UserError(f"method {method.name} has a single phase; --switch-below applies to ta and tau")
-    return dataclasses.replace(method, phases=tuple(phases))
+    extra: dict[str, Any] = {}
+    if spec is not None:
+        extra["reset_optimizer"] = spec.reset_optimizer
+        if method.decoding:
+            extra["dpd"] = {"lambda": spec.dpd_lambda, "mode": spec.dpd_mode, "top_k": spec.dpd_top_k}
+    return dataclasses.replace(method, phases=tuple(phases), **extra)

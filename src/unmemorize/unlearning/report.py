@@ -8,7 +8,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from unmemorize.report.html import Section  # noqa: E402
@@ -76,7 +75,7 @@ def summary_table(result: UnlearningResult, reference: tuple[float, float] | Non
 def sections(result: UnlearningResult, images: dict[str, Path], reference: tuple[float, float] | None = None) -> list[Section]:
     m = result.method
     o = result.options
-    text = (f"Method {m.title} ({m.name}, PAPER_SPEC {m.paper}): {m.description}. "
+    text = (f"Method {m.title} ({m.name}, docs/method.md {m.paper}): {m.description}. "
             f"Stop rule: {result.stop_rule} "
             + ("(the paper's: stop when mean MA < τ)" if result.stop_rule == "mean" else
                "(per sequence: stop when no sequence is at or above the band's top; sequences inside the band "
@@ -85,7 +84,7 @@ def sections(result: UnlearningResult, images: dict[str, Path], reference: tuple
             f"{result.stop_reason}. {result.steps} optimizer steps in {result.seconds:.1f} s"
             + (f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else "") + ".\n\n"
             f"Harness: the whole forget set per step in micro-batches of {o.micro_batch}, Adam(β = {o.betas[0]}, "
-            f"{o.betas[1]}), lr {o.lr:g}, no schedule, dropout off, at most {o.max_steps} steps, seed {o.seed}.")
+            f"{o.betas[1]}), lr {o.lr:g}, no schedule, dropout off, at most {o.max_steps} steps, seed {result.seed}.")
     if result.rolled_back:
         text += "\n\nA non-finite loss or output stopped the run; the reported model is the last good one."
     if result.events:
@@ -95,11 +94,3 @@ def sections(result: UnlearningResult, images: dict[str, Path], reference: tuple
     out.append(Section("Per step", tables=[("", result.steps_table())]))
     out.append(Section("Per sequence", tables=[("sorted by MA before unlearning", per_sequence_table(result))]))
     return out
-
-
-def comparison_row(result: UnlearningResult, reference_after: float | None = None) -> dict:
-    """One row of a method comparison table (the paper's columns, §7)."""
-    s = result.summary()
-    return {"method": result.method.name, "stop": result.stop_rule, "c_low": s.c_low, "c_high": s.c_high,
-            "c": s.c, "mean_ma": s.mean, "distance_to_tau": s.distance_to_tau, "steps": result.steps,
-            "seconds": result.seconds, "reference_ma_after": np.nan if reference_after is None else reference_after}

@@ -1,7 +1,7 @@
 """Retain ("normal") data for the baselines that use it: GA+Mismatch (§4.7) and NPO's retain term.
 
 The user names the file. A TruthfulQA CSV (columns ``Question`` and ``Best Answer``; the code's choice,
-PAPER_SPEC §4.7) is formatted as ``"### Question: {q}\\n ### Answer: {best answer}"`` and its best,
+docs/method.md §4.7) is formatted as ``"### Question: {q}\\n ### Answer: {best answer}"`` and its best,
 correct and incorrect answers form the pool of random answers; any other forget-style file (CSV/JSONL
 with a ``text`` column, text files) gives its sequences as normal data and as the answer pool.
 Unlike the code, every row is used (the code keeps a random 70 % training split).

@@ -1,4 +1,4 @@
-"""Selectors: which sequences of a micro-batch receive gradient this step (PAPER_SPEC §4.2).
+"""Selectors: which sequences of a micro-batch receive gradient this step (docs/method.md §4.2).
 
 A selector sees the micro-batch's current memorization scores g(x) (MA measured on the weights the
 gradient is taken at; NaN = not measured, which counts as selected, as in the code's

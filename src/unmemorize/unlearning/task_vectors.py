@@ -1,4 +1,4 @@
-"""Task arithmetic on weights (PAPER_SPEC §4.3-4.4): θ_u = θ_b + c·(θ_ft − θ_b).
+"""Task arithmetic on weights (docs/method.md §4.3-4.4): θ_u = θ_b + c·(θ_ft − θ_b).
 
 State dicts are plain ``{name: tensor}`` mappings. The base θ_b can live on the CPU while the model
 trains on an accelerator (``base_device``), or in a memory-mapped safetensors file

@@ -1,4 +1,4 @@
-"""Utility: does the model still work? The paper's task suite, offline (PAPER_SPEC §6, §2.8).
+"""Utility: does the model still work? The paper's task suite, offline (docs/method.md §6, §2.8).
 
 Tasks (``tasks.TASKS``; groups in ``tasks.GROUPS``):
 
@@ -11,7 +11,7 @@ Tasks (``tasks.TASKS``; groups in ``tasks.GROUPS``):
 * perplexity (§6.4): ``wikitext``, ``pile`` → ``loss`` (token-mean CE), ``ppl``.
 
 Group ``paper`` = the 13 tasks of the paper's configs; also ``classification``, ``dialogue``,
-``perplexity``, ``all``. Data: a folder laid out like ``../shared/data/eval`` (the package ships no
+``perplexity``, ``all``. Data: a folder laid out as docs/data.md says (the package ships no
 dataset). Modes: ``full`` (whole splits) and ``parity`` (the original code's first-N view and
 quirks, labelled in the result).
 

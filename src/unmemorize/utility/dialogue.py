@@ -1,4 +1,4 @@
-"""Dialogue prompts and their text normalisation (PAPER_SPEC §6.3).
+"""Dialogue prompts and their text normalisation (docs/method.md §6.3).
 
 A dialogue is a list of turns; the model sees every turn but the last, labelled alternately
 ``User 1:`` / ``User 2:``, and must continue with the last one. Each turn is first normalised the
@@ -48,7 +48,7 @@ def normalize_reply(text: str) -> str:
 
 
 def dialogue_prompt(history: Sequence[str]) -> str:
-    """The prompt for the next turn (PAPER_SPEC §6.3): ``"User 1: {turn}\\n"`` for even indices,
+    """The prompt for the next turn (docs/method.md §6.3): ``"User 1: {turn}\\n"`` for even indices,
     ``"User 2: {turn}\\n"`` for odd ones, each turn normalised, then the next speaker's label with
     no trailing space: ``"User 1:"`` if the last index was odd, else ``"User 2:"``.
 

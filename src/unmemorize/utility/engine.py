@@ -20,7 +20,7 @@ context's cache, which is what the dialogue tasks need.
 
 **Generation** (:func:`greedy_generate`) is greedy, KV-cached, stops per row at an end token, and
 either left-pads (the clean way) or reproduces the original's right-padded 512-token prompt with
-the attention mask zero on the pads and the old transformers position ids (PAPER_SPEC §6.3 quirk).
+the attention mask zero on the pads and the old transformers position ids (docs/method.md §6.3 quirk).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Scored:
 
 
 def window(context: Sequence[int], continuation: Sequence[int], max_length: int) -> tuple[list[int], list[int]]:
-    """The original code's truncation (PAPER_SPEC §6.1 step 1, §6.3): keep the last ``max_length``
+    """The original code's truncation (docs/method.md §6.1 step 1, §6.3): keep the last ``max_length``
     tokens of context + continuation; every continuation token inside that window that has a token
     before it is scored. Returns (context part, scored part); a continuation longer than
     ``max_length − 1`` keeps its last ``max_length − 1`` tokens, its head becoming context.
@@ -224,7 +224,7 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     """Greedy continuations of ``prompts``, each cut before its first stop token.
 
     Default: left-padded batches with attention mask and position ids = cumsum(mask) − 1 (exact).
-    ``right_pad_to=W`` reproduces the original code instead (PAPER_SPEC §6.3 quirk): every prompt
+    ``right_pad_to=W`` reproduces the original code instead (docs/method.md §6.3 quirk): every prompt
     right-padded with ``pad_id`` to W tokens, mask = (ids ≠ pad_id), and transformers-4.3x position
     ids (cumsum(mask) − 1, pads set to 1), so the first new token is predicted at the last pad.
     """

@@ -6,7 +6,7 @@ no save/reload. ``lm_eval`` is an optional extra (``pip install 'unmemorize[harn
 it is imported only when this adapter runs.
 
 Its numbers are lm-eval's, not the paper's: lm-eval's prompts, few-shot settings and
-normalisations differ from PAPER_SPEC §6 (e.g. COPA's "because/therefore" connector). Use
+normalisations differ from docs/method.md §6 (e.g. COPA's "because/therefore" connector). Use
 :func:`unmemorize.utility.evaluate_utility` for the paper's suite.
 """
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from unmemorize.report.html import Section
 from unmemorize.runs import write_frame, write_json
+from unmemorize.stats import percentile_interval
 from unmemorize.utility.suite import AGGREGATES, KIND_REGISTRY
 
 METRIC_COLUMNS = ("acc", "f1", "loss", "ppl")
@@ -71,6 +72,22 @@ def aggregates_frame(result: dict) -> pd.DataFrame:
                           "complete": "yes" if a["complete"] else "no"} for name, a in result["aggregates"].items()])
 
 
+def utility_tables(result: dict | None, harness: dict | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table) pairs for a terminal: tasks, aggregates, lm-eval tasks."""
+    out = []
+    if result is not None:
+        df = summary_frame(result)
+        out.append((f"Utility — {result['mode']} mode", df.drop(columns=[c for c in ("kind", "split") if c in df])))
+        agg = aggregates_frame(result)
+        if len(agg):
+            out.append(("Aggregates (docs/method.md §2.8)", agg))
+    if harness is not None:
+        out.append((f"lm-evaluation-harness {harness['lm_eval']}",
+                     pd.DataFrame([{"task": t, "n": h["n"], "metric": m, "value": v}
+                                   for t, h in harness["tasks"].items() for m, v in h["metrics"].items()])))
+    return out
+
+
 # ---------------------------------------------------------------- paired bootstrap
 
 def _replicates(num: np.ndarray, den: np.ndarray | None, idx: np.ndarray) -> np.ndarray:
@@ -116,7 +133,6 @@ def compare_utility(before: dict, after: dict, n_boot: int = 1000, seed: int = 0
     per-example frames; without them they are NaN. In parity mode the point values are
     rank-averaged token means, the intervals plain token means."""
     rng = np.random.default_rng(seed)
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     rows, deltas = [], {}
     for name, rb in before["tasks"].items():
         ra = after["tasks"].get(name)
@@ -129,9 +145,9 @@ def compare_utility(before: dict, after: dict, n_boot: int = 1000, seed: int = 0
         for metric, vb in rb["metrics"].items():
             va = ra["metrics"].get(metric, np.nan)
             r = reps.get(metric)
+            lo, hi = percentile_interval(r, level, omit_nan=True) if r is not None else (np.nan, np.nan)
             rows.append({"task": name, "metric": metric, "before": vb, "after": va, "change": va - vb,
-                         "ci_low": np.nanquantile(r, lo_q) if r is not None else np.nan,
-                         "ci_high": np.nanquantile(r, hi_q) if r is not None else np.nan, "paired": n})
+                         "ci_low": lo, "ci_high": hi, "paired": n})
     for agg, (members, metric) in AGGREGATES.items():
         if agg not in before.get("aggregates", {}) or agg not in after.get("aggregates", {}):
             continue
@@ -141,7 +157,7 @@ def compare_utility(before: dict, after: dict, n_boot: int = 1000, seed: int = 0
         ci = (np.nan, np.nan)
         if present and all(r is not None for r in reps):
             mean = np.mean(np.stack(reps), axis=0)
-            ci = (np.nanquantile(mean, lo_q), np.nanquantile(mean, hi_q))
+            ci = percentile_interval(mean, level, omit_nan=True)
         rows.append({"task": agg, "metric": metric, "before": vb, "after": va, "change": va - vb,
                      "ci_low": ci[0], "ci_high": ci[1], "paired": len(present)})
     return pd.DataFrame(rows)
@@ -155,14 +171,14 @@ def utility_sections(result: dict, before: dict | None = None, n_boot: int = 100
     notes = [f"{name}: {note}" for name, r in result["tasks"].items() for note in r.get("notes", [])]
     text = (f"Mode — {result['mode_description']}.\n\n"
             "Classification accuracy: the choice with the smallest summed negative log-likelihood wins "
-            "(PAPER_SPEC §6.1). LAMBADA loss is the summed NLL of the last word; dialogue and perplexity "
+            "(docs/method.md §6.1). LAMBADA loss is the summed NLL of the last word; dialogue and perplexity "
             "losses are token-mean cross-entropies in nats; ppl = exp(loss). average_perplexity is the "
             "paper's name for the mean dialogue CE (nats), not exp(CE) (§2.8).")
     if notes:
         text += "\n\nNotes: " + "; ".join(notes) + "."
     sections = [Section(f"Utility ({result['mode']} mode)", text,
                         tables=[("Per task", summary_frame(result)),
-                                ("Aggregates (PAPER_SPEC §2.8)", aggregates_frame(result))])]
+                                ("Aggregates (docs/method.md §2.8)", aggregates_frame(result))])]
     if before is not None:
         sections.append(Section(
             "Utility before and after",

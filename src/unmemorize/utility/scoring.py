@@ -1,6 +1,6 @@
 """Pure scoring functions of the utility suite: strings and numbers in, numbers out.
 
-Each function states its formula and the PAPER_SPEC section it implements. They hold no model
+Each function states its formula and the docs/method.md section it implements. They hold no model
 and no data; :mod:`unmemorize.utility.suite` feeds them what the model produced.
 
 Every utility metric is a ratio of two sums over examples (accuracy = Σ correct / n, token-mean
@@ -22,7 +22,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD normalisation as the original code applies it (PAPER_SPEC §6.2, §6.3):
+    """SQuAD normalisation as the original code applies it (docs/method.md §6.2, §6.3):
     lower-case → drop every ``string.punctuation`` character → replace the articles a/an/the by a
     space → collapse whitespace → delete ``<extra_id_0>`` / ``<extra_id_1>``.
 
@@ -36,7 +36,7 @@ def normalize_answer(text: str) -> str:
 
 
 def unigram_f1(prediction: str, ground_truth: str) -> float:
-    """Unigram F1 of normalised tokens (PAPER_SPEC §6.2, §6.3).
+    """Unigram F1 of normalised tokens (docs/method.md §6.2, §6.3).
 
     same = |Counter(pred) ∩ Counter(gold)|; P = same/|pred|, R = same/|gold|, F1 = 2PR/(P+R);
     0 when nothing overlaps (including an empty prediction or an empty gold answer).
@@ -51,7 +51,7 @@ def unigram_f1(prediction: str, ground_truth: str) -> float:
 
 
 def exact_match(prediction: str, ground_truth: str) -> bool:
-    """EM = [normalize_answer(pred) == normalize_answer(gold)]  (PAPER_SPEC §6.2)."""
+    """EM = [normalize_answer(pred) == normalize_answer(gold)]  (docs/method.md §6.2)."""
     return normalize_answer(prediction) == normalize_answer(ground_truth)
 
 
@@ -68,7 +68,7 @@ def clean_up_tokenization(text: str) -> str:
 
 def choice_score(token_logprobs: Sequence[float]) -> float:
     """score(context, choice) = −Σ_t log p(choice_t | context, choice_<t): a sum over the choice's
-    tokens with no length normalisation (PAPER_SPEC §6.1, step 2)."""
+    tokens with no length normalisation (docs/method.md §6.1, step 2)."""
     return -float(np.sum(np.asarray(token_logprobs, dtype=np.float64)))
 
 
@@ -78,7 +78,7 @@ def predict_choice(scores: Sequence[float]) -> int:
 
 
 def lambada_correct(greedy: Sequence[int], target: Sequence[int], predicted_text: str, target_text: str) -> bool:
-    """LAMBADA accuracy of one example (PAPER_SPEC §6.2): 1 if the greedy argmax equals the target
+    """LAMBADA accuracy of one example (docs/method.md §6.2): 1 if the greedy argmax equals the target
     at every target position, or if the decoded strings match after SQuAD normalisation."""
     all_tokens = len(greedy) == len(target) and all(int(g) == int(t) for g, t in zip(greedy, target))
     return all_tokens or exact_match(predicted_text, target_text)
@@ -87,7 +87,7 @@ def lambada_correct(greedy: Sequence[int], target: Sequence[int], predicted_text
 def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray | None = None) -> float:
     """Σ numerator / Σ denominator, or the mean of ``numerator`` when there is no denominator.
 
-    accuracy = Σ correct / n; token-mean CE = Σ nll / Σ tokens (PAPER_SPEC §6.3, §6.4: the
+    accuracy = Σ correct / n; token-mean CE = Σ nll / Σ tokens (docs/method.md §6.3, §6.4: the
     original's ``CrossEntropyLoss`` over the concatenated tokens of a batch). NaN when empty.
     """
     numerator = np.asarray(numerator, dtype=np.float64)
@@ -98,7 +98,7 @@ def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray | None = None) 
 
 
 def rank_mean_ratio(numerator: np.ndarray, denominator: np.ndarray, ranks: np.ndarray) -> float:
-    """The original code's logged value in parity mode (PAPER_SPEC §6.0): each DDP rank computes
+    """The original code's logged value in parity mode (docs/method.md §6.0): each DDP rank computes
     its own Σ nll / Σ tokens on its first batch and ``sync_dist`` averages the ranks:
     mean_r (Σ_{i∈r} nll_i / Σ_{i∈r} tokens_i). Equal to :func:`ratio_of_sums` for one rank."""
     ranks = np.asarray(ranks)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from unmemorize.errors import UserError
+from unmemorize.models import max_positions
+from unmemorize.options import Options, option
 from unmemorize.utility.dialogue import cut_at_next_turn
 from unmemorize.utility.engine import greedy_generate, score_continuations, stop_token_ids, window
 from unmemorize.utility.scoring import (
@@ -30,41 +32,33 @@ from unmemorize.utility.scoring import (
     ratio_of_sums,
     unigram_f1,
 )
-from unmemorize.utility.tasks import CLASSIFICATION, DIALOGUE, MODES, TASKS, Item, LoadedTask, load_task, resolve_tasks
+from unmemorize.utility.tasks import CLASSIFICATION, DIALOGUE, TASKS, Item, LoadedTask, Mode, load_task, resolve_tasks
 
 MODE_DESCRIPTIONS = {
     "full": "full: every example of each split (or the first --limit), attention masks, left-padded generation",
-    "parity": "parity: the original code's view (PAPER_SPEC §6.0) — rows with empty fields and non-4-choice ARC "
+    "parity": "parity: the original code's view (docs/method.md §6.0) — rows with empty fields and non-4-choice ARC "
               "items dropped, the first N examples only (the first validation batch of each DDP rank), contexts "
               "cut to their first max_length (512) tokens, right-padded 512-token generation prompts, rank-averaged token means",
 }
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    """How to evaluate. ``limit``: full mode, the first ``limit`` examples (None = all); parity mode,
-    the N of "first N examples" (default ``parity_ranks × parity_batch_size`` = 16, the SGA/TA/TAU
-    configs; 32 for GA/DPD). ``max_length`` is the original's ``input_length`` window (512)."""
+class EvalOptions(Options):
+    """How to evaluate (``evaluate``'s flags; under ``utility:`` in run configs). ``limit``: full mode,
+    the first ``limit`` examples (None = all); parity mode, the N of "first N examples" (default
+    ``parity_ranks × parity_batch_size`` = 16, the SGA/TA/TAU configs; 32 for GA/DPD). ``max_length`` is
+    the original's ``input_length`` window (512)."""
 
-    mode: str = "full"
-    limit: int | None = None
-    max_length: int = 512
-    batch_tokens: int = 4096
-    max_new_tokens: int = 32
-    generate_batch_size: int = 16
-    parity_ranks: int = 2
-    parity_batch_size: int = 8
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise UserError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
-            raise UserError(f"limit must be a positive number of examples, got {self.limit!r}")
-        if self.max_length < 2:
-            raise UserError(f"max_length must be at least 2 tokens, got {self.max_length}")
-        for name in ("batch_tokens", "max_new_tokens", "generate_batch_size", "parity_ranks", "parity_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+    mode: Mode = option("full", "full: whole splits, masks, left-padded generation. parity: the original code's "
+                                "first-N examples and quirks, for comparing with published numbers.")
+    limit: int | None = option(None, "full: score the first N examples of each task. parity: N (default 16 = 8 per "
+                                     "GPU × 2 GPUs, as SGA/TA/TAU; 32 for GA/DPD).", ge=1,
+                               allowed="a positive number of examples")
+    max_length: int = option(512, "Token window per example (the paper: 512).", ge=2, allowed="an integer ≥ 2")
+    batch_tokens: int = option(4096, "Tokens per forward pass; lower it if memory runs out.", ge=1)
+    max_new_tokens: int = option(32, "Dialogue: tokens generated per reply.", ge=1)
+    generate_batch_size: int = option(16, "Dialogue: replies generated together.", ge=1)
+    parity_ranks: int = option(2, "parity: GPUs of the original run (examples are dealt out over them).", ge=1)
+    parity_batch_size: int = option(8, "parity: the original's eval batch size per GPU.", ge=1)
 
     @property
     def parity(self) -> bool:
@@ -76,15 +70,6 @@ class EvalOptions:
         if self.parity:
             return self.limit or self.parity_ranks * self.parity_batch_size
         return self.limit
-
-
-def max_positions(model) -> int | None:
-    """The model's context length from its config (None when it states none, e.g. pure RoPE configs)."""
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(model.config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 # ---------------------------------------------------------------- tokenization per mode
@@ -270,7 +255,7 @@ AGGREGATES: dict[str, tuple[tuple[str, ...], str]] = {
 
 
 def aggregate(metrics_by_task: dict[str, dict[str, float]]) -> dict[str, dict]:
-    """PAPER_SPEC §2.8: average_acc = mean acc of the 8 classification tasks; average_f1 and
+    """docs/method.md §2.8: average_acc = mean acc of the 8 classification tasks; average_f1 and
     average_perplexity = mean F1 and mean CE (nats) of the 4 dialogue tasks. Computed over the tasks
     present; ``complete`` says whether all of them were."""
     out = {}
@@ -289,7 +274,7 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
     """Evaluate ``model`` on the utility tasks; see :mod:`unmemorize.utility` for the result format.
 
     ``tasks``: names or groups ("paper", "classification", "dialogue", "perplexity", "all"), as a list
-    or a comma-separated string. ``data_dir``: a folder with the layout of ``../shared/data/eval``.
+    or a comma-separated string. ``data_dir``: a folder laid out as docs/data.md describes.
     ``options``: the other fields of :class:`EvalOptions` (max_length, batch_tokens, …).
     Every task's data is read and checked before the model runs, so bad input fails fast.
     """
@@ -298,7 +283,7 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
     positions = max_positions(model)
     if positions is not None and opts.max_length > positions:
         notes.append(f"max_length {opts.max_length} cut to the model's {positions} positions")
-        opts = replace(opts, max_length=positions)
+        opts = opts.replace(max_length=positions)
     names = resolve_tasks(tasks)
     loaded: list[LoadedTask] = [load_task(TASKS[n], data_dir, opts.mode, opts.count) for n in names]
     was_training = model.training
@@ -320,7 +305,7 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
     return {
         "mode": opts.mode,
         "mode_description": MODE_DESCRIPTIONS[opts.mode] + (f" (N = {opts.count})" if opts.parity else ""),
-        "options": asdict(opts),
+        "options": opts.model_dump(mode="json"),
         "notes": notes,
         "tasks": results,
         "aggregates": aggregate({n: r["metrics"] for n, r in results.items()}),

@@ -1,16 +1,16 @@
 """The paper's utility tasks: where each one's data lives, and how a row becomes a prompt.
 
 One registry, filled by the :func:`task` decorator: each task is a file pattern, its required
-fields, and a pure ``build(row) -> example`` that does the prompt construction of PAPER_SPEC §6.1
+fields, and a pure ``build(row) -> example`` that does the prompt construction of docs/method.md §6.1
 (classification), §6.2 (LAMBADA), §6.3 (dialogue) or §6.4 (perplexity). Reading is strict: a
 missing task file, a malformed row or a missing field is a :class:`UserError` naming the file and
 the line (or the dialogue's key) and saying what is accepted.
 
-Files are looked up under the user's data folder with the layout of ``../shared/data/eval``
+Files are looked up under the user's data folder, laid out as docs/data.md says
 (``piqa/validation.jsonl``, ``pubmed_qa.csv``, ``wizard_of_wikipedia.json``, …); a task's SOURCE.md
 there describes its fields.
 
-Examples are selected according to the mode (PAPER_SPEC §6.0):
+Examples are selected according to the mode (docs/method.md §6.0):
 
 * ``full`` — every row of the split, in file order (``limit`` keeps the first ``limit``);
   a row with an empty required field is an error.
@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from unmemorize.data import json_objects
 from unmemorize.errors import UserError
@@ -34,6 +35,7 @@ from unmemorize.utility.dialogue import dialogue_prompt, dialogue_target
 
 KINDS = ("choice", "completion", "dialogue", "perplexity")
 MODES = ("full", "parity")
+Mode = Literal["full", "parity"]
 
 # pandas' default NA strings: what ``read_csv`` turns into NaN before the original's ``dropna``.
 _NA_STRINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
@@ -443,7 +445,7 @@ def _dropped_by_dropna(fields: dict, csv_source: bool) -> bool:
 def find_file(t: Task, data_dir: str | Path) -> Path:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist (pass --data with the layout of ../shared/data/eval)")
+        raise UserError(f"data folder {data_dir} does not exist (pass --data: a folder laid out as docs/data.md says)")
     for rel in t.files:
         if (data_dir / rel).is_file():
             return data_dir / rel

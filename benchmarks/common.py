@@ -1,0 +1,136 @@
+"""What the benchmark scripts share: where the data is, the RESULTS.md sections, the stores of
+recorded runs, the planted lab and one unlearning run through the library's recipe.
+
+The data folder (``forget/lm_extraction_{size}_{split}.csv``, ``eval/…``, docs/data.md) is read from
+one setting, the environment variable ``UNMEMORIZE_DATA``; it defaults to the ``shared/data``
+folder beside this checkout, where this project's machines keep it. Tests read it from here too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "runs" / "benchmarks"  # the run folders behind the recorded rows (not kept in the repo)
+DATA = Path(os.environ.get("UNMEMORIZE_DATA") or ROOT.parent / "shared" / "data")
+HEADER = "# Benchmark results\n\nEvery number here is written by a script in `benchmarks/`; each section names its command.\n"
+
+
+def data(*parts: str) -> Path:
+    """A path under the data folder, or exit with a message that says which setting to fix."""
+    p = DATA.joinpath(*parts)
+    if not p.exists():
+        sys.exit(f"needs {p}: set UNMEMORIZE_DATA to the folder that holds forget/ and eval/ (docs/data.md)")
+    return p
+
+
+def write_section(title: str, body: str) -> None:
+    """Each benchmark owns one '## ' section of RESULTS.md and rewrites only it."""
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    block = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+class RunStore:
+    """Recorded runs of a benchmark, one JSON object per line, appended as they finish: a script can
+    be stopped and run again, and skips what is recorded under the same settings."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def rows(self, settings: dict | None = None) -> list[dict]:
+        if not self.path.exists():
+            return []
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return rows if settings is None else [r for r in rows if r.get("settings") == settings]
+
+    def append(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+
+# ---------------------------------------------------------------- the words of the claims
+
+
+def t_interval(values) -> tuple[float, float]:
+    """(mean, half-width of the 95 % Student-t interval) of the finite values (:func:`unmemorize.stats.t_interval`)."""
+    from unmemorize.stats import t_interval as interval
+
+    return interval(values)[:2]
+
+
+def fmt(mean: float, half: float, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def paired_caveat(d, what: str, digits: int = 1) -> str:
+    """The sentence for a :class:`PairedDifference`: its interval and whether it excludes 0."""
+    if d.n < 2:
+        return ", but one split has no interval (not evidence either way)"
+    text = f"; the paired {what} difference over {d.n} splits is {d.mean:+.{digits}f} ± {d.half:.{digits}f}, which "
+    if not d.excludes_zero:
+        return text + "includes 0: not evidence either way"
+    if d.comparisons <= 1:
+        return text + "excludes 0: evidence at this scale"
+    level = f"the Bonferroni level for {d.comparisons} comparisons (± {d.strict:.{digits}f})"
+    return text + (f"excludes 0, and still does at {level}: evidence at this scale" if d.survives_correction else
+                   f"excludes 0, but not at {level}: weak evidence")
+
+
+
+def split_list(text: str, kind=str) -> list:
+    return [kind(s.strip()) for s in text.split(",") if s.strip()]
+
+
+# ---------------------------------------------------------------- the planted lab on Jang's sequences
+
+
+def planted_lab(split: int, members: int, exposures: str, seed: int, log=print):
+    """The first ``members`` sequences of Jang's ``lm_extraction_32_<split>`` planted into the default
+    model at ``exposures`` (cached by every input): (planted model folder, members file, plant manifest)."""
+    import pandas as pd
+
+    from unmemorize.lab.plant import plant_into
+    from unmemorize.models import cache_dir, load_model
+
+    src = pd.read_csv(data("forget", f"lm_extraction_32_{split}.csv"), dtype=str, keep_default_na=False)
+    lab = cache_dir() / "labs" / f"paper-claims-32_{split}-m{members}-e{exposures.replace(',', '_')}"
+    lab.parent.mkdir(parents=True, exist_ok=True)
+    members_file = lab.parent / f"{lab.name}.members.csv"
+    src.head(members).to_csv(members_file, index=False)
+    lm = load_model("default", log=log)
+    folder, manifest = plant_into(lm, members_file, tuple(split_list(exposures, int)), lab, seed=seed, log=log)
+    return folder, members_file, manifest
+
+
+def unlearning_run(resources, planted: Path, forget: Path, reference: Path, out: Path, *, method: str, stop: str,
+                   seed: int, lr: float, max_steps: int, micro_batch: int, band: tuple[float, float],
+                   attacks: dict | None = None):
+    """One unlearning run of the planted model through the library's recipe (``unmemorize unlearn``'s):
+    its record, and its folder under ``runs/benchmarks``."""
+    from unmemorize.models import ModelSource
+    from unmemorize.recipe import execute
+    from unmemorize.spec import ForgetSource, RunSpec
+    from unmemorize.thresholds import Band
+    from unmemorize.unlearning import UnlearnOptions
+
+    spec = RunSpec(model=ModelSource(path=str(planted)), forget=ForgetSource(path=forget), reference=reference,
+                   method={"name": method}, stop=stop, seed=seed, band=Band(*band),
+                   training=UnlearnOptions(lr=lr, max_steps=max_steps, micro_batch=micro_batch, checkpoint_every=0),
+                   attacks={"names": [], **(attacks or {})})
+    return execute(spec, out, resources=resources, overwrite=True, command="benchmark"), out

@@ -1,0 +1,39 @@
+"""The HTML report of one unlearning run: the forget set before and after, the attacks on the original
+and the unlearned model side by side, and utility before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unmemorize.report.html import Section, write_report
+
+
+def write_run_report(path: str | Path, record, result, images: dict[str, Path], attacks_before, attacks_after,
+                     attack_paths: dict[str, dict], utility_before: dict | None, utility_after: dict | None,
+                     subtitle: str = "") -> Path:
+    from unmemorize.attacks import comparison_table, report_sections
+    from unmemorize.unlearning.report import sections
+    from unmemorize.utility import utility_sections
+
+    ref = None
+    if record.reference_ma_before is not None:
+        ref = (record.reference_ma_before, record.reference_ma_after)
+    out = sections(result, images, ref)
+    both = {label: r for label, r in (("original", attacks_before), ("unlearned", attacks_after)) if r is not None}
+    if len(both) == 2:
+        out.append(Section("Can an attacker tell? Original against unlearned",
+                           "The same attacks and the same MIAU neighbours on the model before and after unlearning "
+                           "(members = the forget set, non-members = the reference set).",
+                           tables=[("AUC and TPR side by side", comparison_table(both))]))
+    if attacks_after is not None:
+        out += report_sections(attacks_after, attack_paths[""]["roc"], heading="Privacy attacks on the unlearned model")
+    elif attacks_before is not None:
+        out += report_sections(attacks_before, attack_paths["before_"]["roc"],
+                               heading="Privacy attacks on the original model")
+    if record.attacks.notes and not both:
+        out.append(Section("Privacy attacks", "\n\n".join(record.attacks.notes)))
+    if utility_after is not None:
+        out += utility_sections(utility_after, utility_before)
+    if record.notes:
+        out.append(Section("Notes", "\n\n".join(record.notes)))
+    return write_report(path, f"Unlearning: {result.method.title}", out, subtitle=subtitle)
