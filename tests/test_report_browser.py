@@ -66,11 +66,12 @@ def exe() -> str:
 
 @pytest.fixture(scope="module")
 def report(exe, tmp_path_factory) -> Path:
+    """The experiment's report.html (write_experiment_report returns the page with its Markdown and images)."""
     root = tmp_path_factory.mktemp("browser")
     path = tiny_experiment(root, methods=["ga", {"name": "sga", "label": "SGA"}])
     with one_thread():
         folders = run_experiment(load_config(path), root / "out")
-    return write_experiment_report(folders, root / "report", title="Browser check")
+    return write_experiment_report(folders, root / "report", title="Browser check").html
 
 
 def test_report_renders_tables_and_images_in_chromium(exe, report, tmp_path):
