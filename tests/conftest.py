@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Nothing in the tests reaches the network: Hugging Face hub ids and datasets resolve from caches only.
+os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 import pytest
 import torch
 

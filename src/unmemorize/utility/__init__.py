@@ -12,7 +12,8 @@ Tasks (``tasks.TASKS``; groups in ``tasks.GROUPS``):
 
 Group ``paper`` = the 13 tasks of the paper's configs; also ``classification``, ``dialogue``,
 ``perplexity``, ``all``. Data: a folder laid out as docs/data.md says (the package ships no
-dataset). Modes: ``full`` (whole splits) and ``parity`` (the original code's first-N view and
+dataset), or, for the tasks the paper took from the Hugging Face hub, the ``datasets`` cache by their
+hub names (``data_source="hub"`` or ``"auto"``, offline first; ``tasks.locate_task``). Modes: ``full`` (whole splits) and ``parity`` (the original code's first-N view and
 quirks, labelled in the result).
 
 Library use (e.g. before and after unlearning)::

@@ -67,6 +67,12 @@ def summary_frame(result: dict) -> pd.DataFrame:
     return df.dropna(axis=1, how="all") if len(df) else df
 
 
+def sources_frame(result: dict) -> pd.DataFrame:
+    """One row per task: where its rows came from (local: the data folder's file; hub: the dataset
+    through ``datasets``), the split and the number of examples scored."""
+    return pd.DataFrame(result.get("sources") or [], columns=["task", "source", "data", "split", "n"])
+
+
 def aggregates_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame([{"aggregate": name, "value": a["value"], "metric": a["metric"], "tasks": len(a["tasks"]),
                           "complete": "yes" if a["complete"] else "no"} for name, a in result["aggregates"].items()])
@@ -81,6 +87,9 @@ def utility_tables(result: dict | None, harness: dict | None = None) -> list[tup
         agg = aggregates_frame(result)
         if len(agg):
             out.append(("Aggregates (docs/method.md §2.8)", agg))
+        sources = sources_frame(result)
+        if len(sources):
+            out.append(("Data sources", sources))
     if harness is not None:
         out.append((f"lm-evaluation-harness {harness['lm_eval']}",
                      pd.DataFrame([{"task": t, "n": h["n"], "metric": m, "value": v}
@@ -176,9 +185,12 @@ def utility_sections(result: dict, before: dict | None = None, n_boot: int = 100
             "paper's name for the mean dialogue CE (nats), not exp(CE) (§2.8).")
     if notes:
         text += "\n\nNotes: " + "; ".join(notes) + "."
-    sections = [Section(f"Utility ({result['mode']} mode)", text,
-                        tables=[("Per task", summary_frame(result)),
-                                ("Aggregates (docs/method.md §2.8)", aggregates_frame(result))])]
+    tables = [("Per task", summary_frame(result)), ("Aggregates (docs/method.md §2.8)", aggregates_frame(result))]
+    sources = sources_frame(result)
+    if len(sources):
+        tables.append(("Data sources (local: the data folder; hub: the datasets library's cache or a download)",
+                       sources))
+    sections = [Section(f"Utility ({result['mode']} mode)", text, tables=tables)]
     if before is not None:
         sections.append(Section(
             "Utility before and after",

@@ -19,7 +19,8 @@ class EvaluateSpec(Options):
     tasks: str = option("paper", "Comma-separated tasks or groups: paper (the 13 of the paper), classification, "
                                  "dialogue, perplexity, lab, all, or task names (piqa, hellaswag, arc_easy, …); 'none' "
                                  "to run only --harness-tasks.", "--tasks", "-t")
-    data: Path | None = option(None, "Folder of the tasks' data, laid out as docs/data.md says.", "--data", "-d")
+    data: Path | None = option(None, "Folder of the tasks' data, laid out as docs/data.md says (not needed for the "
+                                     "hub tasks with --data-source hub).", "--data", "-d")
     eval: EvalOptions = option(EvalOptions(), "How to evaluate.")
     harness_tasks: str | None = option(None, "lm-evaluation-harness tasks to run as well, on the same in-memory model "
                                              "(needs: pip install 'unmemorize[harness]').")
@@ -50,21 +51,25 @@ def evaluate_run(spec: EvaluateSpec, out: str | Path, *, overwrite: bool = False
 
     from unmemorize import distributed
     from unmemorize.report.html import Section, write_report
-    from unmemorize.runs import RunDir, build_manifest, sha256_file, write_json
+    from unmemorize.runs import RunDir, build_manifest, write_json
     from unmemorize.utility import evaluate_utility, save_utility, utility_sections
     from unmemorize.utility.harness import run_harness
-    from unmemorize.utility.tasks import TASKS, find_file
+    from unmemorize.utility.tasks import TASKS, locate_task, needs_folder
 
     names = spec.task_names()
-    files = {}
+    e = spec.eval
+    sources = {}
     if names:
-        if spec.data is None:
-            raise UserError("--data is required for the paper's tasks: a folder laid out as docs/data.md says")
-        files = {n: find_file(TASKS[n], spec.data) for n in names}
+        if spec.data is None and needs_folder(names, e.data_source):
+            hub = [n for n in names if TASKS[n].hub is not None]
+            raise UserError("--data is required for the paper's tasks: a folder laid out as docs/data.md says"
+                            + (f" (or --data-source hub for {', '.join(hub)})" if hub and e.data_source == "local"
+                               else ""))
+        # every task's data is found (a hub dataset: read from the datasets cache, or downloaded) before the model loads
+        sources = {n: locate_task(TASKS[n], spec.data, e.data_source) for n in names}
     if spec.harness_tasks and distributed.launched():
         raise UserError("--harness-tasks runs lm-evaluation-harness in one process; run it without "
                         "accelerate launch (the paper's tasks, --tasks, are split over the processes)")
-    e = spec.eval
     # under accelerate launch every rank scores its shard of each task's examples; rank 0 writes `out`
     with RunDir(distributed.output_dir(out), overwrite=overwrite) as run:
         lm = spec.model.load(log=log)
@@ -81,7 +86,7 @@ def evaluate_run(spec: EvaluateSpec, out: str | Path, *, overwrite: bool = False
             "tasks": {t: {"metrics": h["metrics"], "n": h["n"]} for t, h in harness["tasks"].items()}}
         write_json(run.path("manifest.json"), build_manifest(
             "evaluate", {**spec.model_dump(mode="json", exclude={"model", "data"}), "tasks": list(names)},
-            {"model": lm.describe(), "data": {n: {"file": str(p), "sha256": sha256_file(p)} for n, p in files.items()}},
+            {"model": lm.describe(), "data": {n: src.describe() for n, src in sources.items()}},
             device=spec.model.device))
         sections = []
         if result is not None:

@@ -32,7 +32,17 @@ from unmemorize.utility.scoring import (
     ratio_of_sums,
     unigram_f1,
 )
-from unmemorize.utility.tasks import CLASSIFICATION, DIALOGUE, TASKS, Item, LoadedTask, Mode, load_task, resolve_tasks
+from unmemorize.utility.tasks import (
+    CLASSIFICATION,
+    DIALOGUE,
+    TASKS,
+    DataSource,
+    Item,
+    LoadedTask,
+    Mode,
+    load_task,
+    resolve_tasks,
+)
 
 MODE_DESCRIPTIONS = {
     "full": "full: every example of each split (or the first --limit), attention masks, left-padded generation",
@@ -59,6 +69,11 @@ class EvalOptions(Options):
     generate_batch_size: int = option(16, "Dialogue: replies generated together.", ge=1)
     parity_ranks: int = option(2, "parity: GPUs of the original run (examples are dealt out over them).", ge=1)
     parity_batch_size: int = option(8, "parity: the original's eval batch size per GPU.", ge=1)
+    data_source: DataSource = option("local", "Where the tasks' rows come from. local: the data folder. hub: the "
+                                              "tasks the paper took from the Hugging Face hub, and LAMBADA, through "
+                                              "the datasets library (its cache, offline; a download where allowed), "
+                                              "the others from the data folder. auto: the data folder's file where "
+                                              "it has one, else the hub.")
 
     @property
     def parity(self) -> bool:
@@ -269,12 +284,13 @@ def aggregate(metrics_by_task: dict[str, dict[str, float]]) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- the library entry point
 
-def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str | Path, mode: str = "full",
+def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str | Path | None, mode: str = "full",
                      limit: int | None = None, progress=None, **options) -> dict:
     """Evaluate ``model`` on the utility tasks; see :mod:`unmemorize.utility` for the result format.
 
     ``tasks``: names or groups ("paper", "classification", "dialogue", "perplexity", "all"), as a list
-    or a comma-separated string. ``data_dir``: a folder laid out as docs/data.md describes.
+    or a comma-separated string. ``data_dir``: a folder laid out as docs/data.md describes (None:
+    every task from the hub, with ``data_source="hub"``).
     ``options``: the other fields of :class:`EvalOptions` (max_length, batch_tokens, …).
     Every task's data is read and checked before the model runs, so bad input fails fast.
     """
@@ -285,7 +301,7 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
         notes.append(f"max_length {opts.max_length} cut to the model's {positions} positions")
         opts = opts.replace(max_length=positions)
     names = resolve_tasks(tasks)
-    loaded: list[LoadedTask] = [load_task(TASKS[n], data_dir, opts.mode, opts.count) for n in names]
+    loaded: list[LoadedTask] = [load_task(TASKS[n], data_dir, opts.mode, opts.count, opts.data_source) for n in names]
     was_training = model.training
     model.eval()
     results: dict[str, dict] = {}
@@ -296,7 +312,8 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
             frame = _run_sharded(KIND_REGISTRY[t.kind].run, model, tokenizer, lt.items, opts, progress, t.name)
             seconds = time.perf_counter() - start
             results[t.name] = {
-                "kind": t.kind, "paper_key": t.paper_key, "file": str(lt.path), "split": lt.split,
+                "kind": t.kind, "paper_key": t.paper_key, "file": lt.source.where, "split": lt.split,
+                "source": lt.source.kind,
                 "n": len(frame), "seconds": round(seconds, 3), "metrics": kind_metrics(t.kind, frame, opts.mode),
                 "chance": t.chance, "notes": list(lt.notes), "examples": frame,
             }
@@ -307,6 +324,8 @@ def evaluate_utility(model, tokenizer, tasks: str | Sequence[str], data_dir: str
         "mode_description": MODE_DESCRIPTIONS[opts.mode] + (f" (N = {opts.count})" if opts.parity else ""),
         "options": opts.model_dump(mode="json"),
         "notes": notes,
+        "sources": [{"task": lt.task.name, "source": lt.source.kind, "data": lt.source.where, "split": lt.split,
+                     "n": len(lt.items)} for lt in loaded],
         "tasks": results,
         "aggregates": aggregate({n: r["metrics"] for n, r in results.items()}),
         "logged": logged_keys(results),
