@@ -9,6 +9,11 @@
    the first ``--el-sequences`` sequences only; ours runs on the same ones.
 3. The audit of SmolLM2-135M on Jang's forget sets (size 32, splits 0-2) with τ from
    ``eval/pile.csv``: MA distribution, c_low, c_high (global τ and τ by corpus).
+4. ``--parts el-rate``: the EL_10 decode rate against its limit. On the sequences the default audit
+   decodes (MA at or above the band's top, up to ``--el-rate-sequences``), our EL (tokens decoded per
+   second, the whole measurement) against a bare batched greedy decode of the same continuations:
+   the same jobs in the same batches of 64, each prompt prefilled (timed apart), then one token per
+   step with Hugging Face's cache, finished jobs leaving the batch.
 
 Writes ``benchmarks/results/memorization.json`` and rewrites its section of ``benchmarks/RESULTS.md``.
 Needs ../shared/data (Jang's forget sets, pile.csv).
@@ -32,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 
 from benchmarks.common import DATA, ROOT, data, write_section  # noqa: E402
 
+from unmemorize import forward  # noqa: E402
 from unmemorize.audit import audit  # noqa: E402
 from unmemorize.data import load_sequences  # noqa: E402
 from unmemorize.memorization import ProfileOptions, profile  # noqa: E402
@@ -51,8 +57,10 @@ def main() -> None:
     ap.add_argument("--ma-sequences", type=int, default=32)
     ap.add_argument("--el-sequences", type=int, default=4)
     ap.add_argument("--pile-rows", type=int, default=1500)
+    ap.add_argument("--model", default="default", help="'default' or a saved model folder (smoke tests)")
+    ap.add_argument("--el-rate-sequences", type=int, default=4)
     ap.add_argument("--parts", default="ma,el,audit",
-                    help="which parts to measure now (ma, el, audit); the others keep their last recorded "
+                    help="which parts to measure now (ma, el, audit, el-rate); the others keep their last recorded "
                          "results; 'none' only rewrites the RESULTS.md section")
     args = ap.parse_args()
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
@@ -64,7 +72,7 @@ def main() -> None:
     if not forget_path.exists():
         sys.exit(f"needs {forget_path} (../shared/data)")
     torch.manual_seed(0)
-    lm = load_model("default")
+    lm = load_model(args.model)
     model, tok = lm.model, lm.tokenizer
     seqs = load_sequences(forget_path, tok, 200)
     full = [i for i in range(len(seqs)) if int(seqs.lengths[i]) == 200]  # the original loops assume T = 200
@@ -101,6 +109,11 @@ def main() -> None:
         _audit(model, tok, args, results)
         _write(out, results)
 
+    # 4. The EL decode rate against a bare batched greedy decode of the same tokens
+    if "el-rate" in parts:
+        _el_rate(model, seqs, full, args, results)
+        _write(out, results)
+
 
 def _write(out: Path, results: dict) -> None:
     out.parent.mkdir(exist_ok=True)
@@ -120,6 +133,107 @@ def _el(model, seqs, full, args, results) -> None:
                         "decoded_continuations_ours": disagreements,
                         "decoded_continuations_jang": len(el_set) * 190}
     print(json.dumps(results["el_10"], indent=2), flush=True)
+
+
+def el_jobs(model, seqs) -> dict[tuple[int, int], int]:
+    """EL's decoding jobs: (sequence, disagreement position j) → L − j tokens (docs/method.md §2.3)."""
+    jobs = {}
+    with torch.no_grad():
+        for batch, logits in forward.teacher_forced(model, seqs.input_ids, seqs.lengths, batch_size=8):
+            greedy = logits.argmax(-1)
+            for b, r in enumerate(batch.rows):
+                L = int(seqs.lengths[r])
+                wrong = (greedy[b, : L - 1] != seqs.input_ids[r, 1:L]).nonzero().flatten() + 1
+                jobs.update({(int(r), int(j)): L - int(j) for j in wrong})
+    return jobs
+
+
+@torch.no_grad()
+def bare_greedy(model, seqs, jobs: dict, batch_size: int = 64) -> tuple[float, float, int]:
+    """(prefill seconds, decode seconds, tokens) of a bare batched greedy decode of ``jobs``: longest
+    first in batches of ``batch_size``, prompts left-padded and prefilled, then one token per step
+    with Hugging Face's DynamicCache, finished jobs leaving the batch."""
+    from transformers import DynamicCache
+
+    device = forward.device_of(model)
+    order = sorted(jobs, key=lambda key: (-jobs[key], key))
+    prefill = decode = 0.0
+    tokens = 0
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        need = [jobs[key] for key in chunk]
+        P = max(j for _, j in chunk)
+        ids = torch.zeros(len(chunk), P, dtype=torch.long)
+        mask = torch.zeros(len(chunk), P + need[0], dtype=torch.long)
+        for b, (r, j) in enumerate(chunk):
+            ids[b, P - j:] = seqs.input_ids[r, :j]
+            mask[b, P - j:] = 1
+        pos = (mask[:, :P].cumsum(1) - 1).clamp(min=0)
+        t = time.perf_counter()
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids.to(device), attention_mask=mask[:, :P].to(device), position_ids=pos.to(device),
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1].argmax(-1)
+        last = pos[:, -1].to(device)
+        prefill += time.perf_counter() - t
+        t = time.perf_counter()
+        alive = len(chunk)
+        cache = out.cache
+        for step in range(1, need[0]):
+            while need[alive - 1] <= step:
+                alive -= 1
+            if alive < len(nxt):
+                nxt, last = nxt[:alive], last[:alive]
+                cache.batch_select_indices(torch.arange(alive, device=device))
+            last = last + 1
+            step_out = model(input_ids=nxt[:, None], attention_mask=mask[:alive, : P + step].to(device),
+                             position_ids=last[:, None], cache=cache, use_cache=True)
+            cache = step_out.cache
+            nxt = step_out.logits[:, -1].argmax(-1)
+        decode += time.perf_counter() - t
+        tokens += sum(need)
+    return prefill, decode, tokens
+
+
+def _el_rate(model, seqs, full, args, results) -> None:
+    from unmemorize import memorization
+
+    band = Band()
+    candidates = seqs.subset(full)
+    ma = profile(model, candidates, ProfileOptions(metrics=("ma",)))["ma"].to_numpy()
+    high = [full[i] for i in np.flatnonzero(ma >= band.hi)]
+    pick = (high or full)[: args.el_rate_sequences]
+    sub = seqs.subset(pick)
+    jobs = el_jobs(model, sub)
+    tokens = sum(jobs.values())
+    decode_s = {}
+    original = memorization.decode_from_prefixes
+
+    def timed_decode(*a, **k):
+        t = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            decode_s["s"] = decode_s.get("s", 0.0) + time.perf_counter() - t
+
+    memorization.decode_from_prefixes = timed_decode
+    try:
+        ours, t_ours = timed(profile, model, sub, ProfileOptions(metrics=("el",), el_for="all", batch_size=8,
+                                                                 decode_batch_size=64))
+    finally:
+        memorization.decode_from_prefixes = original
+    t_prefill, t_bare, bare_tokens = bare_greedy(model, sub, jobs, 64)
+    assert bare_tokens == tokens
+    results["el_rate"] = {
+        "sequences": len(sub), "selected": "MA ≥ band top" if high else "first full-length (none at the band's top)",
+        "mean_ma": float(np.mean(ma[[full.index(i) for i in pick]])), "continuations": len(jobs),
+        "tokens": tokens, "ours_s": t_ours, "ours_decode_s": decode_s.get("s", 0.0),
+        "bare_prefill_s": t_prefill, "bare_decode_s": t_bare,
+        "ours_tokens_per_s": tokens / t_ours, "bare_tokens_per_s": tokens / t_bare,
+        "ours_over_bare_decode": t_ours / t_bare, "ours_over_bare_with_prefill": t_ours / (t_bare + t_prefill),
+        "seconds_per_sequence": t_ours / len(sub), "mean_el_10": float(ours["el_10"].mean()),
+    }
+    print(json.dumps(results["el_rate"], indent=2), flush=True)
 
 
 def _audit(model, tok, args, results) -> None:
@@ -192,6 +306,21 @@ def render(r: dict) -> str:
         "pass already predicted), and batches of up to 64 continuations that shed the ones already long enough. "
         "On a GPU the batching is worth more than on these 2 CPU cores (not measured: no GPU was lent).",
     ]
+    if "el_rate" in r:
+        e = r["el_rate"]
+        lines += ["", f"**EL_10 decode rate against its limit** (`--parts el-rate`): {e['sequences']} sequences "
+                  f"({e['selected']}, mean MA {e['mean_ma']:.2f}), {e['continuations']} continuations, "
+                  f"{e['tokens']:,} tokens decoded.", "",
+                  "| | seconds | tokens / s |", "|---|---:|---:|",
+                  f"| ours: the whole EL_10 measurement | {e['ours_s']:.1f} | {e['ours_tokens_per_s']:.0f} |",
+                  f"| ours: its decoding alone | {e['ours_decode_s']:.1f} | {e['tokens'] / max(e['ours_decode_s'], 1e-9):.0f} |",
+                  f"| bare batched greedy decode of the same tokens (prompt prefill excluded) | {e['bare_decode_s']:.1f} | "
+                  f"{e['bare_tokens_per_s']:.0f} |",
+                  f"| … its prompt prefill | {e['bare_prefill_s']:.1f} | – |", "",
+                  f"Reading: our EL_10 takes {e['ours_over_bare_decode']:.2f}× the bare decode of its tokens "
+                  f"({e['ours_over_bare_with_prefill']:.2f}× the bare decode with its prefill), "
+                  f"{e['seconds_per_sequence']:.1f} s per sequence at this MA: EL costs what its greedy decoding "
+                  "costs, so the default audit decodes it only where MA reaches the band's top."]
     if "audit" in r:
         a = r["audit"]
         lines += ["", f"**Audit of {r['model']} on Jang's forget sets** — τ = {a['tau']:.3f}, the mean MA on the first "

@@ -57,6 +57,7 @@ def test_audit_writes_a_complete_run(workdir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["c"] == summary["c_low"] + summary["c_high"]
     assert "Per-sequence memorization" in r.stdout and "c(D_f)" in r.stdout
+    assert "teacher-forced pass" in r.stderr  # not a terminal: progress as plain lines, not silence
     assert sha256_path(workdir / "model") == before, "the input model must not change"
     assert "data:image/png;base64" in (out / "report.html").read_text()
     assert not [p for p in (workdir / "runs").iterdir() if p.name.startswith(".")], "no temporary folders left"

@@ -37,7 +37,7 @@ def test_default_model_metrics_equal_reference(default_lm):
              "def add(a, b):\n    return a + b\n"]
     seqs = tokenize(TextRecords(texts, ["prose", "code"], pd.DataFrame(index=range(2)), "mem"),
                     default_lm.tokenizer, length=32)
-    prof = profile(default_lm.model, seqs, ProfileOptions(metrics=("ma", "el"), el_n=4))
+    prof = profile(default_lm.model, seqs, ProfileOptions(metrics=("ma", "el"), el_n=4, el_for="all"))
     for r in range(2):
         x = seqs.input_ids[r, : seqs.lengths[r]]
         assert prof.loc[r, "ma"] == memorization_accuracy_reference(default_lm.model, x)

@@ -67,7 +67,7 @@ def test_ma_and_el_equal_reference_random_models(tokenizer, arch):
                        seed=3)
     seqs = make_set(tokenizer, TEXTS, length=24)
     assert (seqs.lengths < 24).any(), "the test needs padded rows"
-    prof = profile(model, seqs, ProfileOptions(el_n=3, batch_size=2, decode_batch_size=5,
+    prof = profile(model, seqs, ProfileOptions(el_n=3, el_for="all", batch_size=2, decode_batch_size=5,
                                                extraction_prefix=8, extraction_suffix=6))
     for r in range(len(seqs)):
         x = seqs.input_ids[r, : seqs.lengths[r]]
@@ -80,7 +80,7 @@ def test_ma_and_el_equal_reference_random_models(tokenizer, arch):
 
 def test_profile_equals_reference_on_memorized_model(memorized):
     model, members, _ = memorized
-    prof = profile(model, members, ProfileOptions(el_n=10, batch_size=5, decode_batch_size=7,
+    prof = profile(model, members, ProfileOptions(el_n=10, el_for="all", batch_size=5, decode_batch_size=7,
                                                   extraction_prefix=20, extraction_suffix=30))
     # The fixture memorizes its records to different degrees (MA ≈ 0.4 … 0.7 with these records),
     # so both the agreement shortcut and the decoding path of EL are exercised.

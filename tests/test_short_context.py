@@ -124,7 +124,8 @@ def test_decoding_fits_the_context_and_equals_full_recomputation(tokenizer, sets
 
 def test_profile_el_and_extraction_on_a_short_context(short, tokenizer, sets):
     seqs = sets[0].subset([0, 1])
-    opts = ProfileOptions(metrics=("ma", "el", "extraction"), el_n=4, extraction_prefix=8, extraction_suffix=40)
+    opts = ProfileOptions(metrics=("ma", "el", "extraction"), el_n=4, el_for="all", extraction_prefix=8,
+                          extraction_suffix=40)
     with positions_used(short) as seen:
         prof = profile(short, seqs, opts)
     assert max(seen) <= POSITIONS
@@ -237,7 +238,7 @@ def cli(folder, monkeypatch):
 def test_cli_audit_attack_unlearn_on_a_short_context(folder, cli):
     d = folder
     data = ["--forget", d / "forget.jsonl", "--reference", d / "reference.jsonl", "--length", T]
-    res = cli("audit", "--model", d / "model", *data, "--metrics", "ma,el,extraction", "--el-n", 4,
+    res = cli("audit", "--model", d / "model", *data, "--metrics", "ma,el,extraction", "--el-n", 4, "--el-for", "all",
               "--prefix", 8, "--suffix", 30, "--out", d / "audit")
     assert res.exit_code == 0, res.output + repr(res.exception)
     prof = pd.read_parquet(d / "audit" / "profile.parquet")
@@ -262,7 +263,7 @@ def test_cli_audit_at_T_200_on_a_256_position_model(folder, cli):
     decoded, prompts of 1 … 199 tokens to length 200, 64 in a batch (the first: 64 + 199 positions)."""
     d = folder
     res = cli("audit", "--model", d / "model256", "--forget", d / "forget200.jsonl", "--tau", 0.5, "--length", 200,
-              "--metrics", "ma,el,extraction", "--out", d / "audit256")
+              "--metrics", "ma,el,extraction", "--el-for", "all", "--out", d / "audit256")
     assert res.exit_code == 0, res.output + repr(res.exception)
     prof = pd.read_parquet(d / "audit256" / "profile.parquet")
     assert (prof["length"] == 200).all() and prof["el_10"].notna().all()

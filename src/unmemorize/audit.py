@@ -3,13 +3,19 @@
 ``audit`` is what the `unmemorize audit` command, the demo and later recipes share: measure every
 forget sequence (MA, EL_n, exact extraction, loss), calibrate τ on the reference set (globally or per
 group), give each sequence its verdict, and summarize with c(D_f) and the distance to τ.
+
+EL_n costs a greedy decoding from every prefix where the model disagrees with the text (tens of
+seconds per weakly memorized 200-token sequence on a CPU), so by default it is measured where it can
+matter: for the sequences with MA at or above the band's top, those that could be extractable, on the
+forget set and on the reference alike (``ProfileOptions.el_for = "all"``: every sequence). The others
+have NaN, with the reason in ``el_status``; τ_EL is then the mean over the reference sequences that
+were measured, and the summary says over which.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from pathlib import Path
@@ -34,7 +40,8 @@ class AuditSpec(Options):
     length: int = option(200, "Tokens per sequence T (the paper: 200).", ge=2)
     tau: float | None = option(None, "Use this τ instead of the reference's mean MA.", ge=0.0, le=1.0)
     tau_by: str | None = option(None, "Column shared by both sets (e.g. corpus): τ per group.")
-    band: Band = option(Band(), "The acceptable band of g(x).")
+    band: Band = option(Band("tau-0.15", "tau+0.3"), "The acceptable band of g(x) (relative to τ by default: the "
+                                                     "paper's 0.15 / 0.60 at τ = 0.3).")
     profile: ProfileOptions = option(ProfileOptions(metrics=("ma", "el", "extraction")), "What to measure.")
 
     @model_validator(mode="after")
@@ -51,9 +58,10 @@ class AuditResult:
     summary: Summary
     tau: float  # global τ (mean MA of the reference)
     tau_by_group: dict[str, float] = field(default_factory=dict)
-    tau_el: float | None = None
+    tau_el: float | None = None  # mean EL_n over the reference sequences where it was measured (el_status)
     warnings: list[str] = field(default_factory=list)
     options: ProfileOptions = field(default_factory=ProfileOptions)
+    band: Band = field(default_factory=Band)
 
 
 def _short_warnings(seqs: SequenceSet, opts: ProfileOptions, what: str) -> list[str]:
@@ -71,6 +79,17 @@ def _short_warnings(seqs: SequenceSet, opts: ProfileOptions, what: str) -> list[
     return out
 
 
+def _tau_first(model, reference, opts: ProfileOptions, tau, reference_profile, progress) -> float:
+    """τ before anything else (a band relative to τ needs it before the EL decode): given, from a
+    reference profile passed in, or one teacher-forced MA pass over the reference (the EL decode the
+    band then limits costs far more)."""
+    if tau is not None:
+        return float(tau)
+    if reference_profile is not None and "ma" in reference_profile:
+        return acceptable_level(reference_profile["ma"])
+    return acceptable_level(profile(model, reference, opts.replace(metrics=("ma",)), progress)["ma"])
+
+
 def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: ProfileOptions,
           band: Band = Band(), tau: float | None = None, tau_by: str | None = None,
           progress=None, reference_metrics: tuple[str, ...] | None = None,
@@ -86,8 +105,10 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
         raise UserError("give a reference set of unseen text (--reference) or a τ value (--tau)")
     metrics = tuple(dict.fromkeys(("ma", "loss", *opts.metrics)))  # MA is the paper's g(x): always
     opts = opts.replace(metrics=metrics)
+    if band.relative and "el" in metrics and opts.el_for != "all":  # EL is decoded only at the band's top: τ first
+        band = band.at(_tau_first(model, reference, opts, tau, reference_profile, progress))
     warnings = _short_warnings(forget, opts, "forget set")
-    prof = profile(model, forget, opts, progress)
+    prof = profile(model, forget, opts, progress, band)
     if prof["ma"].isna().all():
         raise UserError(f"{forget.source}: no sequence can be measured (all are shorter than 2 tokens)")
     ref_prof = pd.DataFrame()
@@ -102,7 +123,7 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
                 raise ValueError("reference_profile is not a profile (with MA) of this reference set")
             ref_prof = reference_profile
         else:
-            ref_prof = profile(model, reference, ref_opts, progress)
+            ref_prof = profile(model, reference, ref_opts, progress, band)
         global_tau = acceptable_level(ref_prof["ma"])
         el_col = f"el_{opts.el_n}"
         if el_col in ref_prof and ref_prof[el_col].notna().any():
@@ -111,6 +132,7 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
         global_tau = float(tau)
     if tau is not None:
         global_tau = float(tau)
+    band = band.at(global_tau)  # a band relative to τ, in numbers (at the global τ under --tau-by)
     by_group: dict[str, float] = {}
     prof["tau"] = global_tau
     prof["tau_source"] = "reference" if tau is None else "given"
@@ -132,7 +154,7 @@ def audit(model, forget: SequenceSet, reference: SequenceSet | None, opts: Profi
                             f"those sequences are held against the global τ = {global_tau:.3f}")
     prof["verdict"] = [verdict(g, band) for g in prof["ma"]]
     summary = summarize(prof["ma"].to_numpy(), prof["tau"].to_numpy(), band)
-    return AuditResult(prof, ref_prof, summary, global_tau, by_group, tau_el, warnings, opts)
+    return AuditResult(prof, ref_prof, summary, global_tau, by_group, tau_el, warnings, opts, band)
 
 
 def profile_table(result: AuditResult, tokenizer=None) -> pd.DataFrame:
@@ -145,6 +167,24 @@ def profile_table(result: AuditResult, tokenizer=None) -> pd.DataFrame:
     return df
 
 
+def el_row(result: AuditResult) -> tuple[str, str]:
+    """The summary's EL line: mean EL_n of the forget set and τ_EL, and over which sequences each is taken."""
+    n, el_col = result.options.el_n, f"el_{result.options.el_n}"
+    forget = result.forget[el_col]
+    scope = "" if result.options.el_for == "all" else f", MA ≥ {result.band.hi:.2f} only"
+    measured = int(forget.notna().sum())
+    if measured:
+        value = f"{forget.mean():.3f} (n = {measured})"
+    else:
+        value = "— (no sequence at MA ≥ {:.2f})".format(result.band.hi) if scope else "— (no sequence long enough)"
+    if result.tau_el is not None:
+        ref = result.reference[el_col] if el_col in result.reference else forget.iloc[:0]
+        value += f" ({result.tau_el:.3f}, n = {int(ref.notna().sum())})"
+    elif len(result.reference) and el_col in result.reference:
+        value += " (— on reference)"
+    return f"mean EL_{n} (τ_EL on reference){scope}", value
+
+
 def summary_rows(result: AuditResult) -> list[tuple[str, str]]:
     s = result.summary
     rows = [("sequences (measured)", f"{s.sequences} ({s.measured})"),
@@ -155,10 +195,9 @@ def summary_rows(result: AuditResult) -> list[tuple[str, str]]:
             ("c_low (over-forgotten, g ≤ lo)", str(s.c_low)),
             ("c(D_f) = c_low + c_high", str(s.c)),
             ("distance to τ (MA points)", f"{s.distance_to_tau:.2f}")]
-    if result.tau_el is not None:
-        el_col = f"el_{result.options.el_n}"
-        rows.insert(3, (f"mean EL_{result.options.el_n} (τ_EL on reference)",
-                        f"{np.nanmean(result.forget[el_col]):.3f} ({result.tau_el:.3f})"))
+    el_col = f"el_{result.options.el_n}"
+    if el_col in result.forget:
+        rows.insert(3, el_row(result))
     if "extraction_exact" in result.forget:
         ex = result.forget["extraction_exact"]
         rows.append(("exact extraction (greedy suffix)", f"{int(ex.sum())} of {len(ex)}"))
@@ -183,7 +222,7 @@ def audit_run(spec: AuditSpec, out: str | Path, *, overwrite: bool = False, prog
         forget_set = load_sequences(spec.forget, lm.tokenizer, spec.length)
         ref_set = load_sequences(spec.reference, lm.tokenizer, spec.length) if spec.reference is not None else None
         result = audit(lm.model, forget_set, ref_set, spec.profile, spec.band, spec.tau, spec.tau_by, progress)
-        images = write_audit(run, result, lm.tokenizer, spec.band)
+        images = write_audit(run, result, lm.tokenizer, result.band)
         ref_desc = f"{ref_set.source} ({len(ref_set)} sequences)" if ref_set is not None else "a given value"
         options = {**spec.model_dump(mode="json", exclude={"model", "forget", "reference"}),
                    "padding": "counted (parity)" if spec.profile.parity else "masked"}

@@ -9,6 +9,11 @@ continuation from x[:j]. So only the disagreement positions need decoding, each 
 continuation for every other prefix is assembled from the true text and one of those. The more
 memorized a sequence, the fewer disagreements, the cheaper its EL.
 
+Even so EL costs a greedy decoding of about (disagreements × L/2) tokens, tens of seconds per weakly
+memorized 200-token sequence on a CPU. By default (``el_for="extractable"``) it is decoded only for the
+sequences with MA at or above the band's top, the ones that could be extractable; the others get NaN
+and the reason in ``el_status``. Decoding writes its KV cache in place (:mod:`unmemorize.kv`).
+
 Conventions (0-indexed): a sequence x has true length L; a[t] = argmax p(· | x[:t]) for t = 1..L-1.
 Padding is masked unless ``parity=True``, which reproduces the original code: every row counts all
 T-1 positions, pads included, and attends to pads (docs/method.md §2.2 quirk).
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -29,8 +35,11 @@ from unmemorize import forward
 from unmemorize.data import SequenceSet
 from unmemorize.options import Options, option
 from unmemorize.progress import task
+from unmemorize.thresholds import Band
 
 METRICS = ("ma", "el", "extraction", "loss")
+EL_FOR = ("extractable", "all")
+EL_COMPUTED = "computed"
 
 
 # ---------------------------------------------------------------- pure metric functions
@@ -147,8 +156,7 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
     every job still decoding are dropped (masked columns: the continuations stay the same); with
     a long enough context nothing is dropped.
     """
-    from transformers import DynamicCache
-
+    from unmemorize.kv import buffer_cache, drop_front, empty_buffers, keep_rows
     from unmemorize.models import max_positions
 
     device = next(model.parameters()).device
@@ -171,15 +179,15 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]  # longest job first: the jobs still decoding are a prefix
                 P = max(j for _, j in chunk)
-                cache = DynamicCache(config=model.config)
-                for li, (k, v) in enumerate(layers):
-                    kk = k.new_zeros((len(chunk), *k.shape[1:2], P, k.shape[-1]))
-                    vv = v.new_zeros((len(chunk), *v.shape[1:2], P, v.shape[-1]))
-                    for b, (r, j) in enumerate(chunk):
-                        kk[b, :, P - j:] = k[where[r], :, :j]
-                        vv[b, :, P - j:] = v[where[r], :, :j]
-                    cache.update(kk, vv, li)
                 need = [jobs[key] for key in chunk]  # non-increasing
+                # one buffer per layer for the prompts and every token to come: a step writes its column
+                # in place, and jobs that are done leave as a view (no copy of the cache per step)
+                buffers = empty_buffers(layers, len(chunk), P + need[0] - 1)
+                for (k, v), (kk, vv) in zip(layers, buffers):
+                    for b, (r, j) in enumerate(chunk):
+                        kk[b, P - j:P] = k[where[r], :, :j].transpose(0, 1)
+                        vv[b, P - j:P] = v[where[r], :, :j].transpose(0, 1)
+                cache = buffer_cache(buffers, P)
                 # the whole attention mask up front (prompt left-padded to P, then every new token):
                 # each step reads a wider slice of it instead of growing a tensor per token
                 mask = torch.ones(len(chunk), P + need[0], dtype=torch.long, device=device)
@@ -198,14 +206,13 @@ def decode_from_prefixes(model, seqs: SequenceSet, jobs: dict[tuple[int, int], i
                         alive -= 1
                     if alive < len(nxt):
                         nxt, last = nxt[:alive], last[:alive]
-                        cache.batch_select_indices(torch.arange(alive, device=device))
+                        keep_rows(cache, alive)
                     last = last + 1
                     if context is not None and P + step - dropped > context:
                         # with this token a live job holds j + step < j + its tokens ≤ L ≤ T ≤ context
                         # positions: cut to the longest live prompt, the cache always fits
                         cut = P - max(j for _, j in chunk[:alive]) - dropped
-                        for layer in cache.layers:
-                            layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+                        drop_front(cache, cut)
                         dropped += cut
                     step_out = model(input_ids=nxt[:, None], attention_mask=mask[:alive, dropped: P + step],
                                      position_ids=last[:, None],
@@ -242,6 +249,10 @@ class ProfileOptions(Options):
     batch_size: int = option(8, "Sequences per forward pass.", ge=1)
     decode_batch_size: int = option(64, "Greedy continuations decoded together (EL, extraction).", ge=1)
     el_n: int = option(10, "n of EL_n.", "--el-n", ge=1)
+    el_for: Literal["extractable", "all"] = option(
+        "extractable", "Which sequences get EL_n (its greedy decoding is most of a profile's cost): extractable = "
+                       "those with MA at or above the band's top, the only ones that could be extracted; all = every "
+                       "sequence. The others are NaN, with the reason in the el_status column.", "--el-for")
     extraction_prefix: int = option(100, "Extraction: prefix tokens k (a 'prefix' column overrides).", "--prefix", ge=1)
     extraction_suffix: int = option(100, "Extraction: true suffix tokens m.", "--suffix", ge=1)
     parity: bool = option(False, "Count padding as the original code does (docs/method.md §2.2).")
@@ -274,11 +285,16 @@ def extraction_window(length: int, prefix: int | None, k: int, m: int) -> tuple[
     return k_eff, min(m, length - k_eff)
 
 
-def profile(model, seqs: SequenceSet, opts: ProfileOptions | None = None, progress=None) -> pd.DataFrame:
+def profile(model, seqs: SequenceSet, opts: ProfileOptions | None = None, progress=None,
+            band: Band | None = None) -> pd.DataFrame:
     """Measure every sequence: one row per id with MA, loss, EL_n and exact extraction.
 
     Too-short sequences get NaN for the metrics they cannot support (L < 2 for MA, L < n+1 for EL_n,
     L < 2 for extraction); the caller decides whether that is worth a warning.
+
+    EL_n is decoded for the sequences with MA ≥ ``band.hi`` (default band: 0.60), those that could be
+    extractable, unless ``opts.el_for == "all"``. A sequence without EL_n has NaN, never 0, and the
+    column ``el_status`` says why (``"computed"`` where it was).
 
     Under ``accelerate launch`` with several processes each rank measures a contiguous shard and
     every rank gets the whole table back, in the original order (every rank must call this).
@@ -287,11 +303,12 @@ def profile(model, seqs: SequenceSet, opts: ProfileOptions | None = None, progre
     from unmemorize.models import check_context
 
     check_context(model, seqs.length)
-    parts = distributed.map_shards(len(seqs), lambda rows: _profile(model, seqs.subset(rows.tolist()), opts, progress))
+    parts = distributed.map_shards(len(seqs), lambda rows: _profile(model, seqs.subset(rows.tolist()), opts, progress,
+                                                                    band))
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
-def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress) -> pd.DataFrame:
+def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress, band: Band | None = None) -> pd.DataFrame:
     opts = opts or ProfileOptions()
     was_training = model.training
     model.eval()
@@ -303,7 +320,7 @@ def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress) ->
         if "loss" in opts.metrics:
             rows["loss"] = loss.numpy()
         if "el" in opts.metrics or "extraction" in opts.metrics:
-            rows = _decode_metrics(model, seqs, greedy, opts, rows, progress)
+            rows = _decode_metrics(model, seqs, greedy, opts, rows, progress, ma.numpy(), (band or Band()).hi)
     finally:
         model.train(was_training)
     for col in seqs.meta.columns:
@@ -312,10 +329,21 @@ def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress) ->
     return rows
 
 
+def el_status(length: int, ma: float, n: int, el_for: str, hi: float) -> str:
+    """Whether EL_n is decoded for a sequence of ``length`` tokens with MA ``ma``, and if not, why."""
+    if length < n + 1:
+        return f"not computed: under {n + 1} tokens"
+    if el_for != "all" and not ma >= hi:  # NaN MA: not extractable either
+        return f"not computed: MA below the band's top {hi:.2f} (--el-for all measures it)"
+    return EL_COMPUTED
+
+
 def _decode_metrics(model, seqs: SequenceSet, greedy: torch.Tensor, opts: ProfileOptions,
-                    rows: pd.DataFrame, progress) -> pd.DataFrame:
+                    rows: pd.DataFrame, progress, ma: np.ndarray | None = None, hi: float = 0.6) -> pd.DataFrame:
     want_el, want_ex = "el" in opts.metrics, "extraction" in opts.metrics
     n = opts.el_n
+    status = [el_status(int(seqs.lengths[r]), math.inf if ma is None else float(ma[r]), n, opts.el_for, hi)
+              for r in range(len(seqs))]
     jobs: dict[tuple[int, int], int] = {}  # (sequence, position j) -> tokens to decode from x[:j]
     per_seq = []
     for r in range(len(seqs)):
@@ -323,7 +351,7 @@ def _decode_metrics(model, seqs: SequenceSet, greedy: torch.Tensor, opts: Profil
         x = seqs.input_ids[r, :L].tolist()
         ok = [True] + (greedy[r, : L - 1] == seqs.input_ids[r, 1:L]).tolist()  # ok[t]: a[t] == x[t]
         window = None
-        if want_el and L >= n + 1:
+        if want_el and status[r] == EL_COMPUTED:
             for j in range(1, L):
                 if not ok[j]:
                     jobs[(r, j)] = L - j
@@ -345,7 +373,7 @@ def _decode_metrics(model, seqs: SequenceSet, greedy: torch.Tensor, opts: Profil
     for r, (x, ok, window) in enumerate(per_seq):
         if want_el:
             L = len(x)
-            if L < n + 1:
+            if status[r] != EL_COMPUTED:
                 el_vals.append(math.nan)
             else:
                 conts = [continuation(x, ok, decoded[r], i) for i in range(1, L - n + 1)]
@@ -361,6 +389,7 @@ def _decode_metrics(model, seqs: SequenceSet, greedy: torch.Tensor, opts: Profil
             ex_k.append(k); ex_m.append(m); ex_matched.append(matched); ex_text.append(cont)
     if want_el:
         rows[f"el_{n}"] = np.array(el_vals, dtype=float)
+        rows["el_status"] = status
     if want_ex:
         rows["extraction_prefix"] = ex_k
         rows["extraction_suffix"] = ex_m

@@ -155,3 +155,133 @@ def evaluate_reference(member_scores, nonmember_scores, fprs=(0.01, 0.001), boot
         below_chance=bool(auc_iv.high < 0.5) if bootstrap else point_auc <= 0.5 - NO_BOOTSTRAP_MARGIN,
         fpr_curve=fpr_c, tpr_curve=tpr_c,
     )
+
+
+# ---------------------------------------------------------------- MIAU's lm refill, one token per step
+
+
+def __getattr__(name: str):
+    """``TokenByTokenRefill`` is made on first use: it subclasses the attacks' CausalRefill, and importing
+    the attacks package here would make every user of these references pay for it."""
+    if name == "TokenByTokenRefill":
+        cls = _token_by_token_refill()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _token_by_token_refill():
+    from unmemorize.attacks.perturb import CausalRefill
+
+    class TokenByTokenRefill(CausalRefill):
+        """MIAU's lm refill as it was first written: every row feeds one token per model step (the fixed
+        text too), with a growing KV cache, all maskings of a chunk of texts in one batch. The prefilled
+        :class:`~unmemorize.attacks.perturb.CausalRefill` must sample from the same distributions (tests) and
+        is timed against this (benchmarks/bench_attacks.py). Same settings, same cache key."""
+
+        def neighbours_many(self, texts, k, seed, done=None, first=None):
+            out: list[list[str]] = []
+            per = max(1, self.max_rows // max(k, 1))
+            for c in range(0, len(texts), per):
+                chunk = texts[c:c + per]
+                starts = first[c:c + per] if first else [0] * len(chunk)
+                planned = [self.masks(t, k, seed) for t in chunk]
+                rows = [m for (_, ms), s in zip(planned, starts) for m in ms[s:]]
+                seeds = [base + j for (base, ms), s in zip(planned, starts) for j in range(s, len(ms))]
+                fills = self._fill_rows(rows, seeds)
+                at = 0
+                for (_, ms), s in zip(planned, starts):
+                    mine = ms[s:]
+                    self.spans += sum(len(m.originals) for m in mine)
+                    out.append([m.assemble(f) for m, f in zip(mine, fills[at:at + len(mine)])])
+                    at += len(mine)
+                if done:
+                    done(len(chunk))
+            return out
+
+        @torch.no_grad()
+        def _fill_rows(self, masks, seeds):
+            from unmemorize.attacks.perturb import _normalise_fill, draw_tokens, sampling_probabilities
+
+            tok, model = self.tokenizer, self.model
+            device = next(model.parameters()).device
+            context = self.context
+            gens = [torch.Generator().manual_seed(s) for s in seeds]
+            cap, start = self.cap, self.start
+            # plan per row: [fixed_0 ids, span 0, fixed_1 ids, span 1, …]; the text after the last span is not needed
+            plans = []
+            for m in masks:
+                plan: list = []
+                for i, n in enumerate(m.words):
+                    plan.append(tok(m.fixed[i], add_special_tokens=False)["input_ids"])
+                    plan.append(n)
+                plans.append(plan)
+            K = len(masks)
+            seg, pos = [0] * K, [0] * K
+            current: list[list[int]] = [[] for _ in range(K)]
+            fills: list[list[str]] = [[] for _ in range(K)]
+            draws = [0] * K
+            done = [not p for p in plans]
+
+            def advance(r, draw):
+                """The token row r feeds next; inside a span it draws a sample (once) from row r's generator."""
+                while seg[r] < len(plans[r]):
+                    step = plans[r][seg[r]]
+                    if isinstance(step, list):
+                        if pos[r] < len(step):
+                            pos[r] += 1
+                            return step[pos[r] - 1]
+                    else:
+                        cur = current[r]
+                        sampled = draw()
+                        if len(cur) < cap and len(tok.decode(cur + [sampled]).split()) <= step:
+                            cur.append(sampled)
+                            return sampled
+                        fills[r].append(_normalise_fill(tok.decode(cur)))
+                        current[r] = []
+                    seg[r] += 1
+                    pos[r] = 0
+                done[r] = True
+                return start
+
+            def drawer(r, probs, logits):
+                box: list[int] = []
+
+                def get() -> int:  # drawn at the first look only (a span may look at the same sample twice)
+                    if not box:
+                        box.append(draw_tokens(probs[r:r + 1], [gens[r]])[0])
+                        if self.trace is not None:
+                            self.trace[(seeds[r], draws[r])] = logits[r].detach().to("cpu", torch.float64).clone()
+                        draws[r] += 1
+                    return box[0]
+
+                return get
+
+            inp = torch.full((K, 1), start, dtype=torch.long)
+            past, fed = None, 0
+            while not all(done):
+                if context is not None and fed >= context:
+                    # the next token would sit at position `context`, past the model's last one
+                    for r in range(K):
+                        if not done[r]:
+                            if seg[r] < len(plans[r]) and not isinstance(plans[r][seg[r]], list):
+                                fills[r].append(_normalise_fill(tok.decode(current[r])))
+                            kept = masks[r].originals[len(fills[r]):]
+                            self.fallback_spans += len(kept)
+                            fills[r].extend(_normalise_fill(o) for o in kept)
+                    break
+                fed += 1
+                out = model(input_ids=inp.to(device), attention_mask=torch.ones(K, fed, dtype=torch.long, device=device),
+                            cache=past, use_cache=True)
+                past = out.cache
+                logits = out.logits[:, -1]
+                probs = sampling_probabilities(logits, self.temperature, self.banned, self.top_k)
+                # a row draws from its own generator, and only inside a span, so its draws depend on
+                # nothing but its own text, masking and seed
+                nxt = [start if done[r] else advance(r, drawer(r, probs, logits)) for r in range(K)]
+                inp = torch.tensor(nxt, dtype=torch.long)[:, None]
+            return fills
+
+    TokenByTokenRefill.__module__ = __name__
+    TokenByTokenRefill.__qualname__ = "TokenByTokenRefill"
+    return TokenByTokenRefill

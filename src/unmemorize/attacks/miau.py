@@ -42,7 +42,9 @@ def encode_texts(tokenizer, texts: list[str], length: int, pad_id: int) -> tuple
 
 
 def _neighbour_log_likelihoods(ctx: AttackContext, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """ℓ_θ of every neighbour, [N, K], and whether each text came back unchanged (too short to mask)."""
+    """ℓ_θ of every neighbour, [N, K], and whether each text came back unchanged (too short to mask).
+    All N·K neighbours go through batched passes (length-sorted, results back in order); ℓ(x) of the
+    texts themselves comes from the token statistics the other attacks share."""
     o, seqs = ctx.options, ctx.sets[part]
     neighbours = neighbours_for(seqs.texts, ctx.perturber, o.neighbours, o.seed, ctx.neighbour_cache, ctx.progress)
     unchanged = np.array([all(n == t for n in ns) for ns, t in zip(neighbours, seqs.texts)])
@@ -56,8 +58,9 @@ def _neighbour_log_likelihoods(ctx: AttackContext, part: str) -> tuple[np.ndarra
 def _summarize(ctx: AttackContext, frames: dict[str, pd.DataFrame]) -> dict:
     p = ctx.perturber
     out = {"perturber": p.config(), "neighbours": ctx.options.neighbours, "seed": ctx.options.seed,
-           "cache_hits": ctx.neighbour_cache.hits, "spans_filled_this_run": p.spans,
-           "spans_kept_original": p.fallback_spans}
+           "neighbours_reason": ctx.plan.neighbours_reason if ctx.plan is not None else "given",
+           "cache_hits": ctx.neighbour_cache.hits, "cache_extended": ctx.neighbour_cache.extended,
+           "spans_filled_this_run": p.spans, "spans_kept_original": p.fallback_spans}
     for part, df in frames.items():
         out[part] = {"mean_gap": float(df["gap"].mean()), "mean_score": float(df["score"].mean()),
                      "unperturbed_texts": int(df["unperturbed"].sum())}

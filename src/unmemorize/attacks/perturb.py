@@ -3,9 +3,10 @@
 Perturbers are a registry by name; all share the masking and differ only in how they refill:
 
 * ``lm`` — the offline default. Refills each span by sampling from a causal LM (the original model,
-  or whichever the caller passes) given the text to its left, one span after another, K neighbours
-  in one KV-cached batch. A span ends when the sample would start one word more than the span had.
-  Needs nothing beyond the models already loaded.
+  or whichever the caller passes) given the text to its left, one span after another: the fixed text
+  between spans is prefilled in one pass (KV cache), only the samples are decoded, and the maskings of
+  many texts advance together. A span ends when the sample would start one word more than the span
+  had. Needs nothing beyond the models already loaded.
 * ``t5`` — the original code's mask filler (docs/method.md §3.3: T5, spans as ``<extra_id_i>``, sampling
   with top_p = 1.0, retries for incomplete fills), for users who have a T5 folder locally. Spans
   still incomplete after the retries keep their original words and are counted.
@@ -14,18 +15,20 @@ Perturbers are a registry by name; all share the masking and differ only in how 
 
 Neighbours are made per text (never shared between texts, unlike the original code's first-batch
 cache), seeded by (seed, text) so they do not depend on which other texts are in the run, and cached
-on disk keyed by (text, perturber configuration with its model's fingerprint, seed, K). The cache holds
-perturbed copies of the texts: it is as private as the forget set.
+on disk keyed by (text, perturber configuration with its model's fingerprint, dtype and context, seed);
+neighbour j does not depend on K, so a cached list serves any K up to its length and is extended for a
+larger one. The cache holds perturbed copies of the texts: it is as private as the forget set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -113,9 +116,15 @@ def text_seed(text: str, seed: int) -> int:
 
 
 class Perturber:
-    """Makes K neighbours of a text: K independent maskings, each refilled by :meth:`fill`."""
+    """Makes K neighbours of a text: K independent maskings, each refilled by :meth:`fill`.
+
+    ``prefix_stable``: neighbour j of a text depends on (text, seed, j) only, not on K, so the first K
+    neighbours of a run with more are those of a run with K (the cache keeps the longest list and
+    extends it).
+    """
 
     name = ""
+    prefix_stable = True
 
     def __init__(self, masking: Masking):
         self.masking = masking
@@ -123,8 +132,11 @@ class Perturber:
         self.fallback_spans = 0  # spans that kept their original words (T5 could not fill them)
 
     def config(self) -> dict:
-        return {"perturber": self.name, "mask_fraction": self.masking.fraction,
-                "span_words": self.masking.span_words}
+        """Every setting that changes a neighbour (the neighbour cache's key, with the text and the seed)."""
+        out = {"perturber": self.name, "mask_fraction": self.masking.fraction, "span_words": self.masking.span_words}
+        if self.masking.max_spans is not None:
+            out["max_spans"] = self.masking.max_spans
+        return out
 
     def key(self) -> str:
         return json.dumps(self.config(), sort_keys=True)
@@ -142,12 +154,21 @@ class Perturber:
         self.spans += sum(len(m.originals) for m in masks)
         return [m.assemble(f) for m, f in zip(masks, fills)]
 
-    def neighbours_many(self, texts: list[str], k: int, seed: int, done: Callable[[int], None] | None = None) -> list[list[str]]:
+    def neighbours_many(self, texts: list[str], k: int, seed: int, done: Callable[[int], None] | None = None,
+                        first: list[int] | None = None) -> list[list[str]]:
         """K neighbours of each text; each text's neighbours are those :meth:`neighbours` gives it alone
-        (perturbers that can, batch texts together). ``done(n)`` is called as texts finish."""
+        (perturbers that can, batch texts together). ``done(n)`` is called as texts finish. ``first[i]``:
+        make only neighbours first[i] … K−1 of text i (a prefix-stable perturber extending a cached list)."""
         out = []
-        for text in texts:
-            out.append(self.neighbours(text, k, seed))
+        for i, text in enumerate(texts):
+            start = first[i] if first else 0
+            if start and not self.prefix_stable:
+                raise ValueError(f"the {self.name} perturber cannot extend a list of neighbours")
+            base, masks = self.masks(text, k, seed)
+            masks = masks[start:]
+            fills = self.fill(text, masks, base, start) if start else self.fill(text, masks, base)
+            self.spans += sum(len(m.originals) for m in masks)
+            out.append([m.assemble(f) for m, f in zip(masks, fills)])
             if done:
                 done(1)
         return out
@@ -158,163 +179,437 @@ class WordPerturber(Perturber):
 
     name = "words"
 
-    def fill(self, text, masks, seed):
+    def fill(self, text, masks, seed, first: int = 0):
         vocab = text.split()
         out = []
-        for j, m in enumerate(masks):
+        for j, m in enumerate(masks, start=first):
             rng = random.Random(f"{seed}:{j}")
             out.append([" ".join(rng.choice(vocab) for _ in range(n)) for n in m.words])
         return out
 
 
+def sampling_probabilities(logits: torch.Tensor, temperature: float, banned: list[int],
+                           top_k: int | None) -> torch.Tensor:
+    """The distributions the lm refill samples from, for next-token logits [R, V]: temperature, the
+    banned ids (eos, pad, bos) removed, top-k (ties at the k-th value kept), softmax; on the CPU, in
+    float32 (float64 logits stay float64)."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.to(dtype=dtype, device="cpu") / temperature
+    logits[:, banned] = float("-inf")
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, -1)
+
+
+def draw_tokens(probs: torch.Tensor, generators: list[torch.Generator]) -> list[int]:
+    """One token per row of ``probs`` [R, V], row r by inverse transform of one uniform from its own
+    generator: the first token whose cumulative probability exceeds u·total (summed in float64).
+
+    One random number per draw (``torch.multinomial`` draws V exponentials per sample: at a 49k
+    vocabulary that was a tenth of the refill's time), and a row's draw depends only on its own
+    distribution and generator, whatever rows share the batch."""
+    u = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64)) for g in generators],
+                     dtype=torch.float64)
+    cdf = probs.to(torch.float64).cumsum(-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    return picked.clamp(max=probs.shape[-1] - 1).tolist()
+
+
+@dataclass
+class _Row:
+    """One masking being refilled: its token stream is segs[0] (start + text before span 0), the
+    samples of span 0, segs[1], the samples of span 1, … (the text after the last span is never fed)."""
+
+    segs: list[list[int]]  # fixed pieces before each span; segs[0] begins with the document-start token
+    words: list[int]  # words per span
+    originals: list[str]
+    gen: torch.Generator
+    seed: int
+    span: int = 0  # the span being filled (or whose fixed piece is pending)
+    fed: int = 0  # tokens fed so far = positions used
+    current: list[int] = field(default_factory=list)  # accepted samples of the span under way
+    fills: list[str] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # tokens to feed next
+    done: bool = False
+    draws: int = 0
+
+
 class CausalRefill(Perturber):
     """Refill spans left to right by sampling from a causal LM given everything to their left.
 
-    All K maskings of a text advance together, one token per step with a KV cache: a row feeds its
-    next known token, or, inside a span, a token sampled (temperature, top-k, never eos) from its own
-    context. Top-k 50 by default: a small model's full distribution puts enough mass on junk tokens to
-    make neighbours that no longer read like their text. A span ends when the next sample would begin
-    word ``span_words + 1`` (that token is not fed), or after ``4·span_words + 4`` tokens. Text after
-    the last span is never fed.
+    A masking's token stream is: the document-start token and the text before span 0, the samples of
+    span 0, the text between span 0 and span 1, the samples of span 1, … The rows of all texts × K
+    maskings (``max_rows`` at a time) advance together, on one of two schedules:
 
-    Refills can be longer than the words they replace, so a text can outgrow the model's context
-    (its first token included). No row ever feeds more tokens than the context holds: a span under
-    way when a row's context is full keeps what it has sampled, and the spans after it keep their
-    original words and are counted in ``fallback_spans`` (they lie beyond the T tokens a neighbour
-    is scored on). Rows that fit are refilled exactly as without the limit.
+    * ``prefill``: each fixed piece in one pass (KV cache), each sample in one pass; rows grouped by
+      piece length so that padding stays small, their caches gathered from a store for every pass.
+      Far fewer passes than tokens: the schedule for accelerators, where a pass costs its launch.
+    * ``lockstep``: every row feeds one token per pass, all rows in step, so their caches line up and
+      are written in place (no gathering, no padding, no mask); logits only for the rows that draw.
+      On a CPU, where a pass costs its arithmetic and gathering caches costs as much memory traffic as
+      prefilling saves, this is the faster one (benchmarks/bench_attacks.py).
+
+    Each masking samples from its own seeded generator, inside spans only, so its neighbour depends on
+    its text, masking and seed alone (not on the schedule, nor on which rows share a batch). A span's samples are drawn (temperature, top-k, never eos) from the
+    distribution after the last token fed; a span ends when the next sample would begin word
+    ``span_words + 1`` (that token is not fed), or after ``4·span_words + 4`` tokens. Top-k 50 by
+    default: a small model's full distribution puts enough mass on junk tokens to make neighbours that
+    no longer read like their text.
+
+    Both sample from exactly the distributions of the refill as first written
+    (:class:`unmemorize.reference.TokenByTokenRefill`, the slow reference: one token per step and a
+    cache copied at every step): the same logits up to floating-point summation order, the same
+    neighbours for the same seeds.
+
+    Refills can be longer than the words they replace, so a text can outgrow the model's context (its
+    first token included). No row ever feeds more tokens than the context holds: a span under way when
+    a row's context is full keeps what it has sampled, and the spans after it keep their original words
+    and are counted in ``fallback_spans`` (they lie beyond the T tokens a neighbour is scored on). Rows
+    that fit are refilled exactly as without the limit.
     """
 
     name = "lm"
+    # rows of one refill batch (texts × K); bounds the KV store (rows × tokens × layers)
+    max_rows = 128
+    # what one pass costs beyond its tokens, in padded tokens (a few small passes run slower than one big one)
+    call_cost = 48
+    # how rows advance: "prefill" (each fixed piece in one pass, rows grouped by piece length, their caches
+    # gathered per pass) or "lockstep" (one token per row per pass, caches in place); None: lockstep on a
+    # CPU, where gathering the caches costs as much as it saves, prefill on an accelerator
+    schedule: str | None = None
 
     def __init__(self, masking: Masking, model, tokenizer, fingerprint: str, top_k: int | None = 50,
                  temperature: float = 1.0):
         super().__init__(masking)
+        from unmemorize.models import max_positions
+
         self.model, self.tokenizer, self.fingerprint = model, tokenizer, fingerprint
         self.top_k, self.temperature = top_k, temperature
-
-    # rows of one decoding batch (texts × K); bounds the KV cache (rows × tokens × layers)
-    max_rows = 128
+        self.context = max_positions(model)
+        self.start = document_start(tokenizer)
+        self.banned = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
+                              if i is not None})
+        self.cap = 4 * masking.span_words + 4
+        self.trace: dict | None = None  # tests: {(row seed, draw): logits} of every draw when a dict
 
     def config(self) -> dict:
-        # "sampling": each masking samples from its own seeded generator, so a text's neighbours do not
-        # depend on which texts shared its batch (cache entries of the older joint sampling are not reused)
+        # "sampling": each masking samples from its own seeded generator, by inverse transform of one
+        # uniform per draw, so a text's neighbours do not depend on which texts shared its batch (cache
+        # entries of the older joint sampling and of multinomial draws are not reused).
+        # The model's weights and tokenizer files are in the fingerprint; its dtype, context length and the
+        # tokens the refill starts from and never samples change the samples too.
         return {**super().config(), "model": self.fingerprint, "top_k": self.top_k, "temperature": self.temperature,
-                "sampling": "per-row"}
+                "sampling": "per-row inverse cdf", "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "context": self.context, "start": self.start, "banned": self.banned}
 
-    def fill(self, text, masks, seed):
-        return self._fill_rows(masks, [seed + j for j in range(len(masks))])
+    def fill(self, text, masks, seed, first: int = 0):
+        return self._fill_rows(masks, [seed + j for j in range(first, first + len(masks))])
 
-    def neighbours_many(self, texts, k, seed, done=None):
-        """All maskings of several texts advance together: one batched decoding step for up to
-        ``max_rows`` rows instead of one per text (decoding is memory-bound on a CPU, so a step of
-        many rows costs little more than a step of K)."""
-        out: list[list[str]] = []
-        per = max(1, self.max_rows // max(k, 1))
-        for c in range(0, len(texts), per):
-            chunk = texts[c:c + per]
-            planned = [self.masks(t, k, seed) for t in chunk]
-            rows = [m for _, ms in planned for m in ms]
-            seeds = [base + j for base, ms in planned for j in range(len(ms))]
-            fills = self._fill_rows(rows, seeds)
-            for i, (_, ms) in enumerate(planned):
-                self.spans += sum(len(m.originals) for m in ms)
-                out.append([m.assemble(f) for m, f in zip(ms, fills[i * k:(i + 1) * k])])
-            if done:
-                done(len(chunk))
+    def neighbours_many(self, texts, k, seed, done=None, first=None):
+        """All maskings of several texts are refilled together, ``max_rows`` rows at a time."""
+        planned = []  # (text index, masking, row seed)
+        for i, t in enumerate(texts):
+            base, masks = self.masks(t, k, seed)
+            start = first[i] if first else 0
+            planned += [(i, masks[j], base + j) for j in range(start, k)]
+        out: list[list[str]] = [[] for _ in texts]
+        left = [sum(1 for p in planned if p[0] == i) for i in range(len(texts))]
+        finished = [i for i, n in enumerate(left) if n == 0]
+        if done and finished:
+            done(len(finished))
+        for c in range(0, len(planned), self.max_rows):
+            chunk = planned[c:c + self.max_rows]
+            fills = self._fill_rows([m for _, m, _ in chunk], [s for _, _, s in chunk])
+            ended = 0
+            for (i, m, _), f in zip(chunk, fills):
+                self.spans += len(m.originals)
+                out[i].append(m.assemble(f))
+                left[i] -= 1
+                ended += left[i] == 0
+            if done and ended:
+                done(ended)
         return out
+
+    # ------------------------------------------------------------ the refill
 
     @torch.no_grad()
     def _fill_rows(self, masks: list[MaskedText], seeds: list[int]) -> list[list[str]]:
-        from unmemorize.models import max_positions
-
-        tok, model = self.tokenizer, self.model
-        device = next(model.parameters()).device
-        context = max_positions(model)
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        cap = 4 * self.masking.span_words + 4
-        banned = [i for i in {tok.eos_token_id, tok.pad_token_id, tok.bos_token_id} if i is not None]
-        start = document_start(tok)
-        # plan per row: [fixed_0 ids, span 0, fixed_1 ids, span 1, …]; the text after the last span is not needed
-        plans = []
-        for m in masks:
-            plan: list = []
-            for i, n in enumerate(m.words):
-                plan.append(tok(m.fixed[i], add_special_tokens=False)["input_ids"])
-                plan.append(n)
-            plans.append(plan)
-        K = len(masks)
-        seg, pos = [0] * K, [0] * K
-        current: list[list[int]] = [[] for _ in range(K)]
-        fills: list[list[str]] = [[] for _ in range(K)]
-        done = [not p for p in plans]
-
-        def advance(r: int, draw: Callable[[], int]) -> int:
-            """The token row r feeds next; inside a span it draws a sample (once) from row r's generator."""
-            while seg[r] < len(plans[r]):
-                step = plans[r][seg[r]]
-                if isinstance(step, list):
-                    if pos[r] < len(step):
-                        pos[r] += 1
-                        return step[pos[r] - 1]
-                else:
-                    cur = current[r]
-                    sampled = draw()
-                    if len(cur) < cap and len(tok.decode(cur + [sampled]).split()) <= step:
-                        cur.append(sampled)
-                        return sampled
-                    fills[r].append(_normalise_fill(tok.decode(cur)))
-                    current[r] = []
-                seg[r] += 1
-                pos[r] = 0
-            done[r] = True
-            return start
-
-        inp = torch.full((K, 1), start, dtype=torch.long)
-        past, fed = None, 0
-        while not all(done):
-            if context is not None and fed >= context:
-                # the next token would sit at position `context`, past the model's last one
-                for r in range(K):
-                    if not done[r]:
-                        self._cut_short(masks[r], plans[r], seg[r], current[r], fills[r])
+        tok = self.tokenizer
+        rows = []
+        for m, s in zip(masks, seeds):
+            segs = [tok(m.fixed[i], add_special_tokens=False)["input_ids"] for i in range(len(m.words))]
+            row = _Row(segs, list(m.words), list(m.originals), torch.Generator().manual_seed(s), s)
+            if not segs:
+                row.done = True
+            else:
+                segs[0] = [self.start] + segs[0]
+                self._queue(row, segs[0])
+            rows.append(row)
+        if self._schedule() == "lockstep":
+            self._lockstep(rows)
+            return [row.fills for row in rows]
+        store = _Store(len(rows), max((_stream_estimate(row) for row in rows), default=8))
+        while True:
+            live = [r for r, row in enumerate(rows) if not row.done]
+            if not live:
                 break
+            for group in self._groups(rows, live):
+                logits = self._pass(rows, group, store)
+                probs = sampling_probabilities(logits, self.temperature, self.banned, self.top_k)
+                sampled = draw_tokens(probs, [rows[r].gen for r in group])
+                for i, r in enumerate(group):
+                    self._decide(rows[r], sampled[i], logits[i])
+        return [row.fills for row in rows]
+
+    def _schedule(self) -> str:
+        if self.schedule is not None:
+            return self.schedule
+        return "lockstep" if next(self.model.parameters()).device.type == "cpu" else "prefill"
+
+    def _lockstep(self, rows: list[_Row]) -> None:
+        """Every live row feeds the next token of its pending piece, one token per pass, all rows in step
+        (so their caches line up: no padding, no mask, keys and values written in place); logits are
+        computed only for the rows whose piece ends here, which then draw. Rows that are done leave the
+        batch (the longest streams first, so that they mostly leave from the end)."""
+        from unmemorize.kv import compact, grow, keep_rows, lazy_cache, width
+
+        model = self.model
+        device = next(model.parameters()).device
+        order = sorted((r for r, row in enumerate(rows) if not row.done), key=lambda r: -_stream_estimate(rows[r]))
+        if not order:
+            return
+        cache = lazy_cache(_num_layers(model), int(1.15 * max(_stream_estimate(rows[r]) for r in order)) + 16)
+        at = {r: 0 for r in order}  # next token of the row's pending piece
+        fed = 0
+        while True:
+            live = [r for r in order if not rows[r].done]
+            if not live:
+                return
+            if len(live) < len(order):  # rows that are done leave the batch
+                if order[: len(live)] == live:  # the last ones: a view
+                    keep_rows(cache, len(live))
+                    order = live
+                elif len(order) - len(live) >= max(4, len(order) // 8):  # enough of them: one copy
+                    position = {r: i for i, r in enumerate(order)}
+                    compact(cache, torch.tensor([position[r] for r in live]))
+                    order = live
+                # else they stay a little longer, fed a filler token
+            if fed + 1 > width(cache):
+                grow(cache, int(1.25 * width(cache)) + 16)
+            ids = torch.tensor([rows[r].pending[at[r]] if not rows[r].done else self.start for r in order])
+            last = torch.tensor([not rows[r].done and at[r] == len(rows[r].pending) - 1 for r in order])
+            tensors = _keeps_by_tensor(model)
+            out = model(input_ids=ids[:, None].to(device), cache=cache, use_cache=True,
+                        logits_to_keep=last[:, None].to(device) if tensors else 0)
             fed += 1
-            out = model(input_ids=inp.to(device), attention_mask=torch.ones(K, fed, dtype=torch.long, device=device),
-                        cache=past, use_cache=True)
-            past = out.cache
-            logits = out.logits[:, -1].float().cpu() / self.temperature
-            logits[:, banned] = float("-inf")
-            if self.top_k is not None and self.top_k < logits.shape[-1]:
-                kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = torch.softmax(logits, -1)
-            # a row draws from its own generator, and only inside a span, so its draws depend on
-            # nothing but its own text, masking and seed
-            nxt = [start if done[r] else advance(r, _once(lambda r=r: int(torch.multinomial(probs[r], 1, generator=gens[r]))))
-                   for r in range(K)]
-            inp = torch.tensor(nxt, dtype=torch.long)[:, None]
-        return fills
+            ending = [r for r, e in zip(order, last.tolist()) if e]
+            for r in order:
+                if not rows[r].done:
+                    at[r] += 1
+                    rows[r].fed += 1
+            if ending:
+                logits = out.logits.reshape(len(ending), -1) if tensors else out.logits[last.to(out.logits.device), -1]
+                probs = sampling_probabilities(logits, self.temperature, self.banned, self.top_k)
+                sampled = draw_tokens(probs, [rows[r].gen for r in ending])
+                for i, r in enumerate(ending):
+                    self._decide(rows[r], sampled[i], logits[i])
+                    at[r] = 0
 
-    def _cut_short(self, mask: MaskedText, plan: list, seg: int, current: list[int], fills: list[str]) -> None:
+    def _queue(self, row: _Row, tokens: list[int]) -> None:
+        """Feed ``tokens`` next, unless they would pass the model's context: then the row stops here."""
+        if self.context is not None and row.fed + len(tokens) > self.context:
+            self._cut_short(row)
+        else:
+            row.pending = tokens
+
+    def _decide(self, row: _Row, sampled: int, logits: torch.Tensor) -> None:
+        """After a pass: this row's sample, drawn from the distribution after its last token; what does
+        it feed next? (The reference's per-step rule, one decision per draw.)"""
+        if self.trace is not None:
+            self.trace[(row.seed, row.draws)] = logits.detach().to("cpu", torch.float64).clone()
+        row.draws += 1
+        while True:
+            cur = row.current
+            if len(cur) < self.cap and len(self.tokenizer.decode(cur + [sampled]).split()) <= row.words[row.span]:
+                cur.append(sampled)
+                self._queue(row, [sampled])
+                return
+            row.fills.append(_normalise_fill(self.tokenizer.decode(cur)))
+            row.current = []
+            row.span += 1
+            if row.span == len(row.words):
+                row.done, row.pending = True, []
+                return
+            if row.segs[row.span]:
+                self._queue(row, row.segs[row.span])
+                return
+            # an empty fixed piece: the same sample opens the next span (the reference looks at it twice)
+
+    def _cut_short(self, row: _Row) -> None:
         """Complete a row's fills when its context is full: the span under way keeps its samples (the
-        last one, drawn but not yet fed, included), the spans not begun keep their original words."""
-        if seg < len(plan) and not isinstance(plan[seg], list):
-            fills.append(_normalise_fill(self.tokenizer.decode(current)))
-        kept = mask.originals[len(fills):]
+        last one, drawn but not fed, included), the spans not begun keep their original words."""
+        if row.current:
+            row.fills.append(_normalise_fill(self.tokenizer.decode(row.current)))
+        kept = row.originals[len(row.fills):]
         self.fallback_spans += len(kept)
-        fills.extend(_normalise_fill(o) for o in kept)
+        row.fills.extend(_normalise_fill(o) for o in kept)
+        row.done, row.pending = True, []
+
+    def _groups(self, rows: list[_Row], live: list[int]) -> list[list[int]]:
+        """The live rows in groups fed together: single sampled tokens in one group (no padding), longer
+        pieces by length. Each group pads its pieces to the longest; a pass also costs about
+        ``call_cost`` padded tokens of its own (small matrix products run slowly), so the lengths are
+        cut into the groups that minimise padded tokens + call_cost per group (a small dynamic program
+        over the distinct lengths). No group's cache (its longest row plus its longest piece) may
+        outgrow the model's context."""
+        ones = [r for r in live if len(rows[r].pending) == 1]
+        by_len: dict[int, list[int]] = {}
+        for r in live:
+            if len(rows[r].pending) > 1:
+                by_len.setdefault(len(rows[r].pending), []).append(r)
+        lengths = sorted(by_len)
+        best = [0.0] + [math.inf] * len(lengths)  # best[b]: cost of the first b distinct lengths
+        cut = [0] * (len(lengths) + 1)
+        for b in range(1, len(lengths) + 1):
+            count = 0
+            for a in range(b, 0, -1):
+                count += len(by_len[lengths[a - 1]])
+                cost = best[a - 1] + count * lengths[b - 1] + self.call_cost
+                if cost < best[b]:
+                    best[b], cut[b] = cost, a - 1
+        groups = []
+        b = len(lengths)
+        while b > 0:
+            a = cut[b]
+            groups.append([r for m in lengths[a:b] for r in by_len[m]])
+            b = a
+        groups.reverse()
+        if self.context is not None:  # split a group whose longest row plus longest piece would not fit
+            fitted = []
+            for g in groups:
+                g.sort(key=lambda r: rows[r].fed)
+                while g:
+                    M, take = 0, 0
+                    while take < len(g) and rows[g[take]].fed + max(M, len(rows[g[take]].pending)) <= self.context:
+                        M = max(M, len(rows[g[take]].pending))
+                        take += 1
+                    take = max(take, 1)
+                    fitted.append(g[:take])
+                    g = g[take:]
+            groups = fitted
+        if ones:  # one token each: every row has fed + 1 ≤ context, so the group's cache fits too
+            groups.insert(0, ones)
+        return groups
+
+    def _pass(self, rows: list[_Row], group: list[int], store: "_Store") -> torch.Tensor:
+        """Feed every row of ``group`` its pending tokens in one model pass over their cached tokens;
+        return the logits after each row's last token [len(group), V] and keep the new keys/values."""
+        from unmemorize.kv import buffer_cache, lazy_cache
+
+        model = self.model
+        device = next(model.parameters()).device
+        S = len(group)
+        fed = [rows[r].fed for r in group]
+        lens = [len(rows[r].pending) for r in group]
+        W, M = max(fed), max(lens)
+        ids = torch.full((S, M), self.start, dtype=torch.long)
+        pos = torch.zeros((S, M), dtype=torch.long)
+        mask = torch.zeros((S, W + M), dtype=torch.long)
+        for i, r in enumerate(group):
+            ids[i, : lens[i]] = torch.tensor(rows[r].pending, dtype=torch.long)
+            # padding repeats the row's last position: it never reaches past the positions the row uses
+            pos[i] = torch.clamp(torch.arange(M) + fed[i], max=fed[i] + lens[i] - 1)
+            mask[i, W - fed[i]:W + lens[i]] = 1  # the row's cache is right-aligned: columns W - fed … W - 1
+        if W == 0:
+            cache = lazy_cache(store.layers or _num_layers(model), M)
+        else:
+            cache = buffer_cache(store.gather(group, fed, W, M), W)
+        keep = torch.tensor(lens, dtype=torch.long)[:, None] - 1  # each row's last token
+        tensors = _keeps_by_tensor(model)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                    cache=cache, use_cache=True, logits_to_keep=keep.to(device) if tensors else 0)
+        store.put(out.cache, group, fed, lens, W)
+        for i, r in enumerate(group):
+            rows[r].fed += lens[i]
+            rows[r].pending = []
+        if tensors:
+            return out.logits[:, -1]
+        return out.logits[torch.arange(S), keep[:, 0].to(out.logits.device)]
 
 
-def _once(fn: Callable[[], int]) -> Callable[[], int]:
-    """``fn`` evaluated at the first call only (a span may look at the same sample twice)."""
-    box: list[int] = []
+def _keeps_by_tensor(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` as a tensor of positions or a mask (transformers'
+    ``slice_logits_to_keep``): then only the logits a draw needs are computed."""
+    import sys
 
-    def get() -> int:
-        if not box:
-            box.append(fn())
-        return box[0]
+    return getattr(sys.modules.get(type(model).__module__), "slice_logits_to_keep", None) is not None
 
-    return get
+
+def _stream_estimate(row: _Row) -> int:
+    """About how many tokens a row will feed: its fixed pieces and a couple per span word."""
+    return sum(map(len, row.segs)) + sum(row.words) + 2 * len(row.words)
+
+
+def _num_layers(model) -> int:
+    config = model.config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError("cannot tell the number of layers from the model's config")
+
+
+class _Store:
+    """The keys and values of every row of a refill batch, per layer ``[rows + 1, width, heads, dim]``;
+    row r's tokens at columns 0 … fed−1, the last row zeros (what padding gathers)."""
+
+    def __init__(self, rows: int, width: int):
+        self.rows, self.width = rows, max(8, width)
+        self.layers = 0
+        self.data: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _ensure(self, like, width: int) -> None:
+        if not self.data:
+            self.layers = len(like)
+            self.data = [(k.new_zeros((self.rows + 1, self.width, *k.shape[2:])),
+                          v.new_zeros((self.rows + 1, self.width, *v.shape[2:]))) for k, v in like]
+        if width > self.width:
+            new = max(width, int(self.width * 1.25) + 8)
+            grown = []
+            for k, v in self.data:
+                kk = k.new_zeros((self.rows + 1, new, *k.shape[2:]))
+                vv = v.new_zeros((self.rows + 1, new, *v.shape[2:]))
+                kk[:, : self.width], vv[:, : self.width] = k, v
+                grown.append((kk, vv))
+            self.data, self.width = grown, new
+
+    def gather(self, group: list[int], fed: list[int], W: int, M: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Buffers [len(group), W + M, heads, dim]: each row's cache right-aligned to end at column W, zeros
+        elsewhere (the new tokens' columns W … W+M−1 are written by the pass)."""
+        col = torch.arange(W + M)[None, :]
+        f = torch.tensor(fed)[:, None]
+        src = col - (W - f)  # the row's own column
+        ok = (src >= 0) & (col < W)
+        index = torch.where(ok, torch.tensor(group)[:, None] * self.width + src.clamp(min=0),
+                            torch.tensor(self.rows * self.width)).reshape(-1)
+        out = []
+        for k, v in self.data:
+            index_d = index.to(k.device)
+            out.append((k.reshape(-1, *k.shape[2:]).index_select(0, index_d).view(len(group), W + M, *k.shape[2:]),
+                        v.reshape(-1, *v.shape[2:]).index_select(0, index_d).view(len(group), W + M, *v.shape[2:])))
+        return out
+
+    def put(self, cache, group: list[int], fed: list[int], lens: list[int], W: int) -> None:
+        """Keep the pass's new keys and values: row i's token j (column W + j of the pass) → column fed + j."""
+        like = [(layer.buf_k, layer.buf_v) for layer in cache.layers]
+        self._ensure(like, max(f + m for f, m in zip(fed, lens)))
+        src = torch.tensor([i * like[0][0].shape[1] + W + j for i, m in enumerate(lens) for j in range(m)])
+        dst = torch.tensor([g * self.width + f + j for g, f, m in zip(group, fed, lens) for j in range(m)])
+        for (k, v), (bk, bv) in zip(self.data, like):
+            s, d = src.to(k.device), dst.to(k.device)
+            k.view(-1, *k.shape[2:]).index_copy_(0, d, bk.reshape(-1, *bk.shape[2:]).index_select(0, s))
+            v.view(-1, *v.shape[2:]).index_copy_(0, d, bv.reshape(-1, *bv.shape[2:]).index_select(0, s))
 
 
 def document_start(tokenizer) -> int:
@@ -352,6 +647,7 @@ class T5Filler(Perturber):
 
     name = "t5"
     SENTINELS = 100
+    prefix_stable = False  # one sampling stream for all K maskings: neighbour j depends on K
 
     def __init__(self, masking: Masking, path: str | Path, top_p: float = 1.0, device: str | None = None,
                  attempts: int = 5):
@@ -376,7 +672,7 @@ class T5Filler(Perturber):
         self.top_p, self.attempts = top_p, attempts
 
     def config(self) -> dict:
-        return {**super().config(), "model": self.fingerprint, "top_p": self.top_p}
+        return {**super().config(), "model": self.fingerprint, "top_p": self.top_p, "attempts": self.attempts}
 
     @torch.no_grad()
     def fill(self, text, masks, seed):
@@ -449,42 +745,65 @@ def model_fingerprint(model, tokenizer) -> str:
 
 
 class NeighbourCache:
-    """One JSON file per (text, perturber configuration, seed, K) under ``root``; ``root=None`` caches nothing."""
+    """Neighbours on disk, one JSON file per (text, perturber configuration, seed) under ``root``;
+    ``root=None`` caches nothing.
+
+    The key is everything that changes a neighbour: the text, the seed and :meth:`Perturber.config`
+    (masking, perturber, the refilling model's fingerprint, its dtype and context, the sampling
+    settings). For a prefix-stable perturber (neighbour j depends on j, not on K) the file holds the
+    longest list made so far: a run with K reads its first K, a run with more extends it; otherwise
+    K is part of the key.
+    """
 
     def __init__(self, root: str | Path | None):
         self.root = None if root is None else Path(root)
-        self.hits = 0
+        self.hits = 0  # texts whose K neighbours all came from the cache
+        self.extended = 0  # texts whose cached list was extended
+
+    @staticmethod
+    def key(perturber: Perturber, text: str, seed: int, k: int) -> str:
+        parts = [perturber.key(), seed, text] if perturber.prefix_stable else [perturber.key(), seed, k, text]
+        return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
     def _path(self, perturber: Perturber, text: str, seed: int, k: int) -> Path | None:
         if self.root is None:
             return None
-        key = hashlib.sha256(json.dumps([perturber.key(), seed, k, text]).encode("utf-8")).hexdigest()
+        key = self.key(perturber, text, seed, k)
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, perturber: Perturber, text: str, seed: int, k: int) -> list[str] | None:
+    def lookup(self, perturber: Perturber, text: str, seed: int, k: int) -> list[str]:
+        """The cached neighbours of ``text`` (fewer than ``k`` when a shorter list was made; [] if none)."""
         path = self._path(perturber, text, seed, k)
         if path is None or not path.is_file():
-            return None
+            return []
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             found = data["neighbours"]
-        except (OSError, ValueError, KeyError):
-            return None  # a damaged entry is recomputed
-        if data.get("text") != text or len(found) != k:
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # a damaged entry is recomputed
+        if data.get("text") != text or not isinstance(found, list):
+            return []
+        if not perturber.prefix_stable and len(found) != k:
+            return []
+        return found
+
+    def get(self, perturber: Perturber, text: str, seed: int, k: int) -> list[str] | None:
+        found = self.lookup(perturber, text, seed, k)
+        if len(found) < k:
             return None
         self.hits += 1
-        return found
+        return found[:k]
 
     def put(self, perturber: Perturber, text: str, seed: int, k: int, neighbours: list[str]) -> None:
         path = self._path(perturber, text, seed, k)
         if path is not None:
-            atomic_write_text(path, json.dumps({"perturber": perturber.config(), "seed": seed, "k": k,
+            atomic_write_text(path, json.dumps({"perturber": perturber.config(), "seed": seed, "k": len(neighbours),
                                                 "text": text, "neighbours": neighbours}))
 
 
 def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, cache: NeighbourCache,
                    progress=None) -> list[list[str]]:
-    """K neighbours of every text, from the cache where present.
+    """K neighbours of every text, from the cache where present (a shorter cached list is extended).
 
     Under ``accelerate launch`` the distinct texts are split over the ranks (a text's neighbours
     depend only on the text, the perturber and the seed, not on who makes them) and every rank gets
@@ -493,22 +812,33 @@ def neighbours_for(texts: list[str], perturber: Perturber, k: int, seed: int, ca
     from unmemorize import distributed
 
     unique = list(dict.fromkeys(texts))
-    counts = (cache.hits, perturber.spans, perturber.fallback_spans)
+    counts = (cache.hits, cache.extended, perturber.spans, perturber.fallback_spans)
 
-    def make(rows) -> tuple[dict[str, list[str]], tuple[int, int, int]]:
-        found = {unique[r]: cache.get(perturber, unique[r], seed, k) for r in rows}
-        missing = [t for t, n in found.items() if n is None]
-        with task(progress, f"neighbours ({perturber.name}, K={k})", len(found)) as bar:
-            bar.advance(len(found) - len(missing))
-            for text, made in zip(missing, perturber.neighbours_many(missing, k, seed, done=bar.advance)):
-                cache.put(perturber, text, seed, k, made)
-                found[text] = made
-        after = (cache.hits, perturber.spans, perturber.fallback_spans)
+    def make(rows) -> tuple[dict[str, list[str]], tuple[int, ...]]:
+        found: dict[str, list[str]] = {}
+        have: dict[str, list[str]] = {}
+        for r in rows:
+            cached = cache.lookup(perturber, unique[r], seed, k)
+            if len(cached) >= k:
+                found[unique[r]] = cached[:k]
+                cache.hits += 1
+            else:
+                have[unique[r]] = cached if perturber.prefix_stable else []
+        missing = list(have)
+        with task(progress, f"neighbours ({perturber.name}, K={k})", len(rows)) as bar:
+            bar.advance(len(rows) - len(missing))
+            first = [len(have[t]) for t in missing] if perturber.prefix_stable else None
+            for text, made in zip(missing, perturber.neighbours_many(missing, k, seed, done=bar.advance, first=first)):
+                full = have[text] + made
+                cache.extended += bool(have[text])
+                cache.put(perturber, text, seed, k, full)
+                found[text] = full
+        after = (cache.hits, cache.extended, perturber.spans, perturber.fallback_spans)
         return found, tuple(a - b for a, b in zip(after, counts))  # what this rank added
 
     parts = distributed.map_shards(len(unique), make)
     # every rank's counts: the counts before plus what each rank added
-    cache.hits, perturber.spans, perturber.fallback_spans = (
+    cache.hits, cache.extended, perturber.spans, perturber.fallback_spans = (
         c + sum(part[1][i] for part in parts) for i, c in enumerate(counts))
     found = {t: n for part in parts for t, n in part[0].items()}
     return [found[t] for t in texts]

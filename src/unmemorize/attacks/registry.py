@@ -43,8 +43,14 @@ class AttackSettings(Options):
     before: bool = option(True, "Unlearning runs: also attack the original model before unlearning.",
                           "--attacks-before/--no-attacks-before")
     # MIAU neighbourhood (docs/method.md §3.3)
-    neighbours: int = option(25, "MIAU: neighbours per sequence (K).", "--neighbours", "-k", ge=1,
-                             allowed="a positive integer (at least 1)")
+    neighbours: int | None = option(
+        None, "MIAU: neighbours per sequence (K). Default auto: the paper's 25 on a GPU; on a CPU the most that keep "
+              "an unlearning run's attacks within about 7 minutes per 8 members (the attack plan line says which).",
+        "--neighbours", "-k", ge=1, allowed="a positive integer (at least 1)")
+    nonmembers: int | None = option(
+        None, "Attacks: use at most this many non-members (a seeded sample of the reference set). Default auto: "
+              "all, except on a CPU where a reference set too large for the time of the attack plan is sampled down.",
+        "--nonmembers", ge=1, allowed="a positive integer (at least 1)")
     perturber: str = option("lm", "MIAU neighbours: lm (offline refill by a causal LM), t5 (needs --t5), words (cheap).")
     t5_path: str | None = option(None, "Local T5 folder for --perturber t5 (never downloaded).", "--t5")
     mask_fraction: float = option(0.3, "MIAU: share of the words masked.", gt=0.0, lt=1.0,
@@ -76,6 +82,14 @@ class AttackSettings(Options):
     bootstrap: int = option(1000, "Bootstrap replicates for the 95% intervals (0: none).", ge=0)
     confidence: float = option(0.95, "Confidence level of the intervals.", gt=0.0, lt=1.0)
     batch_size: int = option(8, "Attacks: sequences per forward pass.", "--attack-batch-size", ge=1)
+    match_by: str | None = option("auto", "Match the non-members to the members by this column (kind of text), so that "
+                                          "a difference of kind cannot make an AUC: 'auto' = the corpus column when "
+                                          "both sets have one; none = no matching.")
+
+    @field_validator("match_by", mode="before")
+    @classmethod
+    def _none_word(cls, v):
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none", "off") else v
 
     @field_validator("fprs", mode="before")
     @classmethod
@@ -148,6 +162,7 @@ class AttackContext:
     perturber: Any = None  # a perturb.Perturber, for MIAU
     neighbour_cache: Any = None  # a perturb.NeighbourCache, for MIAU
     progress: Any = None
+    plan: Any = None  # the plan.AttackPlan that resolved K and the non-members
     _memo: dict = field(default_factory=dict, repr=False)
 
     def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from unmemorize.attacks.perturb import Masking, NeighbourCache, Perturber, make_perturber
+from unmemorize.attacks.plan import resolve as resolve_plan
 from unmemorize.attacks.registry import ATTACKS, MEMBERS, NONMEMBERS, PARTS, AttackContext, AttackOptions
 from unmemorize.attacks.scoring import DEFAULT_FPRS, Evaluation, check_fprs, evaluate, resolvable_fprs
 from unmemorize.data import SequenceSet
@@ -152,29 +153,37 @@ def neighbour_cache(options: AttackOptions) -> NeighbourCache:
 
 def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *, original=None,
                 original_tokenizer=None, options: AttackOptions | None = None, perturber: Perturber | None = None,
-                progress=None) -> AttackResults:
+                progress=None, log=None) -> AttackResults:
     """Run the attacks in ``options.attacks`` (default: all the inputs allow) on ``model``.
 
     Members are ``forget``, non-members ``reference`` (same form, never trained on). ``original`` is the
     pre-unlearning model for the reference attack (its tokenizer must match; pass ``original_tokenizer``
     to have that checked). MIAU's neighbours come from ``perturber``, else from the one named in the
     options, refilling with ``original`` (else ``model``) so that the original and the unlearned model
-    are compared on the same neighbours.
+    are compared on the same neighbours. ``log`` gets the attack plan's line (K, sets, expected cost)
+    before any attack runs.
     """
     opts = options or AttackOptions()
     names, notes = select_attacks(opts.names, original is not None)
+    # K and the non-members: "auto" resolved by the attack plan (attacks/plan.py), never None past here
+    opts, reference, plan = resolve_plan(opts, model, forget, reference, original=original)
     fprs = check_inputs(model, forget, reference, opts, names, tokenizer, original, original_tokenizer)
     if opts.fprs is None:
         fprs, dropped = resolvable_fprs(fprs, len(reference))
         if dropped:
             notes.append(f"TPR at {', '.join(f'{100 * a:g}%' for a in dropped)} FPR not reported: the reference set "
                          f"has {len(reference)} sequences (needs ≥ {math.ceil(1 / min(dropped))})")
+    if "miau" in names or plan.capped:
+        notes.append(plan.describe())
+        if log is not None:
+            log(plan.describe())
     if "miau" in names and perturber is None:
         lm = original if original is not None else model
         perturber = build_perturber(opts, lm, original_tokenizer or tokenizer, device=None)
     ctx = AttackContext(model=model, tokenizer=tokenizer, sets={MEMBERS: forget, NONMEMBERS: reference},
                         options=opts, original=original, perturber=perturber,
-                        neighbour_cache=neighbour_cache(opts) if "miau" in names else None, progress=progress)
+                        neighbour_cache=neighbour_cache(opts) if "miau" in names else None, progress=progress,
+                        plan=plan)
     results: dict[str, AttackResult] = {}
     columns: dict[str, list[pd.DataFrame]] = {p: [] for p in PARTS}
     for name in names:
@@ -235,7 +244,7 @@ def attack_run(spec, out: str | Path, *, overwrite: bool = False, progress=None,
             pert = build_perturber(opts, refill.model, refill.tokenizer, refill.fingerprint, source.device)
         results = run_attacks(target.model, target.tokenizer, members, nonmembers,
                               original=orig.model if orig else None, original_tokenizer=orig.tokenizer if orig else None,
-                              options=opts, perturber=pert, progress=progress)
+                              options=opts, perturber=pert, progress=progress, log=log)
         paths = write_results(results, run.tmp)
         write_report(run.path("report.html"), f"Privacy attacks on {target.name}", report_sections(results, paths["roc"]),
                      subtitle=f"forget {spec.forget} · reference {spec.reference}"

@@ -1,8 +1,9 @@
 """What the attacks read from a model: per-token statistics of one teacher-forced pass.
 
-Every likelihood attack (loss, zlib, min-k%, min-k%++), the threshold attack on g(x) and sampling
-extraction are pure functions of these arrays, so a model is run once per set, whatever attacks are
-asked for. Position t (0-based) holds the prediction of token x[t+1] from x[:t+1]; ``valid`` masks the
+Every likelihood attack (loss, zlib, min-k%, min-k%++), the threshold attack on g(x), sampling
+extraction and MIAU's ℓ(x) are pure functions of these arrays, so a model is run once per set,
+whatever attacks are asked for (:class:`~unmemorize.attacks.registry.AttackContext` keeps them).
+Passes go through :func:`unmemorize.forward.teacher_forced` in length-sorted batches. Position t (0-based) holds the prediction of token x[t+1] from x[:t+1]; ``valid`` masks the
 padding (a sequence of true length L has L-1 valid positions).
 """
 
@@ -58,6 +59,12 @@ def position_statistics(logits: torch.Tensor, targets: torch.Tensor, top_k: int 
     return logp, mu, sigma, q
 
 
+def longest_first(lengths: torch.Tensor) -> np.ndarray:
+    """Row order for batched passes: longest first (a batch is trimmed to its longest row, so rows of
+    similar length share batches and little padding is computed). Results go back by row index."""
+    return np.argsort(-np.asarray(lengths), kind="stable")
+
+
 def token_mean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(1/(L−1)) Σ_t v_t over each row's valid positions (NaN for a row without one); with v = log p this
     is ℓ(x), the mean token log-likelihood."""
@@ -94,7 +101,8 @@ def _token_statistics(model, seqs: SequenceSet, *, top_k: int | None, temperatur
     correct = np.zeros(shape, dtype=bool)
     ma = np.zeros(N, dtype=np.float64)
     for batch, logits in forward.teacher_forced(model, seqs.input_ids, seqs.lengths, batch_size=batch_size,
-                                                progress=progress, label=f"token statistics {label}".strip()):
+                                                progress=progress, label=f"token statistics {label}".strip(),
+                                                rows=longest_first(seqs.lengths)):
         ids, rows, W = batch.input_ids, batch.rows, batch.input_ids.shape[1]
         greedy = logits.argmax(-1)
         ma[rows] = memorization_accuracy(greedy, ids, batch.lengths).cpu().numpy()
@@ -127,6 +135,6 @@ def _mean_log_likelihood(model, input_ids: torch.Tensor, lengths: torch.Tensor, 
                          progress, label: str) -> np.ndarray:
     out = np.empty(len(input_ids), dtype=np.float64)
     for batch, logits in forward.teacher_forced(model, input_ids, lengths, batch_size=batch_size, progress=progress,
-                                                label=label):
+                                                label=label, rows=longest_first(lengths)):
         out[batch.rows] = -sequence_loss(logits, batch.input_ids, batch.lengths).cpu().numpy()
     return out

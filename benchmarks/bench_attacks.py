@@ -1,0 +1,230 @@
+"""Benchmark: the attack battery (MIAU with K = 25 and the likelihood attacks) against its forward passes.
+
+    .venv/bin/python benchmarks/bench_attacks.py [--model default] [--members 32] [--nonmembers 32] [--k 25]
+
+Members: the first ``--members`` sequences of Jang's ``forget/lm_extraction_32_0.csv``; non-members: the
+first ``--nonmembers`` rows of ``eval/pile.csv`` (unseen Pile text), T = ``--length`` tokens; the data
+folder is UNMEMORIZE_DATA (benchmarks/common.py). Every attack that needs no original model runs: MIAU
+(``lm`` refill by the attacked model, neighbours made in this run: a fresh cache), threshold, loss,
+zlib, min-k, min-k++. Timed in one run, on the same loaded model:
+
+* **bare**: the forward passes the battery needs, (members + non-members)·(K + 1) teacher-forced
+  sequences (the texts and this run's neighbours), batched, logits only: the floor;
+* **ours**: ``run_attacks`` as it runs now, neighbour generation included;
+* **old**: the same battery with the slow reference refill (one token per row per pass, a growing
+  cache: :class:`unmemorize.reference.TokenByTokenRefill`) and each part's passes in file order.
+
+Both refills draw from the same seeded generators with the same sampler, so they make the same
+neighbours (checked) and every attack the same AUC (checked). Goal: ours ≤ 2× bare.
+
+Writes ``benchmarks/results/attacks.json`` and its section of ``benchmarks/RESULTS.md``; ``--model`` and
+the size options let it run on a tiny saved model (a smoke test: its files are not results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import DATA, RESULTS_DIR, data, write_section  # noqa: E402
+
+TITLE = "Attack battery: MIAU (K = 25) and the likelihood attacks against their forward passes"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default", help="'default' or a saved model folder")
+    ap.add_argument("--members", type=int, default=32)
+    ap.add_argument("--nonmembers", type=int, default=32)
+    ap.add_argument("--k", type=int, default=25, help="MIAU neighbours per sequence")
+    ap.add_argument("--length", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=8, help="attacks' sequences per pass (neighbours: twice)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-old", action="store_true", help="time ours and bare only")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from attacks.json")
+    args = ap.parse_args()
+    out = RESULTS_DIR / "attacks.json"
+    if args.render_only:
+        write_section(TITLE, render(json.loads(out.read_text())))
+        return
+    torch.set_num_threads(args.threads)
+    from unmemorize.data import load_sequences
+    from unmemorize.models import load_model
+
+    forget_path, pile_path = data("forget", "lm_extraction_32_0.csv"), data("eval", "pile.csv")
+    lm = load_model(args.model)
+    members = load_sequences(forget_path, lm.tokenizer, args.length)
+    members = members.subset(range(min(args.members, len(members))))
+    nonmembers = load_sequences(pile_path, lm.tokenizer, args.length)
+    nonmembers = nonmembers.subset(range(min(args.nonmembers, len(nonmembers))))
+    res = measure(lm, members, nonmembers, args)
+    res.update({"data": {"members": str(forget_path.relative_to(DATA.parent)),
+                         "nonmembers": str(pile_path.relative_to(DATA.parent))},
+                "argv": " ".join(sys.argv[1:]), "machine": platform.machine(), "cpus": os.cpu_count()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    body = render(res)
+    write_section(TITLE, body)
+    print(body)
+
+
+@contextlib.contextmanager
+def stopwatch(into: dict, key: str):
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[key] = into.get(key, 0.0) + time.perf_counter() - t
+
+
+def timed_perturber(perturber, times: dict, key: str):
+    """Time the perturber's neighbour making (inside the attack run) under ``key``."""
+    make = perturber.neighbours_many
+
+    def timed(*a, **k):
+        with stopwatch(times, key):
+            return make(*a, **k)
+
+    perturber.neighbours_many = timed
+    return perturber
+
+
+def measure(lm, members, nonmembers, args) -> dict:
+    from unmemorize import forward
+    from unmemorize.attacks import AttackOptions, build_perturber, run_attacks
+    from unmemorize.attacks.miau import encode_texts
+    from unmemorize.attacks.perturb import Masking, NeighbourCache, neighbours_for
+    from unmemorize.attacks.plan import model_parameters, plan_attacks
+    from unmemorize.reference import TokenByTokenRefill
+
+    model, tok = lm.model, lm.tokenizer
+    device = forward.device_of(model)
+    n = len(members) + len(nonmembers)
+    auto = plan_attacks(AttackOptions(), len(members), len(nonmembers), device.type, model_parameters(model),
+                        length=args.length, threads=torch.get_num_threads())
+    times: dict[str, float] = {}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = AttackOptions(neighbours=args.k, perturber="lm", batch_size=args.batch_size, bootstrap=1000,
+                             neighbour_cache=Path(tmp) / "ours")
+        # warm-up: one small pass (first-call allocations are not what is measured)
+        for _ in forward.teacher_forced(model, members.input_ids[:2], members.lengths[:2], batch_size=2):
+            pass
+        # ours, neighbours made in this run
+        ours_perturber = timed_perturber(build_perturber(opts, model, tok, lm.fingerprint), times, "ours_neighbours")
+        with stopwatch(times, "ours"):
+            ours = run_attacks(model, tok, members, nonmembers, options=opts, perturber=ours_perturber)
+        neighbours = {part: neighbours_for(seqs.texts, ours_perturber, args.k, opts.seed,
+                                           NeighbourCache(Path(tmp) / "ours"))
+                      for part, seqs in (("forget", members), ("reference", nonmembers))}
+        # bare: the teacher-forced passes over the texts and their neighbours, logits only
+        flat = [x for part in ("forget", "reference") for ns in neighbours[part] for x in ns]
+        ids, lengths = encode_texts(tok, flat, args.length, members.pad_id)
+        with stopwatch(times, "bare"):
+            for seqs in (members, nonmembers):
+                for _ in forward.teacher_forced(model, seqs.input_ids, seqs.lengths, batch_size=args.batch_size):
+                    pass
+            for _ in forward.teacher_forced(model, ids, lengths, batch_size=2 * args.batch_size):
+                pass
+        old = None
+        if not args.skip_old:
+            slow = TokenByTokenRefill(Masking(opts.mask_fraction, opts.span_words), model, tok, lm.fingerprint,
+                                      top_k=opts.refill_top_k, temperature=opts.refill_temperature)
+            slow = timed_perturber(slow, times, "old_neighbours")
+            with stopwatch(times, "old"), file_order():
+                old = run_attacks(model, tok, members, nonmembers, perturber=slow,
+                                  options=opts.replace(neighbour_cache=Path(tmp) / "old"))
+            old_neighbours = {part: neighbours_for(seqs.texts, slow, args.k, opts.seed,
+                                                   NeighbourCache(Path(tmp) / "old"))
+                              for part, seqs in (("forget", members), ("reference", nonmembers))}
+    res = {
+        "model": lm.name, "parameters": model_parameters(model), "device": device.type,
+        "torch_threads": torch.get_num_threads(), "members": len(members), "nonmembers": len(nonmembers),
+        "k": args.k, "length": args.length, "batch_size": args.batch_size,
+        "refill_schedule": ours_perturber._schedule(), "refill_rows_per_batch": ours_perturber.max_rows,
+        "sequences_scored": n * (args.k + 1), "neighbour_tokens": int(lengths.sum()),
+        "load_before": load_before, "load_after": os.getloadavg()[0],
+        "seconds": {k: round(v, 2) for k, v in times.items()},
+        "auc": {name: r.evaluation.auc.value for name, r in ours.attacks.items()},
+        "auto_plan": auto.as_dict(),
+    }
+    res["ratio_ours_to_bare"] = times["ours"] / times["bare"]
+    res["neighbours_share_of_ours"] = times["ours_neighbours"] / times["ours"]
+    if old is not None:
+        same = sum(a == b for part in neighbours for a, b in zip(neighbours[part], old_neighbours[part]))
+        res.update({
+            "ratio_old_to_bare": times["old"] / times["bare"], "speedup_over_old": times["old"] / times["ours"],
+            "refill_speedup_over_old": times["old_neighbours"] / times["ours_neighbours"],
+            "texts_with_identical_neighbours": same, "texts": n,
+            "auc_old": {name: r.evaluation.auc.value for name, r in old.attacks.items()},
+            "auc_identical": all(np.isclose(r.evaluation.auc.value, old.attacks[name].evaluation.auc.value,
+                                            rtol=0, atol=1e-12, equal_nan=True)
+                                 for name, r in ours.attacks.items()),
+        })
+    return res
+
+
+@contextlib.contextmanager
+def file_order():
+    """The old scoring: every part's passes in file order (no length sorting)."""
+    from unmemorize.attacks import tokens
+
+    sorted_order = tokens.longest_first
+    tokens.longest_first = lambda lengths: np.arange(len(lengths))
+    try:
+        yield
+    finally:
+        tokens.longest_first = sorted_order
+
+
+def render(r: dict) -> str:
+    s = r["seconds"]
+    goal = "within" if r["ratio_ours_to_bare"] <= 2.0 else "over"
+    lines = [
+        f"Command: `.venv/bin/python benchmarks/bench_attacks.py {r['argv']}`".replace(" `", "`"),
+        "",
+        f"Model {r['model']} ({r['parameters'] / 1e6:.0f}M parameters) on {r['device'].upper()}, {r['torch_threads']} "
+        f"torch threads, load average {r['load_before']:.1f} before and {r['load_after']:.1f} after. Members: the "
+        f"first {r['members']} sequences of `{r['data']['members']}`; non-members: the first {r['nonmembers']} rows "
+        f"of `{r['data']['nonmembers']}`; T = {r['length']}. MIAU with K = {r['k']} neighbours per sequence "
+        f"(lm refill by the attacked model, made in this run), threshold, loss, zlib, min-k, min-k++; 1,000 "
+        "bootstrap replicates.",
+        "",
+        "| run | seconds | × bare | neighbour making (s) |",
+        "|---|---:|---:|---:|",
+        f"| bare forward passes: {r['sequences_scored']:,} sequences ((members + non-members)·(K + 1)) | "
+        f"{s['bare']:.1f} | 1.00 | – |",
+        f"| ours (refill schedule: {r['refill_schedule']}) | {s['ours']:.1f} | {r['ratio_ours_to_bare']:.2f} | "
+        f"{s['ours_neighbours']:.1f} |",
+    ]
+    if "old" in s:
+        lines.append(f"| old: token-by-token refill, passes in file order | {s['old']:.1f} | "
+                     f"{r['ratio_old_to_bare']:.2f} | {s['old_neighbours']:.1f} |")
+    lines += ["", f"Reading: the battery took **{r['ratio_ours_to_bare']:.2f}×** its bare forward passes, {goal} the "
+              f"goal of 2×; neighbour making was {100 * r['neighbours_share_of_ours']:.0f} % of it."]
+    if "old" in s:
+        lines[-1] += (f" Against the old implementation: **{r['speedup_over_old']:.2f}×** faster in all, the refill "
+                      f"{r['refill_speedup_over_old']:.2f}× faster. Identical neighbours for "
+                      f"{r['texts_with_identical_neighbours']} of {r['texts']} texts; AUCs "
+                      + ("identical for every attack." if r["auc_identical"] else "differ (see attacks.json)."))
+    aucs = ", ".join(f"{k} {v:.3f}" for k, v in r["auc"].items())
+    lines += ["", f"AUCs (members vs unseen Pile text; not a finding about unlearning): {aucs}.",
+              "", f"What `K` auto would choose here: {r['auto_plan']['line']}."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
