@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, planted_lab, t_interval,
+from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, paper_method, planted_lab, t_interval,
                                unlearning_run, write_section)
 from unmemorize.stats import leakage, paired_difference
 
@@ -138,7 +138,8 @@ def run_split(split: int, args, done: list[dict]) -> None:
             extra = {"reference_model": "unplanted default model", "tau": tau}
         else:
             r, folder = unlearning_run(resources, planted, members_file, nonmembers, out / f"{stage}-{stop}",
-                                       method=stage, stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
+                                       method=paper_method(stage), stop=stop, seed=args.seed, lr=args.lr,
+                                       max_steps=args.max_steps,
                                        micro_batch=args.micro_batch, band=(args.band_lo, args.band_hi),
                                        attacks={**attacks, "before": False})
             u = r.unlearning

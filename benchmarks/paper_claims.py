@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 import pandas as pd
 import torch
 
-from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, planted_lab, t_interval,
+from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, paper_method, planted_lab, t_interval,
                                unlearning_run, write_section)
 from unmemorize.stats import paired_difference
 from unmemorize.thresholds import Band, outlier_count
@@ -79,7 +79,7 @@ def run_split(split: int, args, done: list[dict]) -> None:
     for method, stop in todo:
         t = time.perf_counter()
         r, folder = unlearning_run(resources, planted, members_file, reference_file(split, args),
-                                   RUNS / "paper_claims" / f"split{split}" / f"{method}-{stop}", method=method,
+                                   RUNS / "paper_claims" / f"split{split}" / f"{method}-{stop}", method=paper_method(method),
                                    stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
                                    micro_batch=args.micro_batch, band=(args.band_lo, args.band_hi))
         STORE.append(record_row(r, folder, split, key, exposure, time.perf_counter() - t))

@@ -31,7 +31,7 @@ import yaml
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, data, write_section  # noqa: E402
+from benchmarks.common import ROOT, data, paper_method, write_section  # noqa: E402
 
 
 def build_config(args) -> dict:
@@ -42,7 +42,7 @@ def build_config(args) -> dict:
         cfg["model"] = {"path": str(Path(args.model).resolve()), "name": args.model_name or Path(args.model).name}
     cfg["forget"] = [{"name": f"jang{s}", "path": str(data("forget") / f"lm_extraction_{s}_{{split}}.csv"),
                       "splits": args.splits} for s in args.sizes]
-    cfg["methods"] = args.methods
+    cfg["methods"] = [paper_method(m) for m in args.methods]  # the paper's absolute constants
     cfg["reference"] = str(data("eval", "pile.csv"))
     cfg["reference_limit"] = args.reference_limit
     cfg["length"] = args.length

@@ -34,8 +34,8 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(tmp_path, tokenizer, monkeypa
     demo.register(app)
     app.command("noop", hidden=True)(lambda: None)
     out = tmp_path / "demo"
-    args = ["demo", "--model", str(folder), "--out", str(out), "--members", "4", "--nonmembers", "4",
-            "--exposures", "1,32", "--lr", "3e-3", "--methods", "ga,sga", "--max-steps", "3", "--neighbours", "2",
+    args = ["demo", "--model", str(folder), "--out", str(out), "--members", "4", "--forget", "2", "--nonmembers", "4",
+            "--exposures", "1,32", "--lr", "3e-3", "--methods", "ga,sga,target", "--max-steps", "3", "--neighbours", "2",
             "--unlearn-lr", "1e-3"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
@@ -46,15 +46,24 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(tmp_path, tokenizer, monkeypa
     assert by_exposure.loc[32, "MA"] > by_exposure.loc[0, "MA"]
     # one experiment run per method, and the comparison: the planted model first, then each method
     table = pd.read_parquet(out / "comparison.parquet")
-    assert list(table["model"]) == ["planted (before)", "ga", "sga"]
+    assert list(table["model"]) == ["planted (before)", "ga", "sga", "target", "oracle (never saw them)"]
     runs = pd.read_csv(out / "runs.csv")
-    assert sorted(runs["method"]) == ["ga", "sga"] and (runs["steps"] <= 3).all()
+    assert sorted(runs["method"]) == ["ga", "sga", "target"] and (runs["steps"] <= 3).all()
+    assert set(runs.loc[runs["method"] == "target", "stop"]) == {"target"}  # its own rule; the others the demo's
+    assert set(runs.loc[runs["method"] != "target", "stop"]) == {"per-sequence"}
     for _, r in runs.iterrows():  # the table is read from the runs, not recomputed
         row = table.set_index("model").loc[r["method"]]
         assert row["mean MA"] == pytest.approx(r["mean_ma"]) and row["c(D_f)"] == r["c"]
         assert 0.0 <= row["miau AUC"] <= 1.0 and 0.0 <= row["reference AUC"] <= 1.0
         assert 0.0 <= row["series acc"] <= 1.0 and row["docs loss"] > 0
     assert table.set_index("model").loc["planted (before)", "c(D_f)"] == runs["c_before"].iloc[0]
+    # judged against the retrain oracle: its row holds its own MA and AUCs, each method its gap to it
+    oracle = table.set_index("model").loc["oracle (never saw them)"]
+    assert 0.0 <= oracle["mean MA"] <= 1.0 and 0.0 <= oracle["loss AUC"] <= 1.0
+    for method in ("ga", "sga", "target"):
+        row = table.set_index("model").loc[method]
+        assert 0.0 <= row["|MA − oracle|"] <= 1.0 and 0.0 <= row["KS p"] <= 1.0 and 0.0 <= row["retain MA"] <= 1.0
+    assert (out / "data" / "forget.jsonl").read_text().count("\n") == 2  # the records to forget
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"plant", "audit", "unlearn + attacks + utility"}
     html = (out / "report.html").read_text()
@@ -64,7 +73,8 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(tmp_path, tokenizer, monkeypa
     from unmemorize.experiments import load_config, missing_inputs, plan
 
     cfg = load_config(out / "demo.yaml")
-    assert [m.name for m in cfg.methods] == ["ga", "sga"] and missing_inputs(cfg) == []
+    assert [m.name for m in cfg.methods] == ["ga", "sga", "target"] and missing_inputs(cfg) == []
+    assert cfg.target_rule == "reference-model"  # target's levels come from the model before planting
     assert all(p.done for p in plan(cfg, out / "runs"))  # `unmemorize run demo.yaml` finds them finished
 
 

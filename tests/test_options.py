@@ -84,7 +84,7 @@ def test_defaults_come_from_the_library():
     by_key = {f.key: f for f in flags.flags(RunSpec)}
     assert by_key["training.checkpoint_every"].default == UnlearnOptions().checkpoint_every == 5
     assert by_key["training.lr"].default == UnlearnOptions().lr == 5e-5
-    assert by_key["attacks.neighbours"].default == AttackSettings().neighbours == 25
+    assert by_key["attacks.neighbours"].default is AttackSettings().neighbours is None  # auto: the attack plan
     # a flag left alone builds exactly the default spec
     values = {f.param: None if f.default is flags._MISSING else f.default for f in flags.flags(RunSpec)}
     values["forget__path"] = "f.jsonl"

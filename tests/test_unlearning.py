@@ -63,7 +63,7 @@ def test_sga_ascends_exactly_the_selected_sequences(lab, fuse):
     opts = UnlearnOptions(max_steps=1, fuse=fuse, **FAST)
     captured, handle = _capture_first_gradient()
     try:
-        result = unlearn(model, forget, tau=0.0, method="sga", options=opts)
+        result = unlearn(model, forget, tau=0.0, method=MethodSpec(name="sga", selector="threshold:0.7"), options=opts)
     finally:
         handle.remove()
     # by hand: the same partition, SGA's selection by the scores of θ_0, −CE over the selected
@@ -122,7 +122,7 @@ def test_ta_measures_and_returns_the_edited_model(lab):
     tok, model, forget, tau, ma = lab
     theta0 = weights(model)
     opts = dict(max_steps=3, lr=5e-4, micro_batch=3)
-    runs = {c: unlearn(model, forget, tau=0.0, method=MethodSpec(name="ta", edit_coef=c), options=UnlearnOptions(**opts))
+    runs = {c: unlearn(model, forget, tau=0.0, method=MethodSpec(name="ta", edit_coef=c, switch_below=0.9), options=UnlearnOptions(**opts))
             for c in (0.0, 1.0, -3.0)}
     # mean MA < 0.9 at the start, so TA switches at step 0 and θ_b = θ_0
     assert runs[-3.0].trajectory["phase"].unique().tolist() == ["before", "ta"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from unmemorize.decoding import DPDLogitsProcessor, dpd_logits, top_k_filter
 from unmemorize.errors import UserError
 from unmemorize.memorization import masked_mean
+from unmemorize.thresholds import Band, resolve_level
 from unmemorize.unlearning import losses
 from unmemorize.unlearning.methods import METHODS, resolve_method
 from unmemorize.unlearning.selectors import All, Threshold, TopK, parse_selector
@@ -183,10 +184,15 @@ def test_edited_model_context_restores_exactly():
 
 def test_registry_holds_the_papers_methods():
     assert {"ga", "sga", "ta", "tau", "dpd", "npo", "ga+mismatch"} <= set(METHODS)
-    assert METHODS["sga"].phases[0].selector == "threshold:0.7"
     ta, tau = METHODS["ta"], METHODS["tau"]
-    assert [p.edit_coef for p in ta.phases] == [None, -3.0] and ta.phases[0].until_mean_below == 0.9
-    assert [p.edit_coef for p in tau.phases] == [None, -1.0] and tau.phases[0].until_mean_below == 0.5
+    assert [p.edit_coef for p in ta.phases] == [None, -3.0]
+    assert [p.edit_coef for p in tau.phases] == [None, -1.0]
+    # the constants are relative to τ and are the paper's at GPT-Neo's τ = 0.30 (docs/method.md §4.13)
+    assert resolve_level(METHODS["sga"].phases[0].make_selector().gamma, 0.30) == 0.7
+    assert resolve_level(tau.phases[0].make_selector().gamma, 0.30) == 0.7
+    assert resolve_level(ta.phases[0].until_mean_below, 0.30) == 0.9
+    assert resolve_level(tau.phases[0].until_mean_below, 0.30) == 0.5
+    assert Band("tau-0.15", "tau+0.3").at(0.30) == Band(0.15, 0.60)
     assert tau.phases[1].objective == "descent" and tau.phases[0].objective == "ascent"
     assert METHODS["ga+mismatch"].needs_retain and not METHODS["npo"].needs_retain
 

@@ -22,8 +22,10 @@ from unmemorize.errors import UserError
 # name → one line for `unmemorize --help` (each module's register() gives the full help)
 COMMANDS = {
     "audit": "Measure per-sequence memorization (MA, EL_n, exact extraction) against τ from unseen text.",
+    "scan": "Find what a model memorized in a corpus: every window's MA, the most memorized ranked against τ.",
     "unlearn": "Unlearn the sequences of a forget file, each down to the level of unseen text; attack before and after.",
     "attack": "Membership attacks: can an attacker tell the forget set from unseen text?",
+    "probe": "Does it come back? Relearning, quantization and reworded prompts on an unlearned model, against the oracle.",
     "evaluate": "Utility on the paper's tasks (classification, LAMBADA, dialogue, perplexity).",
     "run": "Run an experiment grid from a YAML config (models × forget sets × methods × stop rules × seeds).",
     "report": "Aggregate experiment runs into the paper's tables (Markdown, CSV, HTML with plots).",

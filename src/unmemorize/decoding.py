@@ -88,3 +88,34 @@ def sampled_memorization_accuracy(model, seqs: SequenceSet, lam: float = 0.2, mo
     finally:
         model.train(was_training)
     return out
+
+
+class DPDModel(torch.nn.Module):
+    """The model as DPD shows it to whoever scores or generates with it: every forward pass returns the
+    mixed logits z' (so the attacks' likelihoods, the utility tasks' choice scores and any sampling see
+    the defence, as in the paper's runs, where DPD is applied wherever the model decodes), and
+    ``generate`` adds the DPD logits processor. Greedy decoding is unchanged by construction (both
+    mixings keep the order of the tokens), so greedy MA, extraction and greedy dialogue are the
+    plain model's. The weights are the wrapped model's; nothing is copied."""
+
+    def __init__(self, model, lam: float = 0.2, mode: str = "logits"):
+        super().__init__()
+        dpd_logits(torch.zeros(1, 2), lam, mode)  # validates λ and mode
+        self.inner, self.lam, self.mode = model, lam, mode
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        out.logits = dpd_logits(out.logits, self.lam, self.mode).to(out.logits.dtype)
+        return out
+
+    def generate(self, *args, logits_processor=None, **kwargs):
+        from transformers import LogitsProcessorList
+
+        procs = LogitsProcessorList(list(logits_processor or []) + [DPDLogitsProcessor(self.lam, self.mode)])
+        return self.inner.generate(*args, logits_processor=procs, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)

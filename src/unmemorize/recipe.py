@@ -87,6 +87,14 @@ class _Inputs:
     tau: float
     tau_from: str
     reference_g: np.ndarray | None  # the original model's MA on each reference sequence
+    oracle: LoadedModel | None = None  # the retrain oracle (never trained on; it judges)
+    retain_members: Any | None = None  # the planted members that were not forgotten (from the oracle's manifest)
+    attack_members: Any | None = None  # the members and non-members the attacks compare (matched by kind)
+    attack_nonmembers: Any | None = None
+    band: Any = None  # the acceptable band in numbers (a band relative to τ resolved at this τ)
+    targets: np.ndarray | None = None  # each forget sequence's target level (None: τ for all)
+    targets_from: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -101,6 +109,8 @@ def execute(spec: RunSpec, out: str | Path, *, resources: Resources | None = Non
     (``.<out>.checkpoint``), which the next call with the same spec resumes from (``fresh=True``
     starts over).
     """
+    from unmemorize.probes.run import check_stage as check_probes
+    from unmemorize.probes.run import run_stage as run_probes
     from unmemorize.runs import RunDir
     from unmemorize.unlearning import checkpoint as ckpt
 
@@ -111,8 +121,10 @@ def execute(spec: RunSpec, out: str | Path, *, resources: Resources | None = Non
     checkpoint_dir = out.parent / f".{out.name}.checkpoint"
     with RunDir(distributed.output_dir(out), overwrite) as run:  # the output folder is checked before any work
         inputs = _inputs(spec, res)
+        check_probes(spec, inputs)  # probes: one asked for by name that these inputs do not allow fails here
         clock("inputs")
         before = _before(spec, inputs, res)
+        oracle = _oracle_stage(spec, inputs, res, before)
         clock("before")
         if fresh:
             ckpt.remove(checkpoint_dir)
@@ -122,8 +134,15 @@ def execute(spec: RunSpec, out: str | Path, *, resources: Resources | None = Non
         clock("unlearn")
         after = _after(spec, inputs, res, result)
         clock("after")
-        record = _record(spec, inputs, result, before, after, key, labels, order, timings)
-        _write(run, spec, inputs, result, before, after, record, command)
+        # -- robustness probes of the unlearned model (unmemorize.probes): their files into the run folder,
+        #    their summary into the record
+        probes = run_probes(spec, inputs, res, result, run.tmp)
+        if probes is not None:
+            clock("probes")
+        # --
+        record = _record(spec, inputs, result, before, after, oracle, key, labels, order, timings)
+        record.probes = probes
+        _write(run, spec, inputs, result, before, after, oracle, record, command)
         run.commit()
     if distributed.is_main():
         ckpt.remove(checkpoint_dir)
@@ -151,10 +170,6 @@ def _inputs(spec: RunSpec, res: Resources) -> _Inputs:
     if spec.reference is not None:
         reference = res.memo((_model_key(spec.model), "reference", str(spec.reference), spec.reference_limit,
                               spec.length), lambda: _reference_set(spec, tok))
-    if reference is not None and spec.attacks.fprs and attack_plan(spec, True)[0] is not None:
-        from unmemorize.attacks.scoring import check_fprs
-
-        check_fprs(tuple(spec.attacks.fprs), len(reference))  # before any work, not a NaN column at the end
     retain = load_retain(spec.retain, tok, spec.length) if spec.retain is not None else None
     ref_g = None
     if reference is not None:
@@ -167,7 +182,122 @@ def _inputs(spec: RunSpec, res: Resources) -> _Inputs:
         from unmemorize.thresholds import acceptable_level
 
         tau, tau_from = acceptable_level(ref_g), f"mean MA of the original model on {len(reference)} reference sequences"
-    return _Inputs(lm, forget, reference, retain, tau, tau_from, ref_g)
+    inputs = _Inputs(lm, forget, reference, retain, tau, tau_from, ref_g, band=spec.band.at(tau))
+    inputs.targets, inputs.targets_from = sequence_targets(spec, inputs, res)
+    if inputs.retain is None and _method(spec).name == "target" and spec.method.retain_weight > 0:
+        from unmemorize.unlearning.retain import sampled_retain
+
+        inputs.retain = res.memo((_model_key(spec.model), "sampled_retain", spec.length, spec.seed),
+                                 lambda: sampled_retain(lm.model, tok, length=spec.length, seed=spec.seed))
+        inputs.notes.append(f"retain term: KL to the original model on {inputs.retain.source} (no --retain given)")
+    if spec.oracle is not None:
+        inputs.oracle = res.model(spec.model.replace(path=spec.oracle))
+        check_oracle(lm, inputs.oracle)
+        inputs.retain_members = retain_members(inputs.oracle, forget, tok, spec.length)
+    if reference is not None:
+        _attack_sets(spec, inputs)
+    return inputs
+
+
+def sequence_targets(spec: RunSpec, inputs: _Inputs, res: Resources) -> tuple[np.ndarray | None, str]:
+    """Each forget sequence's target level (docs/method.md §4.13), never from the oracle:
+
+    - ``tau``: τ, or with ``tau_by`` the τ of the sequence's group;
+    - ``reference-model``: MA_ref(x) + (τ − τ_ref), where MA_ref is the MA of a model that never saw
+      the forget set and τ_ref its mean MA on the same reference set (per group with ``tau_by``): the
+      reference model says which sequences are predictable text, the shift maps its scale onto the
+      model's. Returns (None, "") when every target is the run's τ."""
+    from unmemorize.thresholds import tau_per_sequence
+
+    n = len(inputs.forget)
+    tau_seq, how = np.full(n, inputs.tau), ""
+    if spec.tau_by:
+        if spec.tau_by not in inputs.forget.meta.columns or spec.tau_by not in inputs.reference.meta.columns:
+            raise UserError(f"--tau-by {spec.tau_by}: both the forget and the reference set need a column "
+                            f"{spec.tau_by!r}")
+        tau_seq, by_group, missing = tau_per_sequence(inputs.forget.meta[spec.tau_by], inputs.reference.meta[spec.tau_by],
+                                                      inputs.reference_g, inputs.tau)
+        how = f"τ per {spec.tau_by} (" + ", ".join(f"{g} {t:.3f}" for g, t in by_group.items()) + ")"
+        if missing:
+            inputs.notes.append(f"--tau-by {spec.tau_by}: no reference text for {', '.join(missing)}; those sequences "
+                                f"are held to the global τ = {inputs.tau:.3f}")
+    uses_targets = spec.stop == "target" or any(p.selector.startswith("target") for p in _method(spec).phases)
+    if spec.target_rule == "reference-model" and uses_targets:  # SGA's relative γ stays relative to τ
+        ref_lm = res.model(spec.model.replace(path=spec.target_model))
+        from unmemorize.attacks.run import same_tokenizer
+
+        if not same_tokenizer(inputs.lm.tokenizer, ref_lm.tokenizer):
+            raise UserError(f"the reference model {ref_lm.path} has another tokenizer than {inputs.lm.path}: its MA "
+                            "on the same text is not on the same tokens")
+        ma_f = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "forget_ma", str(spec.forget.path),
+                         spec.forget.sample, spec.forget.sample_seed, spec.length, spec.training.parity),
+                        lambda: _ma(ref_lm.model, inputs.forget, spec, res.progress))
+        ma_r = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "reference_ma", str(spec.reference),
+                         spec.reference_limit, spec.length, spec.training.parity),
+                        lambda: _ma(ref_lm.model, inputs.reference, spec, res.progress))
+        tau_ref = np.full(n, float(np.nanmean(ma_r)))
+        if spec.tau_by:
+            tau_ref = tau_per_sequence(inputs.forget.meta[spec.tau_by], inputs.reference.meta[spec.tau_by], ma_r,
+                                       float(np.nanmean(ma_r)))[0]
+        targets = np.clip(np.where(np.isnan(ma_f), tau_seq, ma_f + tau_seq - tau_ref), 0.0, 1.0)
+        return targets, (f"MA of {ref_lm.name} (never saw the forget set) + (τ − its τ = "
+                         f"{float(np.nanmean(ma_r)):.3f})" + (f"; {how}" if how else ""))
+    return (tau_seq, how) if spec.tau_by else (None, "")
+
+
+def check_oracle(lm: LoadedModel, oracle: LoadedModel) -> None:
+    """The oracle must be the same kind of model, with the same tokenizer, planted from the same base."""
+    from unmemorize.attacks.run import same_tokenizer
+    from unmemorize.lab.plant import read_plant_manifest
+
+    if lm.model.config.model_type != oracle.model.config.model_type or \
+            lm.model.get_input_embeddings().num_embeddings != oracle.model.get_input_embeddings().num_embeddings:
+        raise UserError(f"the oracle {oracle.path} is another architecture ({oracle.model.config.model_type}) than the "
+                        f"model {lm.path} ({lm.model.config.model_type}): it cannot judge it")
+    if not same_tokenizer(lm.tokenizer, oracle.tokenizer):
+        raise UserError(f"the oracle {oracle.path} has another tokenizer than the model {lm.path}: their likelihoods "
+                        "of the same token ids are not comparable")
+    mine, theirs = read_plant_manifest(Path(lm.path)), read_plant_manifest(Path(oracle.path))
+    if mine is not None and theirs is not None:
+        a, b = mine["inputs"]["model"]["fingerprint"], theirs["inputs"]["model"]["fingerprint"]
+        if a != b:
+            raise UserError(f"the oracle {oracle.path} was planted from another base model than {lm.path} "
+                            f"(fingerprints {b[:12]} and {a[:12]}): it is not this model's retrain oracle")
+
+
+def retain_members(oracle: LoadedModel, forget, tokenizer, length: int):
+    """The members planted in both the model and its oracle (the oracle's manifest names them), or None
+    for an oracle that does not come from the lab."""
+    from unmemorize.data import load_sequences
+    from unmemorize.lab.plant import read_plant_manifest
+
+    manifest = read_plant_manifest(Path(oracle.path))
+    if manifest is None or not manifest.get("retain"):
+        return None
+    source = Path(manifest["inputs"]["members"]["source"])
+    if not source.exists():
+        return None
+    members = load_sequences(source, tokenizer, length)
+    keep = set(manifest["retain"]) - set(forget.ids)
+    rows = [i for i, sid in enumerate(members.ids) if sid in keep]
+    return members.subset(rows) if rows else None
+
+
+def _attack_sets(spec: RunSpec, inputs: _Inputs) -> None:
+    """The members and non-members the attacks compare: matched by kind of text where the sets say it."""
+    from unmemorize.attacks.matching import match_column, match_nonmembers
+
+    column = match_column(inputs.forget, inputs.reference, spec.attacks.match_by)
+    if column is None:
+        inputs.attack_members, inputs.attack_nonmembers = inputs.forget, inputs.reference
+    else:
+        inputs.attack_members, inputs.attack_nonmembers, note = match_nonmembers(inputs.forget, inputs.reference,
+                                                                                column, spec.seed)
+        inputs.notes.append(note)
+    if spec.attacks.fprs and attack_plan(spec, True)[0] is not None:
+        from unmemorize.attacks.scoring import check_fprs
+
+        check_fprs(tuple(spec.attacks.fprs), len(inputs.attack_nonmembers))  # before any work, not NaN at the end
 
 
 def load_forget(spec: RunSpec, tokenizer):
@@ -208,12 +338,13 @@ def _extra_metrics(spec: RunSpec) -> tuple[str, ...]:
     return tuple(m for m in spec.metrics if m not in ("ma", "loss"))
 
 
-def _profile(model, spec: RunSpec, forget, progress):
+def _profile(model, spec: RunSpec, forget, progress, band=None):
+    """The full profile; EL (when asked for) only at the band's top, as in the audit."""
     from unmemorize.memorization import ProfileOptions, profile
 
     return profile(model, forget, ProfileOptions(metrics=tuple(dict.fromkeys(("ma", "loss", *spec.metrics))),
                                                  batch_size=spec.training.micro_batch, parity=spec.training.parity),
-                   progress)
+                   progress, band)
 
 
 def _method(spec: RunSpec):
@@ -232,9 +363,6 @@ def attack_plan(spec: RunSpec, has_reference: bool) -> tuple[Any, str]:
     if not has_reference:
         return None, ("privacy attacks not run: they need non-members, the unseen --reference set (τ was given "
                       "with --tau)")
-    if _method(spec).decoding:
-        return None, ("privacy attacks not run: DPD changes decoding, not weights, and the attacks score the "
-                      "model's likelihoods")
     return AttackOptions(**spec.attacks.model_dump(), band=spec.band, seed=spec.seed), ""
 
 
@@ -244,13 +372,16 @@ def _perturber(opts, refill: LoadedModel):
     return build_perturber(opts, refill.model, refill.tokenizer, refill.fingerprint)
 
 
-def _refill_model(spec: RunSpec, res: Resources) -> LoadedModel | None:
-    if spec.attacks.refill_model is None:
-        return None
-    return res.model(spec.model.replace(path=spec.attacks.refill_model))
+def _refill_model(spec: RunSpec, res: Resources, inputs: _Inputs) -> LoadedModel | None:
+    """Who refills MIAU's neighbours: the named refill model, else the oracle (it never saw the members),
+    else None — the original, which did, and pulls its neighbours towards the memorized words."""
+    if spec.attacks.refill_model is not None:
+        return res.model(spec.model.replace(path=spec.attacks.refill_model))
+    return inputs.oracle
 
 
-def _attack(target, tokenizer, inputs: _Inputs, opts, original: LoadedModel | None, refill: LoadedModel, progress):
+def _attack(target, tokenizer, inputs: _Inputs, opts, original: LoadedModel | None, refill: LoadedModel, progress,
+            log=None):
     """The planned attacks on ``target``; the reference attack only with an original to compare with."""
     from unmemorize.attacks import ATTACKS, run_attacks
 
@@ -261,10 +392,11 @@ def _attack(target, tokenizer, inputs: _Inputs, opts, original: LoadedModel | No
     pert = _perturber(opts, refill) if "miau" in names else None
     # τ of the threshold attack is the run's τ (from the reference before unlearning) both times
     opts = opts.replace(names=names, tau=opts.tau if opts.tau is not None else inputs.tau)
-    return run_attacks(target, tokenizer, inputs.forget, inputs.reference,
+    opts = opts.replace(band=opts.band.at(opts.tau))
+    return run_attacks(target, tokenizer, inputs.attack_members, inputs.attack_nonmembers,
                        original=None if original is None else original.model,
                        original_tokenizer=None if original is None else original.tokenizer,
-                       options=opts, perturber=pert, progress=progress)
+                       options=opts, perturber=pert, progress=progress, log=log)
 
 
 def _utility(model, tokenizer, spec: RunSpec, progress) -> dict:
@@ -282,8 +414,21 @@ class _Stage:
     attacks: Any = None  # AttackResults
     utility: dict | None = None
     reference_g: np.ndarray | None = None  # MA on each reference sequence
+    retain_g: np.ndarray | None = None  # MA on each retain member
     refill: LoadedModel | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _OracleStage:
+    """What the oracle shows on the same sets: the level every verdict is judged against."""
+
+    ma: np.ndarray  # per forget sequence
+    loss: np.ndarray
+    reference_g: np.ndarray | None = None
+    retain_g: np.ndarray | None = None
+    attacks: Any = None
+    utility: dict | None = None
 
 
 def _before(spec: RunSpec, inputs: _Inputs, res: Resources) -> _Stage:
@@ -292,22 +437,62 @@ def _before(spec: RunSpec, inputs: _Inputs, res: Resources) -> _Stage:
     st = _Stage(reference_g=inputs.reference_g)
     if _extra_metrics(spec):
         st.profile = res.memo((mk, "profile", inputs.forget.sha256, tuple(inputs.forget.ids), spec.metrics,
-                               spec.training.parity), lambda: _profile(lm.model, spec, inputs.forget, res.progress))
+                               spec.training.parity, inputs.band),
+                              lambda: _profile(lm.model, spec, inputs.forget, res.progress, inputs.band))
+    if inputs.retain_members is not None:
+        st.retain_g = res.memo((mk, "retain_members", inputs.retain_members.sha256, tuple(inputs.retain_members.ids)),
+                               lambda: _ma(lm.model, inputs.retain_members, spec, res.progress))
     opts, note = attack_plan(spec, inputs.reference is not None)
     if note:
         st.notes.append(note)
+    st.notes += inputs.notes
     if opts is not None:
-        st.refill = _refill_model(spec, res)
+        st.refill = _refill_model(spec, res, inputs)
+        miau = opts.names is None or "miau" in opts.names
+        if miau and opts.perturber == "lm" and st.refill is None:
+            st.notes.append("MIAU's neighbours were refilled by the original model, which saw the members: its refills "
+                            "lean towards the memorized words (pass an oracle or --refill-model: a model that never "
+                            "saw them)")
         if spec.attacks.before:
             refill = st.refill or lm
             st.attacks = res.memo((mk, "attacks", inputs.forget.sha256, tuple(inputs.forget.ids),
                                    inputs.reference.sha256, spec.attacks.model_dump_json(), spec.seed, inputs.tau,
-                                   spec.band),
-                                  lambda: _attack(lm.model, lm.tokenizer, inputs, opts, None, refill, res.progress))
+                                   inputs.band),
+                                  lambda: _attack(lm.model, lm.tokenizer, inputs, opts, None, refill, res.progress,
+                                                  res.log))
     if spec.utility.tasks:
         st.utility = res.memo((mk, "utility", spec.utility.model_dump_json()),
                               lambda: _utility(lm.model, lm.tokenizer, spec, res.progress))
     return st
+
+
+def _oracle_stage(spec: RunSpec, inputs: _Inputs, res: Resources, before: _Stage) -> _OracleStage | None:
+    """The oracle on the forget set, the reference, the retain members, under the same attacks (with the
+    original as the reference attack's reference) and utility tasks — once per oracle and sets."""
+    o = inputs.oracle
+    if o is None:
+        return None
+    ok = _model_key(spec.model.replace(path=spec.oracle))
+
+    def compute() -> _OracleStage:
+        prof = _profile(o.model, spec.model_copy(update={"metrics": ("ma", "loss")}), inputs.forget, res.progress)
+        st = _OracleStage(ma=prof["ma"].to_numpy(), loss=prof["loss"].to_numpy())
+        if inputs.reference is not None:
+            st.reference_g = _ma(o.model, inputs.reference, spec, res.progress)
+        if inputs.retain_members is not None:
+            st.retain_g = _ma(o.model, inputs.retain_members, spec, res.progress)
+        opts, _ = attack_plan(spec, inputs.reference is not None)
+        if opts is not None:
+            original = res.model(spec.model)
+            st.attacks = _attack(o.model, o.tokenizer, inputs, opts, original, before.refill or original, res.progress,
+                                 res.log)
+        if spec.utility.tasks:
+            st.utility = _utility(o.model, o.tokenizer, spec, res.progress)
+        return st
+
+    return res.memo((ok, "oracle", _model_key(spec.model), inputs.forget.sha256, tuple(inputs.forget.ids),
+                     spec.reference and str(spec.reference), spec.reference_limit, spec.attacks.model_dump_json(),
+                     spec.seed, inputs.tau, inputs.band, spec.utility.model_dump_json(), spec.training.parity), compute)
 
 
 def _unlearn(spec: RunSpec, inputs: _Inputs, res: Resources, checkpoint_dir: Path):
@@ -316,8 +501,9 @@ def _unlearn(spec: RunSpec, inputs: _Inputs, res: Resources, checkpoint_dir: Pat
     method = _method(spec)
     in_place = not res.keep_original
     try:
-        result = unlearn(inputs.lm.model, inputs.forget, tau=inputs.tau, method=spec.method, band=spec.band,
+        result = unlearn(inputs.lm.model, inputs.forget, tau=inputs.tau, method=spec.method, band=inputs.band,
                          stop=spec.stop, seed=spec.seed, options=spec.training, retain=inputs.retain,
+                         targets=inputs.targets,
                          checkpoint_dir=checkpoint_dir if spec.training.checkpoint_every and not method.decoding
                          else None, progress=res.progress, copy=not in_place)
     except KeyboardInterrupt:
@@ -334,33 +520,41 @@ def _unlearn(spec: RunSpec, inputs: _Inputs, res: Resources, checkpoint_dir: Pat
 def _after(spec: RunSpec, inputs: _Inputs, res: Resources, result) -> _Stage:
     st = _Stage()
     model, tok = result.model, inputs.lm.tokenizer
+    if result.method.decoding:  # DPD: attacked and evaluated through its decoding, as the paper ran it
+        from unmemorize.decoding import DPDModel
+
+        d = result.method.dpd
+        model = DPDModel(model, d["lambda"], d["mode"])
     if inputs.reference is not None:
         st.reference_g = _ma(model, inputs.reference, spec, res.progress)
     if _extra_metrics(spec):
-        st.profile = _profile(model, spec, inputs.forget, res.progress)
+        st.profile = _profile(model, spec, inputs.forget, res.progress, inputs.band)
     opts, note = attack_plan(spec, inputs.reference is not None)
     if opts is not None:
         # the original for the reference attack (and as refill model unless another is named): the one
         # in memory, or its untouched files when this run unlearned it in place
         original = res.model(spec.model)
-        refill = _refill_model(spec, res) or original
-        st.attacks = _attack(model, tok, inputs, opts, original, refill, res.progress)
-        st.refill = refill if spec.attacks.refill_model is not None else None
+        refill = _refill_model(spec, res, inputs) or original
+        st.attacks = _attack(model, tok, inputs, opts, original, refill, res.progress, res.log)
+        st.refill = refill if refill is not original else None
         if not res.keep_original:
             res.forget_model(spec.model)
+    if inputs.retain_members is not None:
+        st.retain_g = _ma(model, inputs.retain_members, spec, res.progress)
     if spec.utility.tasks:
         st.utility = _utility(model, tok, spec, res.progress)
     if result.method.decoding:
-        st.notes.append("DPD changes decoding only: the weights are unchanged, so no attack scores them and the "
-                        "utility tasks see the original model")
+        st.notes.append(f"DPD (λ = {d['lambda']:g}, {d['mode']} mixing): the attacks score, and the utility tasks "
+                        "read, the mixed next-token distribution; greedy decoding is the plain model's (the mixing "
+                        "keeps the order of the tokens), so greedy extraction and greedy dialogue are unchanged")
     return st
 
 
 # ---------------------------------------------------------------- the record and the folder
 
 
-def _record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stage, key: str, labels: dict | None,
-            order: tuple[int, ...], timings: dict[str, float]) -> RunRecord:
+def _record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stage, oracle: _OracleStage | None,
+            key: str, labels: dict | None, order: tuple[int, ...], timings: dict[str, float]) -> RunRecord:
     from unmemorize.runs import device_description
 
     u = result.as_dict()
@@ -383,21 +577,74 @@ def _record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stag
                      "method": result.method.name, "stop": spec.stop, "seed": spec.seed}
     return RunRecord(key=key, labels=Labels(**lab), order=list(order), spec=spec.model_dump(mode="json"),
                      size=len(inputs.forget), tau=inputs.tau, tau_from=inputs.tau_from,
-                     band=[spec.band.lo, spec.band.hi],
+                     targets_from=inputs.targets_from,
+                     band=[inputs.band.lo, inputs.band.hi],
                      reference_before=None if before.reference_g is None else summary_of(before.reference_g, inputs.tau,
-                                                                                          spec.band),
+                                                                                          inputs.band),
                      reference_after=None if after.reference_g is None else summary_of(after.reference_g, inputs.tau,
-                                                                                        spec.band),
+                                                                                        inputs.band),
                      unlearning=unlearning, attacks=attacks, utility=utility,
+                     oracle=None if oracle is None else oracle_record(spec, inputs, result, before, after, oracle),
                      notes=after.notes, device=device_description(), timings=timings)
+
+
+def oracle_record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stage, o: _OracleStage):
+    """The unlearned model judged against the oracle: every criterion with its interval and its verdict."""
+    from unmemorize import oracle as judge
+    from unmemorize.record import Interval, OracleAttack, OracleRecord
+    from unmemorize.stats import membership_score
+
+    boot, seed = spec.attacks.bootstrap, spec.seed
+    iv = lambda g: Interval(value=_num(g.value), low=_num(g.low), high=_num(g.high))  # noqa: E731
+    ma_u, loss_u = result.after["ma"].to_numpy(), result.after["loss"].to_numpy()
+    stat, p = judge.forget_quality(loss_u, o.loss)
+    gap, worst = judge.ma_gap(ma_u, o.ma, boot, seed)
+    within = int((np.abs(ma_u - o.ma) <= judge.MA_TOLERANCE).sum())
+    verdicts = [judge.verdict_forget_quality(stat, p), judge.verdict_ma_gap(gap, worst, within, len(ma_u))]
+    rec = OracleRecord(path=str(spec.oracle), forget_quality_p=_num(p), ks_statistic=_num(stat), ma_gap=iv(gap),
+                       ma_gap_max=_num(worst), within_tolerance=within, ma_oracle_mean=_num(np.nanmean(o.ma)),
+                       loss_oracle_mean=_num(np.nanmean(o.loss)),
+                       reference_ma_oracle=None if o.reference_g is None else _num(np.nanmean(o.reference_g)))
+    if after.attacks is not None and o.attacks is not None:
+        su, so = after.attacks.scores, o.attacks.scores
+        for name in after.attacks.attacks:
+            if name not in so.columns:
+                continue
+            part = lambda df, member: df.loc[df["member"] == member, name].to_numpy(float)  # noqa: E731
+            auc_u, auc_o, g = judge.attack_gap(part(su, True), part(su, False), part(so, True), part(so, False), boot,
+                                               seed)
+            rec.attacks[name] = OracleAttack(auc=_num(auc_u), oracle_auc=_num(auc_o), gap=iv(g),
+                                             membership_score=_num(membership_score(auc_u)),
+                                             oracle_membership_score=_num(membership_score(auc_o)),
+                                             indistinguishable=None if np.isnan(g.low) else g.includes_zero)
+            verdicts.append(judge.verdict_attack(name, auc_u, auc_o, g))
+    if o.retain_g is not None and before.retain_g is not None and after.retain_g is not None:
+        rg = judge.mean_difference(after.retain_g, o.retain_g, boot, seed)
+        rec.retain_members, rec.retain_gap = len(o.retain_g), iv(rg)
+        rec.retain_ma_before, rec.retain_ma_after = _num(np.nanmean(before.retain_g)), _num(np.nanmean(after.retain_g))
+        rec.retain_ma_oracle = _num(np.nanmean(o.retain_g))
+        verdicts.append(judge.verdict_retain(rg, rec.retain_ma_after, rec.retain_ma_oracle, rec.retain_ma_before))
+    if o.utility is not None and after.utility is not None:
+        rec.utility = UtilitySummary.of(o.utility)
+        mine = UtilitySummary.of(after.utility).aggregates
+        for agg, value in rec.utility.aggregates.items():
+            if value is not None and mine.get(agg) is not None:
+                verdicts.append(judge.verdict_utility(agg, mine[agg], value))
+    rec.verdicts = verdicts
+    return rec
+
+
+def _num(v) -> float | None:
+    v = None if v is None else float(v)
+    return None if v is None or np.isnan(v) else v
 
 
 def _jsonable(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def _write(run, spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stage, record: RunRecord,
-           command: str) -> None:
+def _write(run, spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stage, oracle: _OracleStage | None,
+           record: RunRecord, command: str) -> None:
     from unmemorize.attacks import comparison_table, write_results
     from unmemorize.models import save_model
     from unmemorize.runs import build_manifest, write_frame
@@ -405,18 +652,30 @@ def _write(run, spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _
     from unmemorize.utility import save_utility
 
     frames = profiles(result, inputs.forget, before.profile, after.profile)
+    if oracle is not None:  # each sequence beside where a model that never saw it is
+        frames[1]["ma_oracle"], frames[1]["loss_oracle"] = oracle.ma, oracle.loss
+        frames[1]["ma_gap"] = frames[1]["ma"] - oracle.ma
     write_frame(run.path("profile_before"), frames[0])
     write_frame(run.path("profile_after"), frames[1])
     write_frame(run.path("trajectory"), result.trajectory)
     write_frame(run.path("steps"), result.steps_table())
     images = {"per-sequence MA at every step, with τ and the band": trajectory_plot(run.path("trajectory.png"), result),
               "MA before and after": before_after_histogram(run.path("histogram.png"), result)}
+    if oracle is not None:
+        from unmemorize.oracle import MA_TOLERANCE
+        from unmemorize.report.plots import oracle_scatter
+
+        images["oracle"] = oracle_scatter(run.path("oracle.png"), oracle.ma, result.before["ma"].to_numpy(),
+                                          result.after["ma"].to_numpy(), inputs.band, MA_TOLERANCE)
     paths = {}
     for prefix, r in (("before_", before.attacks), ("", after.attacks)):
         if r is not None:
             paths[prefix] = write_results(r, run.tmp, prefix=prefix)
-    if before.attacks is not None or after.attacks is not None:
-        both = {label: r for label, r in (("original", before.attacks), ("unlearned", after.attacks)) if r is not None}
+    if oracle is not None and oracle.attacks is not None:
+        paths["oracle_"] = write_results(oracle.attacks, run.tmp, prefix="oracle_")
+    both = {label: r for label, r in (("original", before.attacks), ("unlearned", after.attacks),
+                                      ("oracle", oracle.attacks if oracle is not None else None)) if r is not None}
+    if both:
         write_frame(run.path("attacks_comparison"), comparison_table(both))
     if before.utility is not None:
         save_utility(before.utility, run.tmp, name="utility_before")
@@ -427,7 +686,9 @@ def _write(run, spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _
                    "reference": None if inputs.reference is None else inputs.reference.describe(),
                    "retain": None if inputs.retain is None else inputs.retain.describe(),
                    # MIAU's neighbours depend on who refilled them: the original unless attacks.refill_model
-                   "refill_model": None if refill is None else refill.describe()}
+                   "refill_model": None if refill is None else refill.describe(),
+                   "oracle": None if inputs.oracle is None else inputs.oracle.describe(),
+                   "retain_members": None if inputs.retain_members is None else inputs.retain_members.describe()}
     run_manifest = build_manifest(command, spec.model_dump(mode="json"), inputs_desc, key=record.key,
                                   labels=record.labels.model_dump())
     from unmemorize.runs import write_json
@@ -457,5 +718,7 @@ def profiles(result, forget, full_before: pd.DataFrame | None, full_after: pd.Da
         for col in forget.meta.columns:
             if col not in df.columns:
                 df[col] = forget.meta[col].values
+        if result.targets is not None and (result.stop_rule == "target" or np.ptp(result.targets) > 0):
+            df["target"] = df["id"].map(dict(zip(forget.ids, result.targets))).to_numpy()  # where it was taken to
         frames.append(df)
     return frames[0], frames[1]

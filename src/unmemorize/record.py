@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from unmemorize.errors import UserError
+from unmemorize.probes.summary import ProbesRecord
 
 SCHEMA = "unmemorize.run/1"
 RECORD = "record.json"
@@ -125,6 +126,40 @@ class UtilityRecord(_Record):
     after: UtilitySummary | None = None
 
 
+class OracleAttack(_Record):
+    """One attack on the unlearned model beside the same attack on the oracle (same members, non-members
+    and neighbours): the gap is AUC − AUC_oracle with a paired bootstrap interval."""
+
+    auc: float | None
+    oracle_auc: float | None
+    gap: Interval
+    membership_score: float | None  # 1 − 2·|AUC − 0.5|: 1 = an attacker cannot tell
+    oracle_membership_score: float | None
+    indistinguishable: bool | None  # the gap's interval holds 0 (None without an interval)
+
+
+class OracleRecord(_Record):
+    """The unlearned model judged against the retrain oracle (docs/method.md §3.7)."""
+
+    path: str
+    forget_quality_p: float | None  # Kolmogorov–Smirnov p between the per-sequence losses on F
+    ks_statistic: float | None
+    ma_gap: Interval  # mean |MA − MA_oracle| over F, with its bootstrap interval
+    ma_gap_max: float | None
+    within_tolerance: int  # sequences with |MA − MA_oracle| ≤ the tolerance
+    ma_oracle_mean: float | None
+    loss_oracle_mean: float | None
+    attacks: dict[str, OracleAttack] = Field(default_factory=dict)
+    retain_members: int = 0
+    retain_ma_before: float | None = None
+    retain_ma_after: float | None = None
+    retain_ma_oracle: float | None = None
+    retain_gap: Interval | None = None  # retain MA after − oracle's, paired bootstrap interval
+    reference_ma_oracle: float | None = None
+    utility: UtilitySummary | None = None  # the oracle's utility
+    verdicts: list[str] = Field(default_factory=list)
+
+
 class Labels(_Record):
     """How the run is named in tables (none of it changes a number)."""
 
@@ -149,12 +184,15 @@ class RunRecord(_Record):
     size: int  # sequences in the forget set
     tau: float
     tau_from: str
+    targets_from: str = ""  # how each sequence's own target was set ("": τ for all)
     band: list[float]
     reference_before: ForgetSummary | None = None  # g on the unseen reference, original model (τ is its mean)
     reference_after: ForgetSummary | None = None  # the unlearned model's (collateral forgetting)
     unlearning: UnlearningRecord
     attacks: AttackRecord = Field(default_factory=AttackRecord)
     utility: UtilityRecord = Field(default_factory=UtilityRecord)
+    oracle: OracleRecord | None = None  # the verdicts against the retrain oracle, when one was given
+    probes: ProbesRecord | None = None  # robustness probes of the unlearned model, when asked for (probes.json)
     notes: list[str] = Field(default_factory=list)
     device: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage
@@ -198,6 +236,15 @@ class RunRecord(_Record):
             b = _nan(before.aggregates.get(agg)) if before else math.nan
             a = _nan(after.aggregates.get(agg)) if after else math.nan
             row[agg], row[f"{agg}_before"], row[f"{agg}_delta"] = a, b, a - b
+        o = self.oracle
+        if o is not None:
+            row.update({"forget_quality_p": _nan(o.forget_quality_p), "ma_gap_mean": _nan(o.ma_gap.value),
+                        "ma_gap_max": _nan(o.ma_gap_max), "retain_ma_before": _nan(o.retain_ma_before),
+                        "retain_ma_after": _nan(o.retain_ma_after), "retain_ma_oracle": _nan(o.retain_ma_oracle),
+                        "retain_ma_drop": _nan(o.retain_ma_before) - _nan(o.retain_ma_after),
+                        "retain_gap": _nan(o.retain_gap.value) if o.retain_gap else math.nan})
+            for name, a in o.attacks.items():
+                row[f"{name}_oracle_auc"], row[f"{name}_auc_gap"] = _nan(a.oracle_auc), _nan(a.gap.value)
         for task, metrics in (after.tasks if after else {}).items():
             for metric, a in metrics.items():
                 b = before.tasks.get(task, {}).get(metric) if before else None

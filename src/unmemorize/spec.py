@@ -36,13 +36,16 @@ from unmemorize.errors import UserError
 from unmemorize.memorization import Metric, known_metrics
 from unmemorize.models import ModelSource
 from unmemorize.options import KeyedError, Options, as_list, option, validate
+from unmemorize.probes.options import ProbeSettings
 from unmemorize.thresholds import Band
 from unmemorize.unlearning.loop import STOP_RULES, UnlearnOptions
 from unmemorize.unlearning.methods import MethodSpec
 from unmemorize.utility.suite import EvalOptions
 
-StopRule = Literal["mean", "per-sequence"]
+StopRule = Literal["mean", "per-sequence", "target"]
+TargetRule = Literal["tau", "reference-model"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")  # ${VAR:-default}
 # every attack but sampling extraction (N decoded samples per prefix: minutes per sequence on a CPU)
 RUN_ATTACKS = ("miau", "threshold", "loss", "zlib", "min-k", "min-k++", "reference")
 
@@ -87,7 +90,9 @@ class UtilitySettings(EvalOptions):
 
     @model_validator(mode="after")
     def _data_for_tasks(self):
-        if self.tasks and self.data_dir is None:
+        from unmemorize.utility.tasks import needs_folder
+
+        if self.tasks and self.data_dir is None and needs_folder(self.tasks, self.data_source):
             raise KeyedError("data_dir", "utility tasks need a data folder (--utility-data) laid out as docs/data.md says")
         return self
 
@@ -112,7 +117,18 @@ class _Shared(Options):
                          allowed="an integer ≥ 2 (tokens per sequence)")
     tau: float | None = option(None, "τ given directly (instead of the model's mean MA on the reference).",
                                ge=0.0, le=1.0, allowed="a number in [0, 1]")
-    band: Band = option(Band(), "The acceptable band of g(x).")
+    band: Band = option(Band("tau-0.15", "tau+0.3"), "The acceptable band of g(x) (default relative to τ: the "
+                                                     "paper's 0.15 / 0.60 at τ = 0.3).")
+    tau_by: str | None = option(None, "A column of both the forget and the reference set (e.g. corpus): τ per group; "
+                                      "each sequence's target and a selection threshold relative to τ (tau+0.4) use its "
+                                      "group's.", exclude_if=lambda v: v is None)
+    # (left out of the dumped spec at their defaults, so that the run keys of earlier runs stay valid)
+    target_rule: TargetRule = option("tau", "Each sequence's target level: tau (τ of its kind) or reference-model (the "
+                                            "MA of a model that never saw the forget set, shifted by τ minus that "
+                                            "model's τ on the reference).", exclude_if=lambda v: v == "tau")
+    target_model: str | None = option(None, "target_rule reference-model: a model that never saw the forget set and "
+                                            "shares the tokenizer (e.g. the base model before fine-tuning).",
+                                exclude_if=lambda v: v is None)
     training: UnlearnOptions = option(UnlearnOptions(), "The unlearning harness.")
     metrics: tuple[Metric, ...] = option(("ma", "loss"), "Before/after profile metrics: ma,loss[,el,extraction].",
                                          split=True)
@@ -121,6 +137,12 @@ class _Shared(Options):
                                                                          "the reference).")
     utility: UtilitySettings = option(UtilitySettings(), "Utility tasks before and after unlearning.")
     save: bool = option(False, "Write the unlearned model (safetensors) into the run folder.")
+    oracle: str | None = option(None, "The retrain oracle: the model planted like this one without the forget set "
+                                      "(`unmemorize plant --forget`, its oracle/ folder); every verdict is then judged "
+                                      "against it, and it refills MIAU's neighbours.")
+    # robustness probes of the unlearned model; left out of the dumped spec (and so of run keys) when none is asked for
+    probes: ProbeSettings = option(ProbeSettings(), "Robustness probes of the unlearned model (docs/method.md §3.8).",
+                                   exclude_if=lambda p: not p.names)
 
     @field_validator("reference", "retain", mode="before")
     @classmethod
@@ -130,14 +152,28 @@ class _Shared(Options):
     _metrics = field_validator("metrics", mode="before")(known_metrics)
 
 
+def _check_targets(spec) -> None:
+    if spec.tau_by and spec.reference is None:
+        raise ValueError("tau_by (--tau-by) needs a reference set: τ of each group is measured on it")
+    if spec.target_rule == "reference-model":
+        if not spec.target_model:
+            raise ValueError("target_rule reference-model needs target_model (--target-model): a model that never "
+                             "saw the forget set")
+        if spec.reference is None:
+            raise ValueError("target_rule reference-model needs a reference set to calibrate the reference model on")
+    elif spec.target_model:
+        raise ValueError("target_model applies to target_rule reference-model")
+
+
 class RunSpec(_Shared):
     """One unlearning run: everything that decides its numbers (and where its inputs are)."""
 
     model: ModelSource = option(ModelSource(), "The model to unlearn from (never modified).")
     forget: ForgetSource = option(..., "The sequences to forget.")
     method: MethodSpec = option(MethodSpec(), "The unlearning method and its constants.")
-    stop: StopRule = option("mean", "mean (the paper: mean MA < τ) or per-sequence (every sequence below the band's "
-                                    "top).")
+    stop: StopRule | None = option(None, "mean (the paper: mean MA < τ), per-sequence (every sequence below the "
+                                         "band's top) or target (every sequence within ε of its own target). Default: "
+                                         "the method's own (target for target, else mean).")
     seed: int = option(42, "Random seed: micro-batch partitions, retain draws, LoRA init, the attacks' draws.")
 
     @model_validator(mode="after")
@@ -152,6 +188,9 @@ class RunSpec(_Shared):
         if self.reference is None and self.tau is None:
             raise ValueError("give a reference set of unseen text (--reference; τ = the model's mean MA on it) or "
                              "τ itself (--tau)")
+        if self.stop is None:
+            object.__setattr__(self, "stop", m.stop_rule or "mean")  # the method's own rule unless one is asked for
+        _check_targets(self)
         return self
 
 
@@ -165,8 +204,11 @@ class AttackRunSpec(Options):
     reference: Path = option(..., "Unseen text of the same form (the non-members).", "--reference", "-r")
     length: int = option(200, "Tokens per sequence T (the paper: 200).", ge=2)
     tau: float | None = option(None, "Threshold attack: τ (default: mean g on the reference set).", ge=0.0, le=1.0)
-    band: Band = option(Band(), "Threshold attack: the acceptable band.")
+    band: Band = option(Band("tau-0.15", "tau+0.3"), "Threshold attack: the acceptable band (relative to τ by "
+                                                     "default).")
     seed: int = option(0, "Random seed of the attacks (neighbours, samples, bootstrap).")
+    oracle: str | None = option(None, "The retrain oracle (a model that never saw the members): the same attacks on "
+                                      "it are the baseline, and it refills MIAU's neighbours.")
     attacks: AttackSettings = option(AttackSettings(), "The attacks and their settings.")
 
     def attack_options(self):
@@ -262,6 +304,10 @@ class ExperimentConfig(_Shared):
             if resolve_method(m.spec()).needs_retain and self.retain is None:
                 raise KeyedError(f"methods[{i}].name", f"method {m.name} needs retain data: give a top-level 'retain' "
                                                       "file (e.g. TruthfulQA.csv)")
+        try:
+            _check_targets(self)
+        except ValueError as e:
+            raise KeyedError("target_rule", str(e)) from None
         asked = "attacks" in self.model_fields_set and "names" in self.attacks.model_fields_set
         if asked and self.attacks.names and self.reference is None:  # by default they are skipped, with a note
             raise KeyedError("attacks.names", "attacks need non-members: give a top-level 'reference' file of unseen "
@@ -367,7 +413,9 @@ def count_sequences(path: Path) -> int | None:
 
 
 def expand_vars(text: str) -> str:
-    """``${VAR}`` → its value; unset variables stay as they are (reported by :func:`missing_inputs`)."""
+    """``${VAR}`` → its value; unset variables stay as they are (reported by :func:`missing_inputs`).
+    ``${VAR:-default}`` → its value, or ``default`` when VAR is unset or empty (as in the shell)."""
+    text = _VAR_DEFAULT.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), text)
     return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(0)), text)
 
 
@@ -380,8 +428,14 @@ def resolve_path(cfg: ExperimentConfig, path: str | os.PathLike) -> Path:
 
 
 def model_location(cfg: ExperimentConfig, m: ModelSource) -> str:
-    """What :func:`unmemorize.models.load_model` is given: 'default' or a resolved path."""
-    return "default" if m.path == "default" else str(resolve_path(cfg, m.path))
+    """What :func:`unmemorize.models.load_model` is given: 'default', a resolved path, or a hub id
+    ``ORG/NAME[@REVISION]`` (when no folder of that name sits next to the config)."""
+    from unmemorize.models import parse_hub_id
+
+    if m.path == "default":
+        return "default"
+    p, text = resolve_path(cfg, m.path), expand_vars(str(m.path))
+    return text if not p.exists() and parse_hub_id(text) else str(p)
 
 
 def forget_path(cfg: ExperimentConfig, f: ForgetEntry, split) -> Path:
@@ -390,13 +444,15 @@ def forget_path(cfg: ExperimentConfig, f: ForgetEntry, split) -> Path:
 
 def missing_inputs(cfg: ExperimentConfig) -> list[str]:
     """What this machine lacks to run the grid (model folders, unset ``${VAR}``), one message each."""
+    from unmemorize.models import check_model, parse_hub_id
+
     problems = []
     for i, m in enumerate(cfg.models):
         loc = model_location(cfg, m)
         unset = _VAR.findall(loc)
         if unset:
             problems.append(f"{cfg.source}: key 'models[{i}].path': environment variable {unset[0]} is not set; "
-                            f"export {unset[0]}=<a Hugging Face model folder> ({model_label(m)})")
+                            f"export {unset[0]}=<a Hugging Face model folder or hub id> ({model_label(m)})")
             continue
         if loc == "default":
             from unmemorize.models import default_gguf_path
@@ -407,11 +463,26 @@ def missing_inputs(cfg: ExperimentConfig) -> list[str]:
                 problems.append(f"{cfg.source}: key 'models[{i}].path': {e}")
             continue
         p = Path(loc)
-        if not p.exists():
+        if not p.exists() and parse_hub_id(loc):  # a hub id: cached, or reachable where downloads are allowed
+            try:
+                check_model(loc, allow_pickle=m.allow_pickle)
+            except UserError as e:
+                problems.append(f"{cfg.source}: key 'models[{i}].path': {e}")
+        elif not p.exists():
             problems.append(f"{cfg.source}: key 'models[{i}].path': {p} does not exist (a Hugging Face model folder, "
                             "a .gguf file or 'default')")
         elif p.is_dir() and not (p / "config.json").is_file():
             problems.append(f"{cfg.source}: key 'models[{i}].path': {p} has no config.json (not a Hugging Face model folder)")
+    if cfg.oracle is not None and cfg.oracle != "default" and not resolve_path(cfg, cfg.oracle).exists():
+        problems.append(f"{cfg.source}: key 'oracle': {resolve_path(cfg, cfg.oracle)} does not exist (the oracle/ folder "
+                        "of a model planted with `unmemorize plant --forget`)")
+    if cfg.target_model not in (None, "default"):
+        from unmemorize.models import parse_hub_id
+
+        p = resolve_path(cfg, cfg.target_model)
+        if not p.exists() and not parse_hub_id(expand_vars(str(cfg.target_model))):
+            problems.append(f"{cfg.source}: key 'target_model': {p} does not exist (a model that never saw the forget "
+                            "set)")
     files = [(cfg.reference, "reference")] if cfg.reference is not None else []
     files += [(cfg.retain, "retain")] if cfg.retain is not None else []
     for i, f in enumerate(cfg.forget):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from unmemorize.errors import UserError
 from unmemorize.options import Options, option
@@ -24,19 +24,76 @@ EXTRACTABLE, IN_BAND, OVER_FORGOTTEN, UNMEASURED = "extractable", "in band", "ov
 
 class Band(Options):
     """The acceptable band of g(x): over-forgotten at or below ``lo``, extractable at or above ``hi``
-    (docs/method.md §2.6; the authors' analysis uses 0.15 and 0.60). ``Band(0.15, 0.6)`` works too."""
+    (docs/method.md §2.6; the authors' analysis uses 0.15 and 0.60). ``Band(0.15, 0.6)`` works too.
 
-    lo: float = option(0.15, "Over-forgotten (detectably unlearned) at or below this MA.", "--band-lo")
-    hi: float = option(0.60, "Extractable at or above this MA.", "--band-hi")
+    Either end may be relative to τ (``Band("tau-0.15", "tau+0.3")``: the paper's band at GPT-Neo's
+    τ ≈ 0.30, carried to a model whose unseen text sits elsewhere); :meth:`at` gives the numbers for
+    a τ, and every function that counts against a band is given those."""
 
-    def __init__(self, lo: float = 0.15, hi: float = 0.60, **extra):
+    lo: float | str = option(0.15, "Over-forgotten (detectably unlearned) at or below this MA (or relative to τ: "
+                                   "tau-0.15).", "--band-lo")
+    hi: float | str = option(0.60, "Extractable at or above this MA (or relative to τ: tau+0.3).", "--band-hi")
+
+    def __init__(self, lo: float | str = 0.15, hi: float | str = 0.60, **extra):
         super().__init__(lo=lo, hi=hi, **extra)
+
+    @field_validator("lo", "hi", mode="before")
+    @classmethod
+    def _level(cls, v):
+        parsed = parse_level(v)
+        return parsed if isinstance(parsed, float) else str(v).replace(" ", "").lower().replace("τ", "tau")
 
     @model_validator(mode="after")
     def _ordered(self):
-        if not (0.0 <= self.lo < self.hi <= 1.0):
+        if self.relative:
+            lo, hi = self.at(0.3).lo, self.at(0.3).hi  # checked at GPT-Neo's τ (offsets keep their order)
+        else:
+            lo, hi = self.lo, self.hi
+        if not (0.0 <= lo < hi <= 1.0):
             raise ValueError(f"acceptable band needs 0 ≤ lo < hi ≤ 1, got lo={self.lo}, hi={self.hi}")
         return self
+
+    @property
+    def relative(self) -> bool:
+        return isinstance(self.lo, str) or isinstance(self.hi, str)
+
+    def at(self, tau: float) -> Band:
+        """The band in numbers for this τ (itself when both ends are numbers)."""
+        if not self.relative:
+            return self
+        return Band(float(resolve_level(self.lo, tau)), float(resolve_level(self.hi, tau)))
+
+
+_LEVEL = re.compile(r"^\s*(?:(?P<k>[0-9.]+)\s*\*?\s*)?(?:tau|τ)\s*(?:(?P<sign>[+-])\s*(?P<off>[0-9.]+))?\s*$")
+
+
+def parse_level(value) -> tuple[float, float] | float:
+    """A constant of the method, absolute (0.7) or relative to τ: "tau+0.4", "tau-0.15", "1.2tau", "τ".
+    Returns the number, or (factor, offset) for k·τ + offset; a ValueError names what is accepted."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = _LEVEL.match(text)
+    if m is None:
+        raise ValueError(f"{value!r} is neither a number nor a level relative to τ (e.g. tau+0.4, tau-0.15, 1.2tau)")
+    k = float(m["k"]) if m["k"] else 1.0
+    off = float(m["off"]) * (-1 if m["sign"] == "-" else 1) if m["off"] else 0.0
+    return k, off
+
+
+def resolve_level(value, tau):
+    """The level at τ (a number, or an array for per-sequence τ), clipped to [0, 1]."""
+    parsed = parse_level(value)
+    if isinstance(parsed, float):
+        return parsed
+    k, off = parsed
+    if np.ndim(tau):
+        return np.clip(np.round(k * np.asarray(tau, dtype=float) + off, 12), 0.0, 1.0)
+    return float(min(1.0, max(0.0, round(k * float(tau) + off, 12))))
 
 
 def acceptable_level(reference_g: pd.Series | np.ndarray) -> float:
@@ -73,6 +130,21 @@ def acceptable_level_by_group(reference: pd.DataFrame, column: str, metric: str 
         if len(vals):
             out[str(labels[grp.index[0]])] = float(vals.mean())
     return dict(sorted(out.items()))
+
+
+def tau_per_sequence(groups, reference_groups, reference_g, tau: float) -> tuple[np.ndarray, dict[str, float], list[str]]:
+    """τ of each sequence's group (labels matched as in :func:`group_key`), measured on the reference
+    sequences of that group; a group without reference text keeps the global ``tau``. Returns
+    (per-sequence τ, τ per group, the groups missing from the reference)."""
+    ref = pd.DataFrame({"group": pd.Series(reference_groups).astype(str).to_numpy(),
+                        "ma": np.asarray(reference_g, dtype=float)})
+    by_group = acceptable_level_by_group(ref, "group")
+    by_key = {group_key(label): label for label in by_group}
+    labels = [str(g) for g in groups]
+    matched = [by_key.get(group_key(g)) for g in labels]
+    per_seq = np.array([tau if m is None else by_group[m] for m in matched], dtype=float)
+    missing = sorted({g for g, m in zip(labels, matched) if m is None})
+    return per_seq, by_group, missing
 
 
 def verdict(g: float, band: Band) -> str:

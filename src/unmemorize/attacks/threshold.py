@@ -24,14 +24,19 @@ def threshold_score(g: np.ndarray, tau: float) -> np.ndarray:
 def _setup(ctx: AttackContext) -> dict:
     o = ctx.options
     tau = o.tau if o.tau is not None else acceptable_level(ctx.stats(NONMEMBERS).ma)
+    band = o.band.at(float(tau))  # a band relative to τ, in numbers at this τ
     return {"tau": float(tau), "tau_source": "given" if o.tau is not None else "mean g on the reference set",
-            "lo": o.band.lo, "hi": o.band.hi}
+            "lo": band.lo, "hi": band.hi}
+
+
+def _band(ctx: AttackContext):
+    return ctx.options.band.at(ctx.setup("threshold")["tau"])
 
 
 def _summarize(ctx: AttackContext, frames: dict[str, pd.DataFrame]) -> dict:
     out = {}
     for part, df in frames.items():
-        c_low, c_high = outlier_count(df["g"].to_numpy(), ctx.options.band)
+        c_low, c_high = outlier_count(df["g"].to_numpy(), _band(ctx))
         n = int(df["g"].notna().sum())
         out[part] = {"c_low": c_low, "c_high": c_high, "c": c_low + c_high, "measured": n,
                      "flagged_rate": (c_low + c_high) / n if n else float("nan")}
@@ -47,4 +52,4 @@ def _threshold(ctx: AttackContext, part: str) -> pd.DataFrame:
     tau = ctx.setup("threshold")["tau"]
     g = ctx.stats(part).ma
     return pd.DataFrame({"score": threshold_score(g, tau), "g": g,
-                         "verdict": [verdict(float(v), ctx.options.band) for v in g]})
+                         "verdict": [verdict(float(v), _band(ctx)) for v in g]})

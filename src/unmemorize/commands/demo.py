@@ -21,13 +21,19 @@ def demo_command(spec: DemoSpec) -> None:
     from unmemorize.report.console import print_frame
 
     with progress_bar() as p:
-        done = run_demo(spec, progress=p, log=log, say=lambda line: console.rule(line, align="left"))
+        done = run_demo(spec, progress=p, log=log, say=lambda headline, detail="": _say(headline, detail))
     print_frame(console, done.by_exposure, "Memorization by exposure (0 = non-members, the unseen reference)")
     console.print(sequence_table(done.audit, 6, title="Most memorized members before unlearning"))
     console.print(summary_table(done.audit))
     print_frame(console, done.comparison, "Before and after unlearning (AUC 0.5 = an attacker cannot tell)")
     console.print(f"Stages (s): {', '.join(f'{k} {v:.0f}' for k, v in done.stages.items())}")
     console.print(f"Finished in {done.seconds:.0f} s. Report: [bold]{done.report}[/]")
+
+
+def _say(headline: str, detail: str) -> None:
+    console.rule(headline, align="left")
+    if detail:
+        console.print(detail, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

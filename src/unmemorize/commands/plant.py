@@ -32,6 +32,10 @@ def plant_command(spec: PlantSpec, out: Path) -> None:
     print_frame(console, pd.DataFrame({"exposure": sorted(counts), "sequences": [counts[e] for e in sorted(counts)]}),
                 "Planted")
     console.print(f"Planted model: [bold]{folder}[/] ({manifest['steps']} steps); use it with --model {folder}")
+    if manifest.get("oracle"):
+        o = manifest["oracle"]
+        console.print(f"Retrain oracle: [bold]{o['path']}[/] (planted without the {len(o['forget'])} forget members; "
+                      f"{len(o['retain'])} retain members in both): judge unlearning with --oracle {o['path']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from unmemorize.options import Options, as_list, option
 
@@ -25,13 +25,15 @@ class DemoSpec(Options):
     """The demo's settings (``unmemorize demo``)."""
 
     out: Path = option(Path("runs/demo"), "Run directory (replaced on each demo run).", "--out", "-o")
-    members: int = option(8, "Records to plant.", ge=1)
+    members: int = option(8, "Records to plant.", ge=2)
+    forget: int = option(4, "Planted records to forget (spread over the exposures); the others stay, and the retrain "
+                            "oracle is planted without the forgotten ones.", ge=1)
     nonmembers: int = option(12, "Unseen records of the same form (τ, and the attacks' non-members).", ge=2)
     exposures: tuple[int, ...] = option((1, 4, 16, 64), "Exposure counts spread over the members.", split=True)
     lr: float = option(3e-4, "Planting learning rate.", gt=0)
-    methods: tuple[str, ...] = option(("ga", "sga", "tau"), "Unlearning methods to compare.", split=True)
-    stop: str = option("per-sequence", "Stop rule: per-sequence (every record below the band's top) or mean "
-                                       "(the paper's).")
+    methods: tuple[str, ...] = option(("ga", "sga", "tau", "target"), "Unlearning methods to compare.", split=True)
+    stop: str = option("per-sequence", "Stop rule of the paper's methods: per-sequence (every record below the band's "
+                                       "top) or mean (the paper's); target stops by its own rule.")
     unlearn_lr: float = option(2e-4, "Unlearning learning rate (the paper: 5e-5; the demo's records need ~4× the "
                                      "steps at that rate).", gt=0)
     max_steps: int = option(30, "At most this many unlearning steps per method.", ge=1)
@@ -45,6 +47,12 @@ class DemoSpec(Options):
     @classmethod
     def _lists(cls, v):
         return as_list(v)
+
+    @model_validator(mode="after")
+    def _some_stay(self):
+        if self.forget >= self.members:
+            raise ValueError(f"forget {self.forget} of {self.members} members leaves none to retain; forget fewer")
+        return self
 
     @field_validator("methods")
     @classmethod
@@ -84,18 +92,22 @@ def exposure_table(forget: pd.DataFrame, reference: pd.DataFrame, el_col: str) -
     return pd.DataFrame(rows)
 
 
-def demo_config(members_file: Path, nonmembers_file: Path, utility_dir: Path, planted: Path, spec: DemoSpec) -> dict:
+def demo_config(forget_file: Path, nonmembers_file: Path, utility_dir: Path, planted: Path, oracle: Path,
+                spec: DemoSpec) -> dict:
     """The experiment the demo runs on the planted model (written to demo.yaml: `unmemorize run` repeats it).
     Data paths are relative to the run folder, where demo.yaml lies, so the file stays valid once the
     folder is moved into place."""
     return {
-        "name": "demo", "description": "planted private records: unlearn each down to the unseen level",
+        "name": "demo", "description": "planted private records: unlearn each down to where a model that never saw it is",
         "model": {"path": str(Path(planted).resolve()), "name": "SmolLM2-135M-Instruct + planted records",
                   **({"device": spec.device} if spec.device else {})},
-        "forget": [{"path": str(members_file), "name": "planted records"}],
+        "oracle": str(Path(oracle).resolve()),
+        "forget": [{"path": str(forget_file), "name": "planted records to forget"}],
         "methods": list(spec.methods), "stop": [spec.stop], "seeds": [spec.seed],
         "reference": str(nonmembers_file),
-        "training": {"lr": spec.unlearn_lr, "max_steps": spec.max_steps, "micro_batch": spec.members,
+        # target's per-record levels: the model before planting never saw the records (it is not the oracle)
+        **({"target_rule": "reference-model", "target_model": spec.model} if "target" in spec.methods else {}),
+        "training": {"lr": spec.unlearn_lr, "max_steps": spec.max_steps, "micro_batch": spec.forget,
                      "checkpoint_every": 0},
         "attacks": {"names": list(DEMO_ATTACKS), "before": True, "neighbours": spec.neighbours, "perturber": "lm",
                     "bootstrap": 200},
@@ -104,34 +116,44 @@ def demo_config(members_file: Path, nonmembers_file: Path, utility_dir: Path, pl
 
 
 def method_table(records) -> pd.DataFrame:
-    """One row for the planted model before unlearning, one per method after it (the demo's result),
-    read from the runs' typed records."""
+    """The demo's result, read from the runs' typed records: the planted model before unlearning, each
+    method after it, and the retrain oracle (the model that never saw the forgotten records) that every
+    row should be compared with."""
     first = records[0]
 
-    def util(rec, which: str, task: str, metric: str):
-        u = getattr(rec.utility, which)
-        return None if u is None else u.tasks.get(task, {}).get(metric)
+    def task(summary, name: str, metric: str):
+        return None if summary is None else summary.tasks.get(name, {}).get(metric)
 
     def auc(found, name):
         return found[name].auc.value if found and name in found else None
 
-    b = first.unlearning.before
+    b, o = first.unlearning.before, first.oracle
     rows = [{"model": "planted (before)", "steps": 0, "seconds": None, "mean MA": b.mean, "c(D_f)": b.c,
-             "distance to τ": b.distance_to_tau, **{f"{a} AUC": auc(first.attacks.before, a) for a in DEMO_ATTACKS},
-             "series acc": util(first, "before", "lab_series", "acc"),
-             "docs loss": util(first, "before", "lab_docs", "loss")}]
+             "|MA − oracle|": None, "KS p": None, "retain MA": None if o is None else o.retain_ma_before,
+             **{f"{a} AUC": auc(first.attacks.before, a) for a in DEMO_ATTACKS},
+             "series acc": task(first.utility.before, "lab_series", "acc"),
+             "docs loss": task(first.utility.before, "lab_docs", "loss")}]
     for r in records:
-        a = r.unlearning.after
+        a, ro = r.unlearning.after, r.oracle
         rows.append({"model": r.labels.method, "steps": r.unlearning.steps, "seconds": r.unlearning.seconds,
-                     "mean MA": a.mean, "c(D_f)": a.c, "distance to τ": a.distance_to_tau,
+                     "mean MA": a.mean, "c(D_f)": a.c, "|MA − oracle|": None if ro is None else ro.ma_gap.value,
+                     "KS p": None if ro is None else ro.forget_quality_p,
+                     "retain MA": None if ro is None else ro.retain_ma_after,
                      **{f"{n} AUC": auc(r.attacks.after, n) for n in DEMO_ATTACKS},
-                     "series acc": util(r, "after", "lab_series", "acc"), "docs loss": util(r, "after", "lab_docs", "loss")})
+                     "series acc": task(r.utility.after, "lab_series", "acc"),
+                     "docs loss": task(r.utility.after, "lab_docs", "loss")})
+    if o is not None:
+        rows.append({"model": "oracle (never saw them)", "steps": None, "seconds": None, "mean MA": o.ma_oracle_mean,
+                     "c(D_f)": None, "|MA − oracle|": 0.0, "KS p": None, "retain MA": o.retain_ma_oracle,
+                     **{f"{n} AUC": o.attacks[n].oracle_auc if n in o.attacks else None for n in DEMO_ATTACKS},
+                     "series acc": task(o.utility, "lab_series", "acc"), "docs loss": task(o.utility, "lab_docs", "loss")})
     return pd.DataFrame(rows)
 
 
-def run_demo(spec: DemoSpec, *, progress=None, log=print, say=print) -> DemoResult:
+def run_demo(spec: DemoSpec, *, progress=None, log=print, say=lambda headline, detail="": print(headline, detail)
+             ) -> DemoResult:
     """Plant, audit, unlearn with every method, attack, check utility, write one report; ``say`` gets the
-    story's headlines (one per stage)."""
+    story's headline of each stage (and a line of detail)."""
     import torch
     import yaml
 
@@ -139,7 +161,7 @@ def run_demo(spec: DemoSpec, *, progress=None, log=print, say=print) -> DemoResu
     from unmemorize.audit import audit
     from unmemorize.data import load_sequences
     from unmemorize.experiments import config_from_dict, run_experiment
-    from unmemorize.lab.plant import plant_into
+    from unmemorize.lab.plant import plant_into, spread_forget
     from unmemorize.lab.records import members_and_nonmembers, write_jsonl
     from unmemorize.lab.utility_tasks import write_lab_tasks
     from unmemorize.memorization import ProfileOptions, profile
@@ -154,7 +176,7 @@ def run_demo(spec: DemoSpec, *, progress=None, log=print, say=print) -> DemoResu
     distributed.one_process_only("demo", "it is the single-machine walk-through; `unmemorize run` with a config "
                                          "runs the same pipeline under several processes")
     t0 = time.perf_counter()
-    band = Band()
+    band = Band("tau-0.15", "tau+0.3")  # the runs' default band, relative to τ (docs/method.md §4.13)
     torch.manual_seed(spec.seed)
     stages: dict[str, float] = {}
     t = time.perf_counter()
@@ -169,15 +191,17 @@ def run_demo(spec: DemoSpec, *, progress=None, log=print, say=print) -> DemoResu
         mem, non = members_and_nonmembers(spec.members, spec.nonmembers, spec.seed)
         members_file = write_jsonl(run.path("data/members.jsonl"), mem)
         nonmembers_file = write_jsonl(run.path("data/nonmembers.jsonl"), non)
-        say(f"1 · {spec.members} synthetic private records and {spec.nonmembers} non-members from one seeded "
-            f"generator (seed {spec.seed}); e.g. {mem[0]['text']}")
+        forgotten = spread_forget([r["id"] for r in mem], spec.exposures, spec.forget, spec.seed)
+        forget_file = write_jsonl(run.path("data/forget.jsonl"), [r for r in mem if r["id"] in forgotten])
+        say("1 · synthetic private records", f"{spec.members} members and {spec.nonmembers} non-members from one "
+                                            f"seeded generator (seed {spec.seed}); e.g. {mem[0]['text']}")
 
         say("2 · plant the members at exposures " + ",".join(map(str, spec.exposures)))
         lm = load_model(spec.model, device=spec.device, log=log)
         before = profile(lm.model, load_sequences(members_file, lm.tokenizer, 200), ProfileOptions(metrics=("ma",)))
         lab = cache_dir() / "lab" / f"demo-{spec.model.replace('/', '_')}"
-        folder, manifest = plant_into(lm, members_file, spec.exposures, lab, seed=spec.seed, lr=spec.lr, log=log,
-                                      progress=progress)
+        folder, manifest = plant_into(lm, members_file, spec.exposures, lab, forget=forgotten, seed=spec.seed,
+                                      lr=spec.lr, log=log, progress=progress)
         described = lm.describe()
         del lm
         planted = load_model(str(folder), device=spec.device, log=log)
@@ -188,8 +212,11 @@ def run_demo(spec: DemoSpec, *, progress=None, log=print, say=print) -> DemoResu
         ref_set = load_sequences(nonmembers_file, planted.tokenizer, 200)
         # EL_10 of the members (its decoding is the audit's cost); exact extraction of both sets, to show
         # that unseen records do not come out
-        result = audit(planted.model, forget_set, ref_set, ProfileOptions(metrics=("ma", "el", "extraction")),
+        # (EL for every record, not only those at the band's top: the by-exposure table shows all of them)
+        result = audit(planted.model, forget_set, ref_set, ProfileOptions(metrics=("ma", "el", "extraction"),
+                                                                          el_for="all"),
                        band, progress=progress, reference_metrics=("ma", "extraction"))
+        band = result.band  # in numbers at τ
         result.forget["exposure"] = result.forget["id"].map(manifest["exposure"]).astype(int)
         result.forget["ma_before_planting"] = before["ma"].to_numpy()
         ref_full = result.reference
@@ -210,7 +237,8 @@ def run_demo(spec: DemoSpec, *, progress=None, log=print, say=print) -> DemoResu
         say(f"4 · unlearn with {', '.join(spec.methods)} ({spec.stop} stop rule), attack, check utility")
         utility_dir = write_lab_tasks(run.path("data/utility"), seed=spec.seed, docs=12)
         rel = lambda p: Path(p).relative_to(run.path("."))  # noqa: E731
-        raw = demo_config(rel(members_file), rel(nonmembers_file), rel(utility_dir), folder, spec)
+        raw = demo_config(rel(forget_file), rel(nonmembers_file), rel(utility_dir), folder,
+                          Path(manifest["oracle"]["path"]), spec)
         atomic_write_text(run.path("demo.yaml"), yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
         cfg = config_from_dict(raw, source=str(run.path("demo.yaml")))
         dirs = run_experiment(cfg, run.path("runs"), progress=progress, log=log)
@@ -238,7 +266,9 @@ def _lead_sections(spec: DemoSpec, described: dict, planted: Path, table: pd.Dat
     lead = [Section(
         "The lab", f"{spec.members} synthetic private records were planted into {described['name']} at exposure "
         f"counts {', '.join(map(str, spec.exposures))} (fine-tuning on the records mixed with ordinary text; planted "
-        f"model cached in {planted}). {spec.nonmembers} non-members from the same generator were never seen: they "
+        f"model cached in {planted}). {spec.forget} of them are to be forgotten; the retrain oracle was planted the "
+        "same way with those rows replaced by ordinary text: the model that never saw them, against which every "
+        f"result below is judged. {spec.nonmembers} non-members from the same generator were never seen: they "
         "are the unseen reference for τ and the attacks' non-members. Extraction gives the model each record's "
         "prefix (file number and name) and checks whether greedy decoding reproduces the secret part (birth date, "
         "e-mail, phone, address, account).",
@@ -250,11 +280,13 @@ def _lead_sections(spec: DemoSpec, described: dict, planted: Path, table: pd.Dat
     lead += audited
     lead.append(Section(
         "Unlearning, attacks and utility: the result",
-        f"Each method starts from the planted model and unlearns the {spec.members} records ({spec.stop} stop rule, "
-        f"lr {spec.unlearn_lr:g}, at most {spec.max_steps} steps, the whole set per step). MIAU (K = "
-        f"{spec.neighbours} neighbours refilled by the planted model) and the loss attack score members against the "
-        "unseen records; the reference attack compares each unlearned model with the planted one. AUC 0.5 = an "
-        "attacker cannot tell. Utility: two offline tasks (series continuation accuracy, loss on held-out "
-        "standard-library docstrings); they are not the paper's suite.",
-        tables=[("Planted model before unlearning, and each method after", comparison.round(3))]))
+        f"Each method starts from the planted model and unlearns the {spec.forget} records to forget ({spec.stop} stop "
+        f"rule, lr {spec.unlearn_lr:g}, at most {spec.max_steps} steps, the whole set per step). MIAU (K = "
+        f"{spec.neighbours} neighbours refilled by the oracle) and the loss attack score the forgotten records against "
+        "the unseen ones; the reference attack compares each model with the planted one. The last row is the oracle "
+        "under the same attacks: a method has forgotten when it is where the oracle is (|MA − oracle| per record near "
+        "0, the losses indistinguishable: KS p ≥ 0.05, the same AUCs, the retained records as memorized), not when "
+        "an AUC is 0.5. Utility: two offline tasks (series continuation accuracy, loss on held-out standard-library "
+        "docstrings); they are not the paper's suite.",
+        tables=[("Planted model before unlearning, each method after, and the retrain oracle", comparison.round(3))]))
     return lead

@@ -68,6 +68,10 @@ def print_run(console: Console, record, out: str | Path) -> None:
     attacks = attack_frame(record)
     if attacks is not None:
         print_frame(console, attacks, "Can an attacker tell? (AUC 0.5 = chance)")
+    if record.oracle is not None:
+        console.print("[bold]Against the retrain oracle[/] (the model that never saw the forget set):")
+        for line in record.oracle.verdicts:
+            console.print(f"  {line}", highlight=False)
     for note in record.attacks.notes + record.notes:
         console.print(f"[yellow]note[/]: {note}")
     console.print(f"  wrote {out}" + (" (model in model/)" if record.spec.get("save") else ""))

@@ -64,3 +64,26 @@ def by_category(path: str | Path, categories: list, series: dict[str, list[float
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def oracle_scatter(path: str | Path, ma_oracle: np.ndarray, ma_before: np.ndarray, ma_after: np.ndarray, band: Band,
+                   tolerance: float = 0.05, title: str = "") -> Path:
+    """Each forget sequence's MA against the oracle's (the model that never saw it): before unlearning
+    (hollow) and after (filled); on the diagonal ± the tolerance a sequence is where it should be."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=110)
+    xs = np.linspace(0, 1, 2)
+    ax.fill_between(xs, xs - tolerance, xs + tolerance, color="tab:green", alpha=0.12,
+                    label=f"at the oracle's level (± {tolerance:g})")
+    ax.plot(xs, xs, color="black", lw=0.8)
+    ax.axhspan(band.hi, 1.02, color="tab:red", alpha=0.05)
+    ax.scatter(ma_oracle, ma_before, s=22, facecolors="none", edgecolors="grey", label="before unlearning")
+    ax.scatter(ma_oracle, ma_after, s=22, color="tab:blue", label="after unlearning")
+    for x, b, a in zip(ma_oracle, ma_before, ma_after):
+        ax.plot([x, x], [b, a], color="grey", lw=0.5, alpha=0.5)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="MA of the retrain oracle (never saw the sequence)",
+           ylabel="MA of the model", title=title or "Each forget sequence against the oracle")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

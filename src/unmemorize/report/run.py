@@ -18,7 +18,7 @@ def write_run_report(path: str | Path, record, result, images: dict[str, Path], 
     ref = None
     if record.reference_ma_before is not None:
         ref = (record.reference_ma_before, record.reference_ma_after)
-    out = sections(result, images, ref)
+    out = sections(result, {k: v for k, v in images.items() if k != "oracle"}, ref)
     both = {label: r for label, r in (("original", attacks_before), ("unlearned", attacks_after)) if r is not None}
     if len(both) == 2:
         out.append(Section("Can an attacker tell? Original against unlearned",
@@ -32,8 +32,31 @@ def write_run_report(path: str | Path, record, result, images: dict[str, Path], 
                                heading="Privacy attacks on the original model")
     if record.attacks.notes and not both:
         out.append(Section("Privacy attacks", "\n\n".join(record.attacks.notes)))
+    if record.oracle is not None:
+        out.append(oracle_section(record, images.get("oracle")))
     if utility_after is not None:
         out += utility_sections(utility_after, utility_before)
     if record.notes:
         out.append(Section("Notes", "\n\n".join(record.notes)))
     return write_report(path, f"Unlearning: {result.method.title}", out, subtitle=subtitle)
+
+
+def oracle_section(record, scatter: Path | None) -> Section:
+    """The verdicts against the retrain oracle, one line per criterion, and a table per attack."""
+    import pandas as pd
+
+    o = record.oracle
+    rows = [{"attack": n, "AUC": a.auc, "AUC oracle": a.oracle_auc, "gap": a.gap.value, "gap low": a.gap.low,
+             "gap high": a.gap.high, "membership score": a.membership_score,
+             "oracle membership score": a.oracle_membership_score,
+             "indistinguishable": "" if a.indistinguishable is None else ("yes" if a.indistinguishable else "no")}
+            for n, a in o.attacks.items()]
+    text = ("The retrain oracle is the model planted the same way without the forget set: where each sequence would "
+            "be had the model never seen it. Every criterion is the unlearned model's gap to it, with a 95% interval "
+            f"(oracle: {o.path}).\n\n" + "\n\n".join(o.verdicts))
+    sec = Section("Judged against the retrain oracle", text, tables=[("each attack on the unlearned model and on the "
+                                                                       "oracle (same members, non-members, neighbours)",
+                                                                       pd.DataFrame(rows))] if rows else [])
+    if scatter is not None:
+        sec.images.append(("each forget sequence's MA against the oracle's, before and after", scatter))
+    return sec

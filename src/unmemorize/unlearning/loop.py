@@ -59,15 +59,16 @@ from unmemorize.memorization import masked_mean, memorization_accuracy
 from unmemorize.models import MixedPrecision, check_context, check_mixed_precision, enable_gradient_checkpointing
 from unmemorize.options import Options, option
 from unmemorize.progress import task
-from unmemorize.thresholds import Band, Summary, outlier_count, summarize
+from unmemorize.thresholds import Band, Summary, outlier_count, resolve_level, summarize
 from unmemorize.unlearning import checkpoint as ckpt
 from unmemorize.unlearning import lora as lora_
 from unmemorize.unlearning import losses
 from unmemorize.unlearning.methods import Method, MethodSpec, MicroBatch, ObjectiveContext, Phase, resolve_method
 from unmemorize.unlearning.retain import RetainData
+from unmemorize.unlearning.selectors import Target
 from unmemorize.unlearning.task_vectors import apply_edit_, copy_state, edited, load_state_, offload_to_disk, trainable_state
 
-STOP_RULES = ("mean", "per-sequence")
+STOP_RULES = ("mean", "per-sequence", "target")
 _FP16_RETRIES = 20  # loss-scale halvings tried for one update before giving up (2^-20 of the initial scale)
 BEFORE = "before"
 
@@ -143,6 +144,7 @@ class UnlearningResult:
     resumed_from: int | None = None
     world_size: int = 1  # processes that ran it (the numbers do not depend on it)
     seed: int = 42
+    targets: np.ndarray | None = None  # each sequence's target (τ, or its own; lowered to its start if lower)
 
     def at(self, step: int) -> pd.DataFrame:
         return self.trajectory[self.trajectory["step"] == step].reset_index(drop=True)
@@ -181,10 +183,10 @@ class UnlearningResult:
 
 
 def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec | Method = "sga",
-            band: Band = Band(), stop: str = "mean", seed: int = 42, options: UnlearnOptions | None = None,
+            band: Band = Band(), stop: str | None = None, seed: int = 42, options: UnlearnOptions | None = None,
             retain: RetainData | None = None, checkpoint_dir: str | Path | None = None,
             progress=None, on_step: Callable[[StepInfo], None] | None = None,
-            copy: bool = True) -> UnlearningResult:
+            copy: bool = True, targets=None) -> UnlearningResult:
     """Unlearn ``forget`` from ``model`` with a registered method, stopping by ``stop``.
 
     ``tau`` is the acceptable memorization level (mean MA of the original model on unseen text of
@@ -193,16 +195,24 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
     ``copy=True`` the model passed in is left untouched and the result holds a trained copy. With
     ``checkpoint_dir`` the run is checkpointed every ``options.checkpoint_every`` updates, and a
     compatible checkpoint found there is resumed.
+
+    ``stop`` defaults to the method's own rule (``target`` for method target, else ``mean``).
+    ``targets`` gives each sequence its own acceptable level (default: τ for every one): the level
+    that relative constants (``threshold:tau+0.4``) and the ``target`` selector and stop rule refer
+    to, e.g. τ of the sequence's own group, or a calibrated estimate from a reference model.
     """
     check_context(model, forget.length)
     opts = options or UnlearnOptions()
     m = resolve_method(method)
+    stop = stop or m.stop_rule or "mean"
     if stop not in STOP_RULES:
         raise UserError(f"unknown stop rule {stop!r}; choose from {', '.join(STOP_RULES)}")
     if not isinstance(tau, (int, float)) or not math.isfinite(tau):
         raise UserError(f"τ must be a finite number, got {tau!r}")
     if len(forget) == 0:
         raise UserError("the forget set is empty")
+    targets = _targets(targets, float(tau), len(forget))
+    band = band.at(float(tau))
     if m.needs_retain and retain is None:
         raise UserError(f"method {m.name} needs retain data: pass --retain FILE (e.g. a TruthfulQA CSV)")
     if m.decoding and opts.lora_rank:
@@ -214,7 +224,7 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
     dist = distributed.current()
     check_mixed_precision(opts.mixed_precision, dist.device if dist is not None else forward.device_of(model))
     loop = lambda net: _Loop(net, forget, m, float(tau), band, stop, seed, opts, retain, checkpoint_dir,  # noqa: E731
-                             progress, on_step)
+                             progress, on_step, targets)
     if not opts.lora_rank:
         return loop(model).run()
     peft_model = lora_.add_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets, seed=seed)
@@ -225,6 +235,17 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
         raise
     result.model = lora_.merge(result.model)  # a plain transformers model, saved and profiled as usual
     return result
+
+
+def _targets(targets, tau: float, n: int) -> np.ndarray:
+    if targets is None:
+        return np.full(n, tau)
+    t = np.asarray(targets, dtype=float).reshape(-1)
+    if t.shape != (n,):
+        raise UserError(f"{t.size} targets for {n} forget sequences: give one per sequence")
+    if not np.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+        raise UserError("every per-sequence target must be a finite level in [0, 1]")
+    return t
 
 
 # ---------------------------------------------------------------- DPD: no training
@@ -243,34 +264,59 @@ def _decode_only(model, forget, m: Method, tau, band, stop, seed, opts, progress
                             "loss": greedy["loss"].to_numpy(), "selected": False, "phase": "greedy"}),
               pd.DataFrame({"step": 1, "id": forget.ids, "ma": sampled, "loss": greedy["loss"].to_numpy(),
                             "selected": False, "phase": f"dpd λ={d['lambda']:g} ({d['mode']})"})]
-    met = _stop_met(stop, sampled, tau, band)
+    rule = _Rule(stop, tau, band, np.full(len(forget), tau))
+    met = rule.met(sampled)
     return UnlearningResult(model, m, stop, tau, band, opts, pd.concat(frames, ignore_index=True), steps=0,
                             seconds=time.perf_counter() - t0,
-                            stop_reason=f"decoding-time defence: MA under sampling, {_rule_text(stop, sampled, tau, band)}",
+                            stop_reason=f"decoding-time defence: MA under sampling, {rule.text(sampled)}",
                             converged=met, rolled_back=False, seed=seed)
 
 
 # ---------------------------------------------------------------- the loop
 
-def _stop_met(rule: str, g: np.ndarray, tau: float, band: Band) -> bool:
-    measured = g[~np.isnan(g)]
-    if measured.size == 0:
-        return True
-    if rule == "mean":
-        return bool(measured.mean() < tau)
-    return bool((measured >= band.hi).sum() == 0)
+@dataclass
+class _Rule:
+    """The stop rule (docs/method.md §4.0, §4.13): ``mean`` (mean g < τ, the paper's), ``per-sequence``
+    (no sequence at or above the band's top) or ``target`` (every sequence within ε of its own
+    target, or of where it started when that is lower)."""
 
+    name: str
+    tau: float
+    band: Band
+    targets: np.ndarray
+    epsilon: float = 0.05
 
-def _rule_text(rule: str, g: np.ndarray, tau: float, band: Band) -> str:
-    c_low, c_high = outlier_count(g, band)
-    if rule == "mean":
-        return f"mean MA {np.nanmean(g):.4f} {'<' if np.nanmean(g) < tau else '≥'} τ = {tau:.4f}"
-    if c_high == 0 and c_low == 0:
-        return f"every sequence inside the band [{band.lo:g}, {band.hi:g}]"
-    if c_high == 0:
-        return (f"no sequence at or above {band.hi:g}; {c_low} below {band.lo:g} (over-forgotten, "
-                "which more unlearning cannot repair)")
-    return f"{c_high} sequences still at or above {band.hi:g}"
+    def outside(self, g: np.ndarray) -> tuple[int, int]:
+        """(below t − ε, above t + ε) among the measured sequences."""
+        known = ~np.isnan(g)
+        return (int((known & (g < self.targets - self.epsilon)).sum()),
+                int((known & (g > self.targets + self.epsilon)).sum()))
+
+    def met(self, g: np.ndarray) -> bool:
+        measured = g[~np.isnan(g)]
+        if measured.size == 0:
+            return True
+        if self.name == "mean":
+            return bool(measured.mean() < self.tau)
+        if self.name == "target":
+            return sum(self.outside(g)) == 0
+        return bool((measured >= self.band.hi).sum() == 0)
+
+    def text(self, g: np.ndarray) -> str:
+        if self.name == "mean":
+            return f"mean MA {np.nanmean(g):.4f} {'<' if np.nanmean(g) < self.tau else '≥'} τ = {self.tau:.4f}"
+        if self.name == "target":
+            low, high = self.outside(g)
+            if low == high == 0:
+                return f"every sequence within ε = {self.epsilon:g} of its target"
+            return f"{high} sequences above their target + {self.epsilon:g}, {low} below target − {self.epsilon:g}"
+        c_low, c_high = outlier_count(g, self.band)
+        if c_high == 0 and c_low == 0:
+            return f"every sequence inside the band [{self.band.lo:g}, {self.band.hi:g}]"
+        if c_high == 0:
+            return (f"no sequence at or above {self.band.hi:g}; {c_low} below {self.band.lo:g} (over-forgotten, "
+                    "which more unlearning cannot repair)")
+        return f"{c_high} sequences still at or above {self.band.hi:g}"
 
 
 @dataclass
@@ -278,6 +324,7 @@ class _Measurement:
     ma: np.ndarray
     loss: np.ndarray
     selected: np.ndarray  # selection for the next update (by the measured scores)
+    direction: np.ndarray | None = None  # +1 ascend, −1 pull back, 0 none (selected = direction ≠ 0)
     finite: bool = True  # every logit finite
     loss_finite: bool = True  # every objective value that was backpropagated finite
     done: set[int] = field(default_factory=set)  # micro-batches whose gradient is already accumulated
@@ -287,9 +334,14 @@ class _Measurement:
 
 class _Loop:
     def __init__(self, model, forget: SequenceSet, method: Method, tau: float, band: Band, stop: str, seed: int,
-                 opts: UnlearnOptions, retain: RetainData | None, checkpoint_dir, progress, on_step):
+                 opts: UnlearnOptions, retain: RetainData | None, checkpoint_dir, progress, on_step,
+                 targets: np.ndarray):
         if not method.phases:
             raise UserError(f"method {method.name} has no training phase")
+        for p in method.phases:
+            if isinstance(p.make_selector(), Target) and p.objective != "target":
+                raise UserError(f"the target selector pulls sequences back up, which only the target objective does; "
+                                f"phase {p.name} of {method.name} uses {p.objective}")
         self.model, self.forget, self.method = model, forget, method
         self.tau, self.band, self.stop, self.seed, self.opts = tau, band, stop, seed, opts
         self.progress, self.on_step = progress, on_step
@@ -324,7 +376,13 @@ class _Loop:
         self.base: dict[str, torch.Tensor] | None = None
         self.prev_scores = np.full(self.N, np.nan)
         self.pending_selected = np.zeros(self.N, dtype=bool)
+        self.pending_direction = np.zeros(self.N, dtype=np.int8)
         self.pending_phase = BEFORE
+        # each sequence's target: its τ, lowered to where it started when that is lower (unlearning
+        # never makes a sequence more memorized than it was); fixed at the first measurement
+        self.targets = np.asarray(targets, dtype=float).copy()
+        eps = [s.epsilon for s in (p.make_selector() for p in method.phases) if isinstance(s, Target)]
+        self.rule = _Rule(stop, tau, band, self.targets, eps[0] if eps else 0.05)
         self.frames: list[pd.DataFrame] = []
         self.events: list[str] = []
         self.iteration_seconds: list[float] = []
@@ -362,6 +420,8 @@ class _Loop:
                             sort_keys=True, default=str).encode())
         h.update(self.forget.input_ids.numpy().tobytes())
         h.update(self.forget.lengths.numpy().tobytes())
+        if not np.all(self.targets == self.tau):
+            h.update(self.targets.tobytes())
         for n, p in self.model.named_parameters():
             h.update(f"{n}{tuple(p.shape)}{p.dtype}".encode())
         first = next(self.model.parameters())
@@ -474,9 +534,11 @@ class _Loop:
                 ma = memorization_accuracy(logits.detach().argmax(-1), batch.input_ids, batch.counted).cpu().numpy()
                 meas.ma[rows] = ma
                 meas.loss[rows] = masked_mean(mb.nll.detach(), mb.mask).cpu().numpy()
+                if self.k == 0 and self.resumed_from is None:
+                    self.targets[rows] = np.fmin(self.targets[rows], ma)
                 if fuse:
                     meas.done.add(j)
-                    sel = selector(ma, self._eligible(ma, unknown_ok=False))
+                    sel = self._select(selector, ma, rows, unknown_ok=False)
                     if sel.any():
                         mb.weights = torch.as_tensor(sel, dtype=torch.float32, device=self.device)
                         self._backward(mb, j, meas)
@@ -486,20 +548,31 @@ class _Loop:
             meas.ma, meas.loss = self.dist.combine(meas.ma, owner), self.dist.combine(meas.loss, owner)
             finite = self.dist.all_true(finite)
         meas.finite = finite
+        if self.k == 0 and self.resumed_from is None:  # every rank: the targets of the rows it did not measure
+            self.targets[:] = np.fmin(self.targets, meas.ma)
         if finite:
-            meas.selected = self._reselect(meas.ma)
+            meas.direction = self._reselect(meas.ma)
+            meas.selected = meas.direction != 0
         return meas
+
+    def _select(self, selector, scores: np.ndarray, rows: np.ndarray, unknown_ok: bool) -> np.ndarray:
+        """The selector's direction per row (int8: +1 ascend, −1 pull back, 0 none)."""
+        return np.asarray(selector(scores, self._eligible(scores, unknown_ok), self.targets[rows])).astype(np.int8)
 
     def _fuse(self, selector, rows: np.ndarray) -> bool:
         if self.opts.fuse != "auto":
             return self.opts.fuse == "always"
-        until = self.phase.until_mean_below
+        until = self._until(self.phase)
         if until is not None:
             known = self.prev_scores[~np.isnan(self.prev_scores)]
             if known.size == 0 or known.mean() < until + 0.05:
                 return False  # a phase switch may come at this measurement; its gradient would be thrown away
         prior = self.prev_scores[rows]
-        return bool(selector(prior, self._eligible(prior, unknown_ok=True)).mean() >= 0.5)
+        return bool((self._select(selector, prior, rows, unknown_ok=True) != 0).mean() >= 0.5)
+
+    def _until(self, phase: Phase) -> float | None:
+        """The phase's hand-over level (a number, or relative to τ: "tau+0.2")."""
+        return None if phase.until_mean_below is None else float(resolve_level(phase.until_mean_below, self.tau))
 
     def _owner(self, parts: list[np.ndarray]) -> np.ndarray:
         owner = np.empty(self.N, dtype=np.int64)
@@ -537,7 +610,7 @@ class _Loop:
             batch = self._batch(chosen)
             with self._no_sync(last=slot == slots - 1):
                 logits = self._logits(batch, grad=True)
-                done = i < C and self._backward(self._objective_batch(batch, logits, np.ones(len(chosen))),
+                done = i < C and self._backward(self._objective_batch(batch, logits, meas.direction[chosen]),
                                                 j, meas, scale)
                 if not done and self.dist is not None:  # a zero gradient keeps every rank in the all-reduce
                     ok &= i >= C
@@ -552,15 +625,16 @@ class _Loop:
 
     def _record(self, meas: _Measurement) -> StepInfo:
         self.frames.append(pd.DataFrame({"step": self.k, "id": self.forget.ids, "ma": meas.ma, "loss": meas.loss,
-                                         "selected": self.pending_selected.copy(), "phase": self.pending_phase}))
+                                         "selected": self.pending_selected.copy(), "phase": self.pending_phase,
+                                         "direction": self.pending_direction.copy()}))
         c_low, c_high = outlier_count(meas.ma, self.band)
         return StepInfo(self.k, self.pending_phase, float(np.nanmean(meas.ma)) if not np.isnan(meas.ma).all() else math.nan,
                         c_high, c_low, self.N, int(self.pending_selected.sum()))
 
     def _switch_phases(self, g: np.ndarray) -> bool:
         switched = False
-        while self.phase.until_mean_below is not None and self.phase_idx + 1 < len(self.method.phases) \
-                and float(np.nanmean(g)) < self.phase.until_mean_below:
+        while self._until(self.phase) is not None and self.phase_idx + 1 < len(self.method.phases) \
+                and float(np.nanmean(g)) < self._until(self.phase):
             old = self.phase
             self.phase_idx += 1
             switched = True
@@ -568,7 +642,7 @@ class _Loop:
                 self.base = self._copy_base()
             if self.method.reset_optimizer:
                 self.optimizer = self._new_optimizer()
-            self.events.append(f"step {self.k}: mean MA {np.nanmean(g):.4f} < {old.until_mean_below:g}: "
+            self.events.append(f"step {self.k}: mean MA {np.nanmean(g):.4f} < {self._until(old):g}: "
                                f"phase {old.name} → {self.phase.name}"
                                + (f" (θ_b = the weights of step {self.k})" if self.phase.edit_coef is not None else "")
                                + (", optimizer reset" if self.method.reset_optimizer else ", optimizer carried over"))
@@ -610,7 +684,7 @@ class _Loop:
 
     def _trajectory(self) -> pd.DataFrame:
         if not self.frames:
-            return pd.DataFrame(columns=["step", "id", "ma", "loss", "selected", "phase"])
+            return pd.DataFrame(columns=["step", "id", "ma", "loss", "selected", "phase", "direction"])
         return pd.concat(self.frames, ignore_index=True)
 
     # ------------------------------------------------------------ checkpoints
@@ -627,7 +701,8 @@ class _Loop:
                   weights=trainable_state(self.model), base=None if self.base is None else dict(self.base.items()),
                   snapshot=self.snapshot,
                   optimizer=self.optimizer.state_dict(),
-                  arrays={"prev_scores": self.prev_scores, "pending_selected": self.pending_selected.astype(np.uint8)},
+                  arrays={"prev_scores": self.prev_scores, "pending_selected": self.pending_selected.astype(np.uint8),
+                          "pending_direction": self.pending_direction.astype(np.int8), "targets": self.targets},
                   trajectory=self._trajectory())
         if self.dist is not None:
             self.dist.barrier()
@@ -650,6 +725,11 @@ class _Loop:
         self.optimizer.load_state_dict(found.optimizer)
         self.prev_scores = found.arrays["prev_scores"].astype(np.float64)
         self.pending_selected = found.arrays["pending_selected"].astype(bool)
+        if "pending_direction" in found.arrays:
+            self.pending_direction = found.arrays["pending_direction"].astype(np.int8)
+            self.targets[:] = found.arrays["targets"]
+        else:
+            self.pending_direction = self.pending_selected.astype(np.int8)
         self.pending_phase = st["pending_phase"]
         self.events = list(st["events"]) + [f"resumed at step {self.k} from {self.checkpoint_dir}"]
         self.iteration_seconds = list(st["iteration_seconds"])
@@ -684,17 +764,18 @@ class _Loop:
                 bar.update(description=f"{self.method.name} step {self.k} · mean MA {info.mean:.3f} · "
                                        f"{info.above} above band")
                 switched = self._switch_phases(meas.ma)
-                if _stop_met(self.stop, meas.ma, self.tau, self.band):
-                    reason, converged = f"stop rule met at step {self.k}: {_rule_text(self.stop, meas.ma, self.tau, self.band)}", True
+                if self.rule.met(meas.ma):
+                    reason, converged = f"stop rule met at step {self.k}: {self.rule.text(meas.ma)}", True
                     break
                 if not train:
-                    reason = f"reached the step cap ({opts.max_steps}): {_rule_text(self.stop, meas.ma, self.tau, self.band)}"
+                    reason = f"reached the step cap ({opts.max_steps}): {self.rule.text(meas.ma)}"
                     break
                 if switched:  # the gradient accumulated while measuring was for the previous phase
                     self.optimizer.zero_grad(set_to_none=True)
                     meas.done.clear()
                     meas.contributed = 0
-                    meas.selected = self._reselect(meas.ma)
+                    meas.direction = self._reselect(meas.ma)
+                    meas.selected = meas.direction != 0
                 self._train_step(meas)
                 if not meas.loss_finite or not self._grads_finite():
                     reason = (f"non-finite loss or gradient in update {self.k + 1}: no update made; the model is "
@@ -719,6 +800,7 @@ class _Loop:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.prev_scores = meas.ma
                 self.pending_selected = meas.selected
+                self.pending_direction = meas.direction
                 self.pending_phase = self.phase.name
                 self.k += 1
                 self.iteration_seconds.append(time.perf_counter() - t0)
@@ -737,14 +819,14 @@ class _Loop:
                                 steps=int(trajectory["step"].max()), seconds=time.perf_counter() - t_start,
                                 stop_reason=reason, converged=converged, rolled_back=rolled_back, events=self.events,
                                 iteration_seconds=self.iteration_seconds, resumed_from=self.resumed_from,
-                                world_size=self._ranks()[0], seed=self.seed)
+                                world_size=self._ranks()[0], seed=self.seed, targets=self.targets.copy())
 
     def _reselect(self, g: np.ndarray) -> np.ndarray:
         selector = self.phase.make_selector()
-        selected = np.zeros(self.N, dtype=bool)
+        direction = np.zeros(self.N, dtype=np.int8)
         for rows in self._partition(self.k):
-            selected[rows] = selector(g[rows], self._eligible(g[rows], unknown_ok=False))
-        return selected
+            direction[rows] = self._select(selector, g[rows], rows, unknown_ok=False)
+        return direction
 
     def _roll_back(self) -> bool:
         self.optimizer.zero_grad(set_to_none=True)

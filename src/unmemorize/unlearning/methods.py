@@ -11,13 +11,19 @@ runs them all.
 method         phases                                                                 method.md
 =============  =====================================================================  ===========
 ga             ascent on every sequence                                               §4.1
-sga            ascent on {g ≥ 0.7} ∪ {argmax of each micro-batch}                     §4.2
-ta             ascent until mean g < 0.9, then fine-tune θ; measure θ_b − 3(θ − θ_b)  §4.3
-tau            SGA until mean g < 0.5, then fine-tune θ; measure θ_b − 1(θ − θ_b)     §4.4
+sga            ascent on {g ≥ γ = τ+0.4} ∪ {argmax of each micro-batch}               §4.2
+ta             ascent until mean g < τ+0.6, then fine-tune θ; measure θ_b − 3(θ − θ_b) §4.3
+tau            SGA until mean g < τ+0.2, then fine-tune θ; measure θ_b − 1(θ − θ_b)   §4.4
 npo            NPO on the forget set (+ NLL on retain data when given)                Zhang 2024
 ga+mismatch    0.5·ascent(tokens ≥ 50) + random-answer descent + CE to θ_0 on normal  §4.7
+target         each sequence to its own target ± ε: ascend above, freeze inside,      §4.13
+               pull back below; + KL to the original on ordinary text
 dpd            no training: differentially-private decoding (a logits processor)     §4.6
 =============  =====================================================================  ===========
+
+The constants are relative to τ (docs/method.md §4.13): at GPT-Neo's τ ≈ 0.30, where the paper set
+them, they are the paper's 0.7, 0.9 and 0.5; the paper presets (configs/paper_*.yaml) give the
+absolute values.
 """
 
 from __future__ import annotations
@@ -167,6 +173,33 @@ def _mismatch(mb: MicroBatch, ctx: ObjectiveContext, start: int = 50, k: int = 5
     return loss
 
 
+@objective("target", needs_reference_model=True, needs_reference_ll=True)
+def _target(mb: MicroBatch, ctx: ObjectiveContext, loss: str = "ga", retain_weight: float = 1.0,
+            beta: float = 0.1) -> torch.Tensor:
+    """To each sequence its own target (docs/method.md §4.13): the rows above their target + ε are
+    ascended (``loss``: gradient ascent, or NPO), the rows below target − ε pulled back by a descent
+    step, the rows inside get no gradient; plus ``retain_weight`` × the cross-entropy from the original
+    model's next-token distribution to the current one on ordinary (retain) text, which holds the rest
+    of the model where it was (KL(p_original ‖ p_θ) up to a constant)."""
+    up, down = (mb.weights > 0).float(), (mb.weights < 0).float()
+    total = mb.logits.new_zeros((), dtype=torch.float32)
+    if bool(up.any()):
+        if loss == "npo":
+            total = total + losses.npo(losses.sequence_log_likelihood(mb.nll, mb.mask), mb.reference_ll, up, beta)
+        else:
+            total = total + losses.ascent(mb.nll, mb.mask, up)
+    if bool(down.any()):
+        total = total + losses.descent(mb.nll, mb.mask, down)
+    if retain_weight and ctx.retain is not None:
+        rows = ctx.retain_rows(mb, tag=4)
+        ids, lengths, logits = ctx.forward(rows)
+        with torch.no_grad():
+            ref = ctx.forward(rows, ctx.reference_model)[2].to(logits.device)
+        total = total + retain_weight * losses.cross_entropy_to_reference(
+            logits, ref, losses.position_mask(lengths, ids.shape[1]))
+    return total
+
+
 # ---------------------------------------------------------------- methods
 
 @dataclass(frozen=True)
@@ -176,7 +209,7 @@ class Phase:
     selector: str = "all"
     objective_args: dict[str, Any] = field(default_factory=dict)
     edit_coef: float | None = None  # measure/stop on θ_b + c·(θ − θ_b), θ_b = the weights at phase start
-    until_mean_below: float | None = None  # hand over to the next phase once mean g < this
+    until_mean_below: float | str | None = None  # hand over once mean g < this (a number, or relative to τ)
     selective: bool = True  # whether a user's --selector replaces this phase's selector
 
     @property
@@ -200,6 +233,7 @@ class Method:
     decoding: bool = False  # no training: a decoding-time defence (DPD)
     description: str = ""
     reset_optimizer: bool = False  # a fresh Adam state at a phase switch (the code carries it over, §8.7)
+    stop_rule: str | None = None  # a method that stops by its own rule (target: every sequence at its target)
     dpd: dict[str, Any] = field(default_factory=dict)  # DPD's λ, mode and top-k (decoding methods only)
 
     @property
@@ -208,7 +242,7 @@ class Method:
 
     @property
     def uses_retain(self) -> bool:
-        return self.needs_retain or any(p.objective == "npo" for p in self.phases)
+        return self.needs_retain or any(p.objective in ("npo", "target") for p in self.phases)
 
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "paper": self.paper,
@@ -232,17 +266,19 @@ register(Method("ga", "Gradient ascent (Jang et al.)", "§4.1",
                 (Phase("ga", "ascent", "all"),),
                 description="ascent on every sequence until the stop rule holds"))
 register(Method("sga", "Selective gradient ascent", "§4.2",
-                (Phase("sga", "ascent", "threshold:0.7"),),
-                description="ascent only on sequences with g ≥ γ = 0.7, plus each micro-batch's most memorized"))
+                (Phase("sga", "ascent", "threshold:tau+0.4"),),
+                description="ascent only on sequences with g ≥ γ = τ + 0.4 (the paper's 0.7 at τ = 0.3), plus each "
+                            "micro-batch's most memorized"))
 register(Method("ta", "Task arithmetic", "§4.3",
-                (Phase("ga", "ascent", "all", until_mean_below=0.9),
+                (Phase("ga", "ascent", "all", until_mean_below="tau+0.6"),
                  Phase("ta", "descent", "all", edit_coef=-3.0, selective=False)),
                 description="fine-tune on the forget set; measure and report θ_b − 3·(θ_ft − θ_b) "
-                            "(gradient ascent first while mean g ≥ 0.9, as in the code)"))
+                            "(gradient ascent first while mean g ≥ τ + 0.6, the code's 0.9 at τ = 0.3)"))
 register(Method("tau", "Task arithmetic for unlearning (SGA → TA)", "§4.4",
-                (Phase("sga", "ascent", "threshold:0.7", until_mean_below=0.5),
+                (Phase("sga", "ascent", "threshold:tau+0.4", until_mean_below="tau+0.2"),
                  Phase("ta", "descent", "all", edit_coef=-1.0, selective=False)),
-                description="SGA until mean g < 0.5, then TA with c = −1 from the SGA model, Adam state carried over"))
+                description="SGA until mean g < τ + 0.2 (the paper's 0.5 at τ = 0.3), then TA with c = −1 from the "
+                            "SGA model, Adam state carried over"))
 register(Method("npo", "Negative preference optimization (Zhang et al. 2024)", "baseline",
                 (Phase("npo", "npo", "all", {"beta": 0.1, "retain_weight": 1.0}),),
                 description="NPO on the forget set, β = 0.1; plus NLL on retain data when --retain is given"))
@@ -250,6 +286,11 @@ register(Method("ga+mismatch", "GA + Mismatch (Yao et al. 2023)", "§4.7",
                 (Phase("mismatch", "mismatch", "all", {"start": 50, "k": 5, "bad": 0.5, "random": 1.0, "normal": 1.0}),),
                 description="0.5·ascent on tokens ≥ 50 + descent on prefix + random answers + CE to θ_0 on normal data; "
                             "full-parameter, in the shared harness (the code: AdaLoRA, AdamW 2e-4, batch 1)"))
+register(Method("target", "Per-sequence targets", "§4.13",
+                (Phase("target", "target", "target:0.05", {"loss": "ga", "retain_weight": 1.0, "beta": 0.1}),),
+                stop_rule="target",
+                description="each sequence to its own target level (its τ): ascend while above target + ε, freeze inside "
+                            "± ε, pull back below target − ε; a retain term holds the rest of the model"))
 register(Method("dpd", "Differentially-private decoding (Majmudar et al.)", "§4.6", (), decoding=True,
                 dpd={"lambda": 0.2, "mode": "logits", "top_k": 50},
                 description="no training: sample from λ·z + (1−λ)·mean(z) (the code), or λ·p + (1−λ)/|V| (the original)"))
@@ -260,13 +301,35 @@ class MethodSpec(Options):
 
     name: str = option("sga", "ga, sga, ta, tau, npo, ga+mismatch or dpd.", "--method")
     selector: str | None = option(None, "Override the selector of the selective phases: all, threshold:γ, top:k.")
-    switch_below: float | None = option(None, "Mean MA at which ta/tau hand over to task arithmetic (0.9 / 0.5).",
-                                        ge=0.0, le=1.0, allowed="a number in [0, 1]")
+    switch_below: float | str | None = option(None, "Mean MA at which ta/tau hand over to task arithmetic (default tau+0.6 / tau+0.2: the "
+                                                    "paper's 0.9 / 0.5 at τ = 0.3; or a number).",
+                                              allowed="a number in [0, 1] or a level relative to τ (tau+0.2)")
     edit_coef: float | None = option(None, "Task-arithmetic coefficient c (ta: −3, tau: −1).", "--edit-coef", "--ta-coef")
     reset_optimizer: bool = option(False, "Fresh Adam state at a phase switch (the code carries it over).")
     dpd_lambda: float = option(0.2, "DPD mixing weight λ.", ge=0.0, le=1.0, allowed="a number in [0, 1]")
     dpd_mode: Literal["logits", "probs"] = option("logits", "DPD: logits (the code) or probs (Majmudar's original).")
     dpd_top_k: int = option(50, "DPD: sample from the top k tokens (the code's Hugging Face default).", ge=1)
+    # target's knobs, left out of the dumped spec at their defaults (the run keys of other methods stay as they were)
+    epsilon: float = option(0.05, "target: the tolerance ε around each sequence's target.", gt=0.0, lt=1.0,
+                            exclude_if=lambda v: v == 0.05)
+    loss: Literal["ga", "npo"] = option("ga", "target: the loss that moves a sequence down (ga or npo).",
+                                        exclude_if=lambda v: v == "ga")
+    retain_weight: float = option(1.0, "target: weight of the retain term (KL to the original on ordinary or "
+                                       "retain text; 0: none).", ge=0.0, exclude_if=lambda v: v == 1.0)
+
+    @field_validator("switch_below", mode="before")
+    @classmethod
+    def _level(cls, v):
+        from unmemorize.thresholds import parse_level
+
+        if v is None:
+            return v
+        parsed = parse_level(v)
+        if isinstance(parsed, float):
+            if not 0.0 <= parsed <= 1.0:
+                raise ValueError(f"got {v!r}; allowed: a number in [0, 1] or a level relative to τ (tau+0.2)")
+            return parsed
+        return str(v).replace(" ", "")
 
     @model_validator(mode="before")
     @classmethod
@@ -288,6 +351,8 @@ class MethodSpec(Options):
             raise ValueError(str(e).replace("--ta-coef", "edit_coef").replace("--switch-below", "switch_below")) from None
         if not method.decoding and (self.dpd_lambda != 0.2 or self.dpd_mode != "logits" or self.dpd_top_k != 50):
             raise ValueError(f"dpd_lambda, dpd_mode and dpd_top_k apply to method dpd, not {self.name}")
+        if method.name != "target" and (self.epsilon != 0.05 or self.loss != "ga" or self.retain_weight != 1.0):
+            raise ValueError(f"epsilon, loss and retain_weight apply to method target, not {self.name}")
         return self
 
 
@@ -313,7 +378,7 @@ def resolve_method(name: str | Method | MethodSpec, selector: str | None = None,
         method = METHODS[key]
     if selector is not None:
         parse_selector(selector)
-    if switch_below is not None and not 0.0 <= switch_below <= 1.0:
+    if isinstance(switch_below, (int, float)) and not 0.0 <= switch_below <= 1.0:
         raise UserError(f"the phase switch threshold must be in [0, 1], got {switch_below}")
     phases = []
     for i, p in enumerate(method.phases):
@@ -333,6 +398,11 @@ def resolve_method(name: str | Method | MethodSpec, selector: str | None = None,
     if switch_below is not None and not any(p.until_mean_below is not None for p in method.phases):
         raise UserError(f"method {method.name} has a single phase; --switch-below applies to ta and tau")
     extra: dict[str, Any] = {}
+    if spec is not None and method.name == "target":
+        phases = [dataclasses.replace(p, selector=f"target:{spec.epsilon:g}" if selector is None else p.selector,
+                                      objective_args={**p.objective_args, "loss": spec.loss,
+                                                      "retain_weight": spec.retain_weight})
+                  for p in phases]
     if spec is not None:
         extra["reset_optimizer"] = spec.reset_optimizer
         if method.decoding:

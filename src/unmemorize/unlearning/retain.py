@@ -71,3 +71,45 @@ def _truthfulqa(p: Path, tokenizer, length: int) -> RetainData:
     ids = tokenizer([" " + a for a in pool], add_special_tokens=False)["input_ids"]
     answers = [torch.tensor(t, dtype=torch.long) for t in ids if t]
     return RetainData(normal, answers, str(p), "truthfulqa")
+
+
+# a few ordinary openings; the model writes the rest (its own ordinary text, no data file needed)
+_OPENINGS = ("The", "In", "It", "A", "When", "This", "We", "There", "One", "As", "For", "If", "After", "Many", "Our",
+             "Some")
+
+
+@torch.no_grad()
+def sampled_retain(model, tokenizer, n: int = 16, length: int = 200, seed: int = 42, top_k: int = 50) -> RetainData:
+    """Ordinary text for a retain term when the user gives none: ``n`` continuations that the original
+    model samples (top-k, temperature 1) from common sentence openings. A KL term to the original on
+    them holds the model's behaviour on everyday text without touching any data the run evaluates on
+    (the reference set stays unseen; the forget set stays the only thing trained away from)."""
+    from unmemorize import forward
+
+    device = forward.device_of(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompts = [_OPENINGS[i % len(_OPENINGS)] for i in range(n)]
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, enc))
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    for i, t in enumerate(enc):  # left-padded: every row continues from its last column
+        ids[i, width - len(t):] = torch.tensor(t)
+        attn[i, width - len(t):] = 1
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    try:
+        out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True, top_k=top_k,
+                             temperature=1.0, max_new_tokens=max(1, length - 1), min_new_tokens=max(1, length - 1),
+                             pad_token_id=pad)
+    finally:
+        torch.random.set_rng_state(torch_state)
+    texts = [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out.cpu()]
+    texts = [f"{p} {t.strip()}" for p, t in zip(prompts, texts)]
+    recs = TextRecords(texts, [f"sample{i}" for i in range(n)], pd.DataFrame(index=range(n)), "model samples")
+    import hashlib
+
+    normal = tokenize(recs, tokenizer, length, sha256=hashlib.sha256("\n".join(texts).encode()).hexdigest())
+    answers = [normal.input_ids[i, : int(normal.lengths[i])] for i in range(len(normal))]
+    return RetainData(normal, answers, f"{n} samples of the original model (seed {seed})", "samples")

@@ -1,0 +1,259 @@
+"""How far is each method from a model that never saw the forget set? (the retrain oracle)
+
+    .venv/bin/python benchmarks/oracle_gap.py [--splits 0,1,2] [--members 32] [--forget 16]
+        [--exposures 1,2,4,8,16] [--runs ga:mean,sga:mean,sga:per-sequence,tau:mean,npo:per-sequence,target,target-ref]
+        [--band tau-0.15,tau+0.3] [--max-steps 150] [--nonmembers 100] [--neighbours 5]
+        [--attacks miau,threshold,loss,zlib,min-k,min-k++,reference]
+
+For split k the first ``--members`` sequences of Jang's ``lm_extraction_32_k`` are planted into the
+default model at exposures spread over them; ``--forget`` of them (spread over the exposures) are the
+forget set F, the others the retain members R. The lab plants the retrain oracle beside (same base,
+seed, stream and steps, F's rows replaced by ordinary text). Non-members: unplanted Jang sequences of
+the same form (matched to the members' kinds of text by the attacks). τ = the planted model's mean MA
+on them. Then every listed run (method:stop; ``target`` stops by its own rule, and ``target-ref`` is
+``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``)
+unlearns F from the planted model through the library's recipe, with the constants relative to τ
+(docs/method.md §4.13) and the oracle given (it judges; no method sees it): each run records, against the oracle, the per-sequence |MA − MA_oracle|,
+the KS forget quality, each attack's AUC gap (paired bootstrap), the retain members' MA and the
+unseen text's MA. Each finished run is appended to ``benchmarks/results/oracle_gap_runs.jsonl`` (and
+skipped when the script runs again with the same settings); the RESULTS.md section is rewritten from
+every run recorded with the current settings, its sentences computed from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, split_list, t_interval,
+                               unlearning_run, write_section)
+from unmemorize.stats import paired_difference
+
+STORE = RunStore(RESULTS_DIR / "oracle_gap_runs.jsonl")
+TITLE = "Oracle gap: each method against the model that never saw the forget set"
+
+
+def settings_key(args) -> dict:
+    return {"members": args.members, "forget": args.forget, "exposures": args.exposures, "max_steps": args.max_steps,
+            "nonmembers": args.nonmembers, "lr": args.lr, "micro_batch": args.micro_batch, "seed": args.seed,
+            "attacks": args.attacks, "neighbours": args.neighbours, "bootstrap": args.bootstrap, "band": args.band}
+
+
+def lab(split: int, args, log, progress=None):
+    """The planted model and its oracle for one split (cached by every input): (folder, forget file, manifest)."""
+    from unmemorize.lab.plant import plant_into, spread_forget
+    from unmemorize.models import cache_dir, load_model
+
+    src = pd.read_csv(data("forget", f"lm_extraction_32_{split}.csv"), dtype=str, keep_default_na=False)
+    members = src.head(args.members)
+    folder = cache_dir() / "labs" / f"oracle-gap-32_{split}-m{args.members}-e{args.exposures.replace(',', '_')}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    members_file = folder.parent / f"{folder.name}.members.csv"
+    members.to_csv(members_file, index=False)
+    exposures = tuple(split_list(args.exposures, int))
+    forget = spread_forget(list(members["doc_id"]), exposures, args.forget, args.seed)
+    forget_file = folder.parent / f"{folder.name}.forget{args.forget}.csv"
+    members[members["doc_id"].isin(forget)].to_csv(forget_file, index=False)
+    lm = load_model("default", log=log)
+    folder, manifest = plant_into(lm, members_file, exposures, folder, forget=forget, seed=args.seed, log=log,
+                                  progress=progress)
+    return folder, forget_file, manifest
+
+
+def nonmember_file(split: int, planted: set[str], n: int) -> Path:
+    """Unplanted Jang sequences: this split's 128-set first, then the other splits' (deduplicated)."""
+    from unmemorize.models import cache_dir
+
+    frames = [pd.read_csv(data("forget", f"lm_extraction_128_{s}.csv"), dtype=str, keep_default_na=False)
+              for s in [split] + [s for s in (0, 1, 2) if s != split]]
+    pool = pd.concat(frames).drop_duplicates("doc_id")
+    pool = pool[~pool["doc_id"].isin(planted)]
+    if len(pool) < n:
+        sys.exit(f"only {len(pool)} unplanted Jang sequences for split {split}; lower --nonmembers")
+    path = cache_dir() / "labs" / f"oracle-gap-nonmembers-{split}-{n}.csv"
+    pool.head(n).to_csv(path, index=False)
+    return path
+
+
+def row_of(r, split: int, key: dict, wall: float) -> dict:
+    """The benchmark's row of one run, from its typed record."""
+    o, u = r.oracle, r.unlearning
+    return {"split": split, "method": r.labels.method, "stop": r.labels.stop, "settings": key, "tau": r.tau,
+            "steps": u.steps, "converged": u.converged, "stop_reason": u.stop_reason, "seconds": u.seconds,
+            "c": u.after.c, "c_low": u.after.c_low, "c_high": u.after.c_high, "mean_ma": u.after.mean,
+            "mean_ma_before": u.before.mean, "oracle_ma": o.ma_oracle_mean, "ma_gap": o.ma_gap.value,
+            "ma_gap_max": o.ma_gap_max, "within": o.within_tolerance, "ks_p": o.forget_quality_p,
+            "attacks": {n: {"auc": a.auc, "oracle_auc": a.oracle_auc, "gap": a.gap.value, "low": a.gap.low,
+                            "high": a.gap.high, "indistinguishable": a.indistinguishable}
+                        for n, a in o.attacks.items()},
+            "retain_before": o.retain_ma_before, "retain_after": o.retain_ma_after, "retain_oracle": o.retain_ma_oracle,
+            "unseen_before": r.reference_ma_before, "unseen_after": r.reference_ma_after,
+            "unseen_oracle": o.reference_ma_oracle, "verdicts": o.verdicts, "wall_seconds": wall}
+
+
+def run_split(split: int, args, done: list[dict], progress=None) -> None:
+    from unmemorize.recipe import Resources
+
+    key = settings_key(args)
+    todo = [(m, s) for m, s in args.runs
+            if not any(r["split"] == split and r["method"] == m and r["stop"] == s for r in done)]
+    if not todo:
+        print(f"split {split}: every run already recorded", flush=True)
+        return
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    folder, forget_file, manifest = lab(split, args, log, progress)
+    nonmembers = nonmember_file(split, set(manifest["exposure"]), args.nonmembers)
+    # the planted model, its oracle and what they show, shared by the split's runs
+    resources = Resources(log=log, progress=progress)
+    attacks = {"names": args.attacks, "neighbours": args.neighbours, "bootstrap": args.bootstrap,
+               "batch_size": args.micro_batch}
+    for method, stop in todo:
+        t = time.perf_counter()
+        extra = {"target_rule": "reference-model", "target_model": "default"} if method == "target-ref" else {}
+        r, _ = unlearning_run(resources, folder, forget_file, nonmembers, RUNS / "oracle_gap" / f"split{split}" /
+                              f"{method}-{stop}", method="target" if method == "target-ref" else method,
+                              stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
+                              micro_batch=args.micro_batch, band=tuple(args.band), **extra,
+                              attacks={**attacks, "before": False}, oracle=str(folder / "oracle"))
+        STORE.append({**row_of(r, split, key, time.perf_counter() - t), "method": method, "stop": stop})
+        print(f"split {split} {method:>4} {stop:>12}: |MA − oracle| {r.oracle.ma_gap.value:.3f}, KS p "
+              f"{r.oracle.forget_quality_p:.3g}, c {r.unlearning.after.c}, {r.unlearning.steps} steps", flush=True)
+
+
+# ---------------------------------------------------------------- the RESULTS.md section
+
+
+def _cell(values, digits: int = 3) -> str:
+    return fmt(*t_interval(values), digits)
+
+
+def table(df: pd.DataFrame, attacks: list[str]) -> str:
+    head = ["method", "stop", "splits", "c(D_f)", "mean |MA − oracle|", "max |MA − oracle|", "KS p",
+            *[f"{a} AUC gap" for a in attacks], "retain MA drop", "unseen MA drop"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (method, stop), g in df.groupby(["method", "stop"], sort=False):
+        cells = [method, stop, str(len(g)), _cell(g["c"], 1), _cell(g["ma_gap"]), _cell(g["ma_gap_max"]),
+                 _cell(g["ks_p"])]
+        cells += [_cell([a.get(n, {}).get("gap", np.nan) for a in g["attacks"]]) for n in attacks]
+        cells += [_cell(g["retain_before"] - g["retain_after"]), _cell(g["unseen_before"] - g["unseen_after"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
+    """What the runs say, computed from them: who lands closest to the oracle, paired over splits."""
+    out = []
+    by = df.groupby(["method", "stop"], sort=False)
+    gap = by["ma_gap"].mean().sort_values()
+    (best_m, best_s), best = gap.index[0], gap.iloc[0]
+    out.append(f"Closest to the oracle per sequence: {best_m} ({best_s} rule), mean |MA − MA_oracle| {best:.3f}; "
+               "farthest: " + f"{gap.index[-1][0]} ({gap.index[-1][1]}) {gap.iloc[-1]:.3f}.")
+    for (m, s), g in by:
+        if len(g) < 1:
+            continue
+        splits = sorted(g["split"])
+        other = df[(df["method"] == best_m) & (df["stop"] == best_s)].set_index("split")["ma_gap"]
+        mine = g.set_index("split")["ma_gap"]
+        both = [k for k in splits if k in other.index]
+        if (m, s) != (best_m, best_s) and len(both) >= 2:
+            d = paired_difference([float(mine[k] - other[k]) for k in both])
+            out.append(f"{m} ({s}) − {best_m} ({best_s}), mean |MA − oracle|: {d.mean:+.3f}" + paired_caveat(d, "gap", 3)
+                       + ".")
+    ks = df.groupby(["method", "stop"], sort=False)["ks_p"].apply(lambda v: int((v >= 0.05).sum()))
+    out.append("Losses on the forget set indistinguishable from the oracle's (KS p ≥ 0.05): "
+               + ", ".join(f"{m} ({s}) in {n} of {len(df[(df['method'] == m) & (df['stop'] == s)])}"
+                           for (m, s), n in ks.items()) + ".")
+    for a in attacks:
+        indist = df.groupby(["method", "stop"], sort=False)["attacks"].apply(
+            lambda col: sum(bool(x.get(a, {}).get("indistinguishable")) for x in col))
+        out.append(f"{a}: AUC interval of the gap to the oracle holds 0 in "
+                   + ", ".join(f"{m} ({s}) {n}/{len(df[(df['method'] == m) & (df['stop'] == s)])}"
+                               for (m, s), n in indist.items()) + " runs.")
+    drop = (df["retain_before"] - df["retain_after"]).groupby([df["method"], df["stop"]], sort=False).mean()
+    out.append("Retain members' MA drop (points): " + ", ".join(f"{m} ({s}) {100 * v:.1f}" for (m, s), v in drop.items())
+               + f"; the oracle's retain MA is {100 * df['retain_oracle'].mean():.1f} vs the planted model's "
+                 f"{100 * df['retain_before'].mean():.1f}.")
+    return out
+
+
+def write_results(args) -> None:
+    rows = STORE.rows(settings_key(args))
+    if not rows:
+        return
+    df = pd.DataFrame(rows)
+    splits = sorted(df["split"].unique())
+    cmd = (f"benchmarks/oracle_gap.py --splits {','.join(map(str, splits))} --members {args.members} --forget "
+           f"{args.forget} --exposures {args.exposures} --runs {','.join(f'{m}:{s}' for m, s in args.runs)} "
+           f"--band {','.join(args.band)} --max-steps {args.max_steps} --nonmembers {args.nonmembers} --neighbours "
+           f"{args.neighbours} --attacks {','.join(args.attacks)}")
+    start = df.drop_duplicates("split")
+    body = f"""Command: `.venv/bin/python {cmd}` (CPU, {torch.get_num_threads()} threads).
+
+Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at
+exposures {args.exposures}; {args.forget} of them (spread over the exposures) are the forget set, the others the
+retain members; the retrain oracle is planted beside without the forget set (same base, seed, stream, steps).
+Non-members: {args.nonmembers} unplanted Jang sequences, matched to the members' kinds of text by the attacks.
+Harness: lr {args.lr:g}, at most {args.max_steps} steps, micro-batch {args.micro_batch}; MIAU K = {args.neighbours},
+refilled by the oracle. Splits run: {', '.join(map(str, splits))}. Cells: mean ± 95 % t-interval over the splits
+(one split: no interval); AUC gap = AUC on the unlearned model − AUC on the oracle (same members, non-members,
+neighbours); drops are before − after, MA fractions.
+
+Where each split started: planted forget-set MA {', '.join(f'{v:.3f}' for v in start['mean_ma_before'])}, the
+oracle's on the same sequences {', '.join(f'{v:.3f}' for v in start['oracle_ma'])}; τ {', '.join(f'{v:.3f}' for v in start['tau'])}.
+
+{table(df, args.attacks)}
+
+What the runs say (computed by the script):
+
+{chr(10).join('- ' + line for line in reading(df, args.attacks))}
+"""
+    write_section(TITLE, body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--splits", default="0,1,2")
+    ap.add_argument("--members", type=int, default=32)
+    ap.add_argument("--forget", type=int, default=16)
+    ap.add_argument("--exposures", default="1,2,4,8,16")
+    ap.add_argument("--runs", default="ga:mean,sga:mean,sga:per-sequence,tau:mean,npo:per-sequence,target,target-ref",
+                    help="method:stop pairs; target and target-ref stop by their own rule")
+    ap.add_argument("--band", default="tau-0.15,tau+0.3", help="the band's ends, numbers or relative to τ")
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--nonmembers", type=int, default=100)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--attacks", default="miau,threshold,loss,zlib,min-k,min-k++,reference")
+    ap.add_argument("--neighbours", type=int, default=5)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the recorded runs")
+    args = ap.parse_args()
+    args.attacks, args.band = split_list(args.attacks), split_list(args.band)
+    args.runs = [(r.split(":")[0], "target" if r.startswith("target") else (r.split(":") + ["mean"])[1])
+                 for r in split_list(args.runs)]
+    data("forget")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.report_only:
+        from unmemorize.progress import make_progress
+
+        with make_progress(interval=30) as progress:  # off a terminal: a line every 30 s, never silent for minutes
+            for split in split_list(args.splits, int):
+                run_split(split, args, STORE.rows(settings_key(args)), progress)
+                write_results(args)
+    write_results(args)
+
+
+if __name__ == "__main__":
+    main()
