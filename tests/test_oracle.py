@@ -130,6 +130,8 @@ def test_unlearn_with_the_oracle_records_every_criterion(lab, tmp_path):
         assert a.gap.low <= a.gap.value <= a.gap.high
     assert o.retain_members == len(manifest["exposure"]) - len(forget)  # the members that stay
     assert o.retain_ma_after is not None and o.retain_gap is not None
+    band = r.unlearning.after  # the oracle's own c(D_f): its MAs on F against the same band, counted by hand
+    assert o.oracle_c == int(((after["ma_oracle"] <= band.lo) | (after["ma_oracle"] >= band.hi)).sum())
     assert any(v.startswith("forget quality") for v in o.verdicts) and any(v.startswith("loss:") for v in o.verdicts)
     assert "Judged against the retrain oracle" in (out / "report.html").read_text()
     assert (out / "oracle_attacks.json").is_file() and (out / "oracle.png").is_file()
@@ -138,6 +140,32 @@ def test_unlearn_with_the_oracle_records_every_criterion(lab, tmp_path):
     assert "retrain oracle" in res.output
     # MIAU's neighbours: the oracle refilled them when asked for the lm perturber (no warning then)
     assert not any("refilled by the original" in n for n in r.attacks.notes)
+
+
+def test_retain_members_survive_the_loss_of_the_file_they_were_planted_from(lab, tmp_path):
+    """The planted folder keeps a copy of its members: a demo's temporary data folder, once gone, must
+    not silently drop the retain criterion of every later run against a cached plant."""
+    from typer.testing import CliRunner
+
+    from unmemorize.cli import app
+    from unmemorize.lab.plant import MEMBERS
+    from unmemorize.record import read_record
+
+    root, folder, manifest, forget = lab
+    assert (folder / MEMBERS).read_text().count("\n") == len(manifest["exposure"])
+    moved = root / "members.moved"
+    (root / "members.jsonl").rename(moved)
+    try:
+        out = tmp_path / "run"
+        res = CliRunner().invoke(app, ["unlearn", "--model", str(folder), "--forget", str(root / "forget.jsonl"),
+                                       "--reference", str(root / "unseen.jsonl"), "--oracle", str(folder / ORACLE),
+                                       "--method", "ga", "--lr", "3e-3", "--max-steps", "1", "--micro-batch", "2",
+                                       "--no-attacks", "--checkpoint-every", "0", "--out", str(out)])
+    finally:
+        moved.rename(root / "members.jsonl")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    o = read_record(out).oracle
+    assert o.retain_members == len(manifest["exposure"]) - len(forget) and o.retain_ma_after is not None
 
 
 def test_a_wrong_oracle_is_refused_before_any_work(lab, tmp_path, tokenizer):

@@ -269,12 +269,13 @@ def retain_members(oracle: LoadedModel, forget, tokenizer, length: int):
     """The members planted in both the model and its oracle (the oracle's manifest names them), or None
     for an oracle that does not come from the lab."""
     from unmemorize.data import load_sequences
-    from unmemorize.lab.plant import read_plant_manifest
+    from unmemorize.lab.plant import members_of, read_plant_manifest
 
     manifest = read_plant_manifest(Path(oracle.path))
     if manifest is None or not manifest.get("retain"):
         return None
-    source = Path(manifest["inputs"]["members"]["source"])
+    # the copy kept in the planted folder first; the file they were planted from may be gone
+    source = members_of(Path(oracle.path)) or Path(manifest["inputs"]["members"]["source"])
     if not source.exists():
         return None
     members = load_sequences(source, tokenizer, length)
@@ -593,6 +594,7 @@ def oracle_record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after:
     from unmemorize import oracle as judge
     from unmemorize.record import Interval, OracleAttack, OracleRecord
     from unmemorize.stats import membership_score
+    from unmemorize.thresholds import outlier_count
 
     boot, seed = spec.attacks.bootstrap, spec.seed
     iv = lambda g: Interval(value=_num(g.value), low=_num(g.low), high=_num(g.high))  # noqa: E731
@@ -603,7 +605,7 @@ def oracle_record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after:
     verdicts = [judge.verdict_forget_quality(stat, p), judge.verdict_ma_gap(gap, worst, within, len(ma_u))]
     rec = OracleRecord(path=str(spec.oracle), forget_quality_p=_num(p), ks_statistic=_num(stat), ma_gap=iv(gap),
                        ma_gap_max=_num(worst), within_tolerance=within, ma_oracle_mean=_num(np.nanmean(o.ma)),
-                       loss_oracle_mean=_num(np.nanmean(o.loss)),
+                       loss_oracle_mean=_num(np.nanmean(o.loss)), oracle_c=sum(outlier_count(o.ma, inputs.band)),
                        reference_ma_oracle=None if o.reference_g is None else _num(np.nanmean(o.reference_g)))
     if after.attacks is not None and o.attacks is not None:
         su, so = after.attacks.scores, o.attacks.scores

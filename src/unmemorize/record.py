@@ -148,6 +148,7 @@ class OracleRecord(_Record):
     ma_gap_max: float | None
     within_tolerance: int  # sequences with |MA − MA_oracle| ≤ the tolerance
     ma_oracle_mean: float | None
+    oracle_c: int | None = None  # c(D_f) of the oracle itself: a never-seen sequence can lie outside the band too
     loss_oracle_mean: float | None
     attacks: dict[str, OracleAttack] = Field(default_factory=dict)
     retain_members: int = 0

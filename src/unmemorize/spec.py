@@ -112,7 +112,8 @@ class _Shared(Options):
                                           "attacks' non-members.", "--reference", "-r")
     reference_limit: int | None = option(None, "Use only the first N reference sequences.", ge=1,
                                          allowed="a positive number of sequences")
-    retain: Path | None = option(None, "Normal/retain data for ga+mismatch and npo (e.g. TruthfulQA.csv).")
+    retain: Path | None = option(None, "Normal/retain data for ga+mismatch, npo and target (e.g. TruthfulQA.csv, or "
+                                       "the members to keep).")
     length: int = option(200, "Tokens per sequence T (the paper: 200).", ge=2,
                          allowed="an integer ≥ 2 (tokens per sequence)")
     tau: float | None = option(None, "τ given directly (instead of the model's mean MA on the reference).",
@@ -182,7 +183,7 @@ class RunSpec(_Shared):
 
         m = resolve_method(self.method)
         if self.retain is not None and not m.uses_retain:
-            raise ValueError(f"retain data (--retain) is used by ga+mismatch and npo, not by {m.name}")
+            raise ValueError(f"retain data (--retain) is used by ga+mismatch, npo and target, not by {m.name}")
         if m.decoding and self.save:
             raise ValueError("DPD changes decoding, not weights: there is no unlearned model to save")
         if self.reference is None and self.tau is None:

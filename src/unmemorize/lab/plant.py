@@ -146,6 +146,27 @@ def read_plant_manifest(folder: Path) -> dict | None:
 
 
 ORACLE = "oracle"  # the retrain oracle's folder inside a planted model folder
+MEMBERS = "members.jsonl"  # a copy of the planted members (id, text) inside a planted model folder
+
+
+def keep_members(out: Path, members) -> Path:
+    """Keep the planted members beside the model that learnt them: a run judged against the oracle reads
+    its retain members from here, whatever became of the file they were planted from (a demo's
+    temporary folder, a moved dataset)."""
+    from unmemorize.lab.records import write_jsonl
+
+    path = Path(out) / MEMBERS
+    if not path.is_file():
+        write_jsonl(path, [{"id": i, "text": t} for i, t in zip(members.ids, members.texts)])
+    return path
+
+
+def members_of(folder: Path) -> Path | None:
+    """The planted members' file of a planted model folder or of its oracle, where there is one."""
+    for candidate in (Path(folder) / MEMBERS, Path(folder).parent / MEMBERS):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 class PlantSpec(Options):
@@ -226,6 +247,7 @@ def plant_into(lm, members_path: Path, exposures: tuple[int, ...], out: Path, *,
                                 and (out / ORACLE / "plant.json").is_file())
     if existing is not None and existing.get("key") == key and oracle_ok:
         log(f"Reusing the planted model in {out} (same inputs, key {key}).")
+        keep_members(out, members)  # plants cached before the copy was kept get it now (same key: same members)
         return out, existing
     if out.exists() and any(out.iterdir()) and existing is None:
         raise UserError(f"{out} exists and is not a planted model folder; choose another --out")
@@ -253,6 +275,7 @@ def plant_into(lm, members_path: Path, exposures: tuple[int, ...], out: Path, *,
         manifest = {**manifest, "oracle": {"path": str(out / ORACLE), "key": okey, "forget": forget,
                                            "retain": retain}}
         write_json(out / "plant.json", manifest)
+    keep_members(out, members)
     return out, manifest
 
 
