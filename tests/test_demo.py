@@ -4,6 +4,7 @@ attacks → offline utility → one report. The default model runs the same code
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -75,6 +76,14 @@ def test_demo_runs_the_whole_story_on_a_tiny_model(tmp_path, tokenizer, monkeypa
     cfg = load_config(out / "demo.yaml")
     assert [m.name for m in cfg.methods] == ["ga", "sga", "target"] and missing_inputs(cfg) == []
     assert cfg.target_rule == "reference-model"  # target's levels come from the model before planting
+    # target's retain term reads the records the user keeps; GA and SGA read no retain data
+    keep = (out / "data" / "keep.jsonl").read_text().splitlines()
+    assert len(keep) == 2 and not set(keep) & set((out / "data" / "forget.jsonl").read_text().splitlines())
+    from unmemorize.experiments.grid import expand
+
+    retains = {r.spec.method.name: r.spec.retain for r in expand(cfg)}
+    assert retains["target"] is not None and Path(retains["target"]).name == "keep.jsonl"
+    assert retains["ga"] is None and retains["sga"] is None
     assert all(p.done for p in plan(cfg, out / "runs"))  # `unmemorize run demo.yaml` finds them finished
 
 

@@ -69,7 +69,10 @@ def run_spec(cfg: ExperimentConfig, mi: int, fi: int, split, ki: int, stop: str,
     return RunSpec(**shared, model=source,
                    forget=ForgetSource(path=forget_path(cfg, f, split), sample=f.sample, sample_seed=f.sample_seed),
                    reference=resolve_path(cfg, cfg.reference) if cfg.reference else None,
-                   retain=resolve_path(cfg, cfg.retain) if cfg.retain else None,
+                   # the shared retain file goes to the methods that read one (a GA run beside a target run
+                   # neither reads nor hashes it)
+                   retain=resolve_path(cfg, cfg.retain) if cfg.retain and resolve_method(meth.spec()).uses_retain
+                   else None,
                    tau=m.tau if m.tau is not None else cfg.tau, training=training, attacks=attacks, utility=utility,
                    oracle=None if cfg.oracle is None else model_location(cfg, ModelSource(path=cfg.oracle)),
                    method=meth.spec(), stop=stop, seed=seed)

@@ -92,8 +92,8 @@ def exposure_table(forget: pd.DataFrame, reference: pd.DataFrame, el_col: str) -
     return pd.DataFrame(rows)
 
 
-def demo_config(forget_file: Path, nonmembers_file: Path, utility_dir: Path, planted: Path, oracle: Path,
-                spec: DemoSpec) -> dict:
+def demo_config(forget_file: Path, keep_file: Path, nonmembers_file: Path, utility_dir: Path, planted: Path,
+                oracle: Path, spec: DemoSpec) -> dict:
     """The experiment the demo runs on the planted model (written to demo.yaml: `unmemorize run` repeats it).
     Data paths are relative to the run folder, where demo.yaml lies, so the file stays valid once the
     folder is moved into place."""
@@ -106,7 +106,9 @@ def demo_config(forget_file: Path, nonmembers_file: Path, utility_dir: Path, pla
         "methods": list(spec.methods), "stop": [spec.stop], "seeds": [spec.seed],
         "reference": str(nonmembers_file),
         # target's per-record levels: the model before planting never saw the records (it is not the oracle)
-        **({"target_rule": "reference-model", "target_model": spec.model} if "target" in spec.methods else {}),
+        # and its retain term holds the records the user keeps (the other methods read no retain data)
+        **({"target_rule": "reference-model", "target_model": spec.model, "retain": str(keep_file)}
+           if "target" in spec.methods else {}),
         "training": {"lr": spec.unlearn_lr, "max_steps": spec.max_steps, "micro_batch": spec.forget,
                      "checkpoint_every": 0},
         "attacks": {"names": list(DEMO_ATTACKS), "before": True, "neighbours": spec.neighbours, "perturber": "lm",
@@ -147,7 +149,8 @@ def method_table(records) -> pd.DataFrame:
                      "c(D_f)": None, "|MA − oracle|": 0.0, "KS p": None, "retain MA": o.retain_ma_oracle,
                      **{f"{n} AUC": o.attacks[n].oracle_auc if n in o.attacks else None for n in DEMO_ATTACKS},
                      "series acc": task(o.utility, "lab_series", "acc"), "docs loss": task(o.utility, "lab_docs", "loss")})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.astype({"steps": "Int64", "c(D_f)": "Int64"})  # counts, with gaps: not 2.000 beside a —
 
 
 def run_demo(spec: DemoSpec, *, progress=None, log=print, say=lambda headline, detail="": print(headline, detail)
@@ -193,6 +196,7 @@ def run_demo(spec: DemoSpec, *, progress=None, log=print, say=lambda headline, d
         nonmembers_file = write_jsonl(run.path("data/nonmembers.jsonl"), non)
         forgotten = spread_forget([r["id"] for r in mem], spec.exposures, spec.forget, spec.seed)
         forget_file = write_jsonl(run.path("data/forget.jsonl"), [r for r in mem if r["id"] in forgotten])
+        keep_file = write_jsonl(run.path("data/keep.jsonl"), [r for r in mem if r["id"] not in forgotten])
         say("1 · synthetic private records", f"{spec.members} members and {spec.nonmembers} non-members from one "
                                             f"seeded generator (seed {spec.seed}); e.g. {mem[0]['text']}")
 
@@ -237,7 +241,7 @@ def run_demo(spec: DemoSpec, *, progress=None, log=print, say=lambda headline, d
         say(f"4 · unlearn with {', '.join(spec.methods)} ({spec.stop} stop rule), attack, check utility")
         utility_dir = write_lab_tasks(run.path("data/utility"), seed=spec.seed, docs=12)
         rel = lambda p: Path(p).relative_to(run.path("."))  # noqa: E731
-        raw = demo_config(rel(forget_file), rel(nonmembers_file), rel(utility_dir), folder,
+        raw = demo_config(rel(forget_file), rel(keep_file), rel(nonmembers_file), rel(utility_dir), folder,
                           Path(manifest["oracle"]["path"]), spec)
         atomic_write_text(run.path("demo.yaml"), yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
         cfg = config_from_dict(raw, source=str(run.path("demo.yaml")))

@@ -93,7 +93,7 @@ def audit_sections(result: AuditResult, tokenizer, images: dict[str, Path], refe
         text += "\n\nWarnings: " + " | ".join(result.warnings)
     return [
         Section("Summary", text, tables=[("", pd.DataFrame(summary_rows(result), columns=["what", "value"]))],
-                images=[(f"MA of the forget set and of unseen reference text; τ and the band [{s.lo}, {s.hi}]",
+                images=[(f"MA of the forget set and of unseen reference text; τ and the band [{s.lo:.2f}, {s.hi:.2f}]",
                          images["histogram"])]),
         Section("Per-sequence profile", "Sorted by MA. Extraction: greedy continuation of the prefix, "
                 "matched tokens of the true suffix.",

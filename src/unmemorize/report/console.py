@@ -15,7 +15,7 @@ from rich.table import Table
 
 
 def _cell(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "—"
     if isinstance(v, float):
         return f"{v:.3f}"
