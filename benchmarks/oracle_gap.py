@@ -1,7 +1,8 @@
 """How far is each method from a model that never saw the forget set? (the retrain oracle)
 
     .venv/bin/python benchmarks/oracle_gap.py [--splits 0,1,2] [--members 32] [--forget 16]
-        [--exposures 1,2,4,8,16] [--runs ga:mean,sga:mean,sga:per-sequence,tau:mean,npo:per-sequence,target,target-ref]
+        [--exposures 1,2,4,8,16]
+        [--runs ga:mean,sga:mean,sga:per-sequence,tau:mean,npo:per-sequence,target,target-ref,target-retain]
         [--band tau-0.15,tau+0.3] [--max-steps 150] [--nonmembers 100] [--neighbours 5]
         [--attacks miau,threshold,loss,zlib,min-k,min-k++,reference]
 
@@ -11,7 +12,8 @@ forget set F, the others the retain members R. The lab plants the retrain oracle
 seed, stream and steps, F's rows replaced by ordinary text). Non-members: unplanted Jang sequences of
 the same form (matched to the members' kinds of text by the attacks). τ = the planted model's mean MA
 on them. Then every listed run (method:stop; ``target`` stops by its own rule, and ``target-ref`` is
-``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``)
+``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``;
+``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples)
 unlearns F from the planted model through the library's recipe, with the constants relative to τ
 (docs/method.md §4.13) and the oracle given (it judges; no method sees it): each run records, against the oracle, the per-sequence |MA − MA_oracle|,
 the KS forget quality, each attack's AUC gap (paired bootstrap), the retain members' MA and the
@@ -63,10 +65,16 @@ def lab(split: int, args, log, progress=None):
     forget = spread_forget(list(members["doc_id"]), exposures, args.forget, args.seed)
     forget_file = folder.parent / f"{folder.name}.forget{args.forget}.csv"
     members[members["doc_id"].isin(forget)].to_csv(forget_file, index=False)
+    # R = M \ F: the members the user keeps (a method may train on them; only the oracle is off limits)
+    members[~members["doc_id"].isin(forget)].to_csv(retain_file(folder, args), index=False)
     lm = load_model("default", log=log)
     folder, manifest = plant_into(lm, members_file, exposures, folder, forget=forget, seed=args.seed, log=log,
                                   progress=progress)
     return folder, forget_file, manifest
+
+
+def retain_file(folder: Path, args) -> Path:
+    return folder.parent / f"{folder.name}.retain{args.forget}.csv"
 
 
 def nonmember_file(split: int, planted: set[str], n: int) -> Path:
@@ -89,7 +97,8 @@ def row_of(r, split: int, key: dict, wall: float) -> dict:
     o, u = r.oracle, r.unlearning
     return {"split": split, "method": r.labels.method, "stop": r.labels.stop, "settings": key, "tau": r.tau,
             "steps": u.steps, "converged": u.converged, "stop_reason": u.stop_reason, "seconds": u.seconds,
-            "c": u.after.c, "c_low": u.after.c_low, "c_high": u.after.c_high, "mean_ma": u.after.mean,
+            "c": u.after.c, "c_low": u.after.c_low, "c_high": u.after.c_high, "oracle_c": o.oracle_c,
+            "mean_ma": u.after.mean,
             "mean_ma_before": u.before.mean, "oracle_ma": o.ma_oracle_mean, "ma_gap": o.ma_gap.value,
             "ma_gap_max": o.ma_gap_max, "within": o.within_tolerance, "ks_p": o.forget_quality_p,
             "attacks": {n: {"auc": a.auc, "oracle_auc": a.oracle_auc, "gap": a.gap.value, "low": a.gap.low,
@@ -118,9 +127,10 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
                "batch_size": args.micro_batch}
     for method, stop in todo:
         t = time.perf_counter()
-        extra = {"target_rule": "reference-model", "target_model": "default"} if method == "target-ref" else {}
+        extra = {"target-ref": {"target_rule": "reference-model", "target_model": "default"},
+                 "target-retain": {"retain": str(retain_file(folder, args))}}.get(method, {})
         r, _ = unlearning_run(resources, folder, forget_file, nonmembers, RUNS / "oracle_gap" / f"split{split}" /
-                              f"{method}-{stop}", method="target" if method == "target-ref" else method,
+                              f"{method}-{stop}", method="target" if method.startswith("target") else method,
                               stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
                               micro_batch=args.micro_batch, band=tuple(args.band), **extra,
                               attacks={**attacks, "before": False}, oracle=str(folder / "oracle"))
@@ -137,14 +147,16 @@ def _cell(values, digits: int = 3) -> str:
 
 
 def table(df: pd.DataFrame, attacks: list[str]) -> str:
-    head = ["method", "stop", "splits", "c(D_f)", "mean |MA − oracle|", "max |MA − oracle|", "KS p",
-            *[f"{a} AUC gap" for a in attacks], "retain MA drop", "unseen MA drop"]
+    head = ["method", "stop", "splits", "c(D_f)", "oracle's c(D_f)", "mean |MA − oracle|", "max |MA − oracle|", "KS p",
+            *[f"{a} AUC gap" for a in attacks], "retain MA drop", "unseen MA drop", "steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (method, stop), g in df.groupby(["method", "stop"], sort=False):
-        cells = [method, stop, str(len(g)), _cell(g["c"], 1), _cell(g["ma_gap"]), _cell(g["ma_gap_max"]),
+        cells = [method, stop, str(len(g)), _cell(g["c"], 1), _cell(g.get("oracle_c", [np.nan]), 1), _cell(g["ma_gap"]),
+                 _cell(g["ma_gap_max"]),
                  _cell(g["ks_p"])]
         cells += [_cell([a.get(n, {}).get("gap", np.nan) for a in g["attacks"]]) for n in attacks]
-        cells += [_cell(g["retain_before"] - g["retain_after"]), _cell(g["unseen_before"] - g["unseen_after"])]
+        cells += [_cell(g["retain_before"] - g["retain_after"]), _cell(g["unseen_before"] - g["unseen_after"]),
+                  _cell(g["steps"], 1) + ("" if g["converged"].all() else f" ({int((~g['converged']).sum())} at the cap)")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -178,6 +190,15 @@ def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
         out.append(f"{a}: AUC interval of the gap to the oracle holds 0 in "
                    + ", ".join(f"{m} ({s}) {n}/{len(df[(df['method'] == m) & (df['stop'] == s)])}"
                                for (m, s), n in indist.items()) + " runs.")
+    if "oracle_c" in df and df["oracle_c"].notna().any():
+        oc = df.dropna(subset=["oracle_c"]).drop_duplicates("split").sort_values("split")
+        zero = df.groupby(["method", "stop"], sort=False)["c"].apply(lambda v: int((v == 0).sum()))
+        each = ", ".join(f"{int(c)} (split {k})" for k, c in zip(oc["split"], oc["oracle_c"]))
+        out.append(f"The oracle itself leaves {each}"
+                   + " of the forget set outside the band: a never-seen sequence can sit there, so c(D_f) = 0 and the "
+                   "oracle's level are different aims. c(D_f) = 0 in "
+                   + ", ".join(f"{m} ({s}) {n}/{len(df[(df['method'] == m) & (df['stop'] == s)])}" for (m, s), n in zero.items())
+                   + " runs.")
     drop = (df["retain_before"] - df["retain_after"]).groupby([df["method"], df["stop"]], sort=False).mean()
     out.append("Retain members' MA drop (points): " + ", ".join(f"{m} ({s}) {100 * v:.1f}" for (m, s), v in drop.items())
                + f"; the oracle's retain MA is {100 * df['retain_oracle'].mean():.1f} vs the planted model's "
@@ -225,8 +246,9 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=32)
     ap.add_argument("--forget", type=int, default=16)
     ap.add_argument("--exposures", default="1,2,4,8,16")
-    ap.add_argument("--runs", default="ga:mean,sga:mean,sga:per-sequence,tau:mean,npo:per-sequence,target,target-ref",
-                    help="method:stop pairs; target and target-ref stop by their own rule")
+    ap.add_argument("--runs", default="ga:mean,sga:mean,sga:per-sequence,tau:mean,npo:per-sequence,"
+                                      "target,target-ref,target-retain",
+                    help="method:stop pairs; target, target-ref and target-retain stop by their own rule")
     ap.add_argument("--band", default="tau-0.15,tau+0.3", help="the band's ends, numbers or relative to τ")
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--nonmembers", type=int, default=100)
