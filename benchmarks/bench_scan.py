@@ -64,7 +64,7 @@ def safe(name: str) -> str:
 # ---------------------------------------------------------------- set-up
 
 
-def plant(args, log) -> tuple[Path, dict, pd.DataFrame]:
+def plant(args, log, progress=None) -> tuple[Path, dict, pd.DataFrame]:
     """The planted model folder, its manifest and the members (cached by every input, like planted_lab)."""
     from unmemorize.lab.plant import plant_into
     from unmemorize.models import cache_dir, load_model
@@ -78,7 +78,8 @@ def plant(args, log) -> tuple[Path, dict, pd.DataFrame]:
     lab.parent.mkdir(parents=True, exist_ok=True)
     members_file = lab.parent / f"{lab.name}.members.csv"
     members.to_csv(members_file, index=False)
-    folder, manifest = plant_into(lm, members_file, levels, lab, length=args.length, seed=args.seed, log=log)
+    folder, manifest = plant_into(lm, members_file, levels, lab, length=args.length, seed=args.seed, log=log,
+                                  progress=progress)
     return folder, manifest, members
 
 
@@ -108,12 +109,16 @@ def corpus(args, members: pd.DataFrame, work: Path) -> tuple[Path, Path, dict]:
 # ---------------------------------------------------------------- (a) and (c): speed
 
 
-def bare_pass(model, ids: torch.Tensor, lengths: torch.Tensor, batches: list[np.ndarray]) -> float:
-    """Seconds of ``model(ids, mask).logits`` over the batches (each trimmed to its longest row)."""
+def bare_pass(model, ids: torch.Tensor, lengths: torch.Tensor, batches: list[np.ndarray], log=None) -> float:
+    """Seconds of ``model(ids, mask).logits`` over the batches (each trimmed to its longest row); a line
+    to ``log`` every 30 s (a clock read per batch: nothing next to a forward pass)."""
     device = next(model.parameters()).device
-    t = time.perf_counter()
+    t = last = time.perf_counter()
     with torch.no_grad():
-        for rows in batches:
+        for i, rows in enumerate(batches):
+            if log is not None and time.perf_counter() - last > 30:
+                last = time.perf_counter()
+                log(f"bare forward pass: {i}/{len(batches)} batches · {last - t:.0f} s")
             ln = lengths[rows]
             width = int(ln.max())
             x = ids[rows, :width].to(device)
@@ -125,7 +130,7 @@ def bare_pass(model, ids: torch.Tensor, lengths: torch.Tensor, batches: list[np.
 
 
 def speed(args, planted: Path, corpus_dir: Path, reference: Path, work: Path, device: str, dtype: str,
-          batch_size: int, log) -> tuple[dict, object, Path]:
+          batch_size: int, log, progress=None) -> tuple[dict, object, Path]:
     """The scan (its result and folder) with the bare pass around it, on ``device``."""
     from unmemorize.models import load_model
     from unmemorize.scan import ScanSpec, scan_run
@@ -145,7 +150,8 @@ def speed(args, planted: Path, corpus_dir: Path, reference: Path, work: Path, de
     bare_tokens = int(sum(int(lengths[b].sum()) for b in timed))
     bare_windows = int(sum(len(b) for b in timed))
     load_before = os.getloadavg()[0]
-    bare_s = bare_pass(lm.model, ids, lengths, timed[0::2])
+    log(f"bare forward pass, first half: {len(timed[0::2])} batches of {batch_size}")
+    bare_s = bare_pass(lm.model, ids, lengths, timed[0::2], log)
     spec = ScanSpec(model={"path": str(planted), "device": device, "dtype": dtype}, corpus=(corpus_dir,),
                     reference=reference, tau_by="corpus", length=args.length, stride=args.stride,
                     min_tokens=args.min_tokens, top=args.top, chunk=args.chunk,
@@ -153,9 +159,10 @@ def speed(args, planted: Path, corpus_dir: Path, reference: Path, work: Path, de
     out = work / f"scan-{device.split(':')[0]}"
     shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)  # a fresh scan: nothing resumed
     t = time.perf_counter()
-    result, path = scan_run(spec, out, overwrite=True, log=log)
+    result, path = scan_run(spec, out, overwrite=True, log=log, progress=progress)
     scan_wall = time.perf_counter() - t
-    bare_s += bare_pass(lm.model, ids, lengths, timed[1::2])
+    log(f"bare forward pass, second half: {len(timed[1::2])} batches")
+    bare_s += bare_pass(lm.model, ids, lengths, timed[1::2], log)
     tm = result.timings
     bare_wps, scan_wps = bare_windows / bare_s, tm["windows_per_s"]
     facts = {"device": device, "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
@@ -313,27 +320,31 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    from unmemorize.progress import make_progress
+
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    folder, manifest, members = plant(args, log)
-    work = args.work / safe(Path(str(args.model)).name)
-    corpus_dir, reference, setup = corpus(args, members, work)
-    results = json.loads(OUT.read_text()) if OUT.exists() else {}
-    results.update({"model": args.model if args.model != "default" else "SmolLM2-135M-Instruct (default)",
-                    "argv": " ".join(sys.argv[1:]), "date": _dt.date.today().isoformat(), "data": str(DATA),
-                    "split": args.split, "exposures": list(exposures(args.exposures)), "length": args.length,
-                    "stride": args.stride, "min_tokens": args.min_tokens, "top": args.top, "setup": setup,
-                    "machine": platform.machine()})
-    if "cpu" in parts:
-        cpu, result, path = speed(args, folder, corpus_dir, reference, work, "cpu", "float32", args.batch_size, log)
-        results["cpu"] = cpu
-        results["recall"] = recall(path, manifest, members, result.top, args.top)
-        results["tau"] = result.levels.tau
-    if "gpu" in parts:
-        if torch.cuda.is_available():
-            results["gpu"] = speed(args, folder, corpus_dir, reference, work, "cuda", args.gpu_dtype,
-                                   args.gpu_batch_size, log)[0]
-        else:
-            results["gpu"] = {"skipped": "no CUDA device on this machine"}
+    with make_progress(interval=30) as progress:  # off a terminal: a line every 30 s, never silent for minutes
+        folder, manifest, members = plant(args, log, progress)
+        work = args.work / safe(Path(str(args.model)).name)
+        corpus_dir, reference, setup = corpus(args, members, work)
+        results = json.loads(OUT.read_text()) if OUT.exists() else {}
+        results.update({"model": args.model if args.model != "default" else "SmolLM2-135M-Instruct (default)",
+                        "argv": " ".join(sys.argv[1:]), "date": _dt.date.today().isoformat(), "data": str(DATA),
+                        "split": args.split, "exposures": list(exposures(args.exposures)), "length": args.length,
+                        "stride": args.stride, "min_tokens": args.min_tokens, "top": args.top, "setup": setup,
+                        "machine": platform.machine()})
+        if "cpu" in parts:
+            cpu, result, path = speed(args, folder, corpus_dir, reference, work, "cpu", "float32", args.batch_size, log,
+                                        progress)
+            results["cpu"] = cpu
+            results["recall"] = recall(path, manifest, members, result.top, args.top)
+            results["tau"] = result.levels.tau
+        if "gpu" in parts:
+            if torch.cuda.is_available():
+                results["gpu"] = speed(args, folder, corpus_dir, reference, work, "cuda", args.gpu_dtype,
+                                       args.gpu_batch_size, log, progress)[0]
+            else:
+                results["gpu"] = {"skipped": "no CUDA device on this machine"}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2, default=float) + "\n")
     if "cpu" in results and "recall" in results:
