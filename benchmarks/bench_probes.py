@@ -1,7 +1,8 @@
 """Whose forgetting survives which probe? Robustness probes on the unlearned models of the oracle-gap benchmark.
 
     .venv/bin/python benchmarks/bench_probes.py [--runs runs/benchmarks/oracle_gap] [--probes all]
-        [--steps 10] [--lr 1e-5] [--batch 8] [--margin 0.05] [--samples 10] [--seed 0] [--report-only]
+        [--select NAME,…] [--steps 10] [--lr 1e-5] [--batch 8] [--margin 0.05] [--samples 10] [--seed 0]
+        [--report-only]
 
 Every run folder under ``--runs`` (``benchmarks/oracle_gap.py`` writes ``split<k>/<method>-<stop>``, each with
 its record.json) names an unlearned model of the planted lab and its retrain oracle. Its model is probed
@@ -130,6 +131,8 @@ def run_all(args, store: RunStore) -> None:
     log = lambda msg: print(msg, flush=True)
     resources: dict[str, Resources] = {}  # one per planted model: it and its oracle are loaded once
     for folder in find_runs(args.runs):
+        if args.select and folder.name not in args.select:
+            continue
         record = read_record(folder)
         if run_identity(record) in done:
             print(f"{folder}: already probed", flush=True)
@@ -211,7 +214,8 @@ def write_results(args, store: RunStore) -> None:
     sources = pd.Series([r["source"] for r in rows]).value_counts().to_dict()
     drift = [abs(r["ma_after_drift"]) for r in rows if r.get("ma_after_drift") is not None]
     cmd = (f"benchmarks/bench_probes.py --probes {','.join(args.probes)} --steps {args.steps} --lr {args.lr:g} "
-           f"--batch {args.batch} --margin {args.margin:g} --samples {args.samples} --seed {args.seed}")
+           f"--batch {args.batch} --margin {args.margin:g} --samples {args.samples} --seed {args.seed}"
+           + (f" --select {','.join(sorted({r['run'].rstrip('/').rsplit('/', 1)[-1] for r in rows}))}" if args.select else ""))
     oracle = all(r["oracle"] for r in rows)
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {torch.get_num_threads()} threads), over the unlearned models of
 `benchmarks/oracle_gap.py` ({len(rows)} runs: {', '.join(f'{n} {k}' for k, n in sources.items())}{
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RUNS / "probes", help="where re-created runs and probe files go")
     ap.add_argument("--store", type=Path, default=RESULTS_DIR / "probes_runs.jsonl")
     ap.add_argument("--results", type=Path, default=None, help="the RESULTS.md to write (default: benchmarks/RESULTS.md)")
+    ap.add_argument("--select", default="", help="only these run folders, by name (e.g. target-ref-target); "
+                                                "default: every run under --runs")
     ap.add_argument("--probes", default="all")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-5)
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the recorded runs")
     args = ap.parse_args(argv)
     args.probes = split_list(args.probes)
+    args.select = set(split_list(args.select))
     if args.results is not None:
         common.RESULTS = args.results
     if args.threads:
