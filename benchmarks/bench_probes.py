@@ -64,7 +64,7 @@ def _split_of(folder: Path, record) -> str:
     return m.group(1) if m else (record.labels.split or "")
 
 
-def probe_saved(folder: Path, record, settings: dict, out: Path, log):
+def probe_saved(folder: Path, record, settings: dict, out: Path, log, progress=None):
     """Probe ``<folder>/model`` with the run's own inputs and oracle; write the probe files into ``out``."""
     from unmemorize import recipe
     from unmemorize.models import ModelSource
@@ -85,7 +85,7 @@ def probe_saved(folder: Path, record, settings: dict, out: Path, log):
         retain = recipe.retain_members(oracle, forget, tok, spec.length)
     band = spec.band.at(record.tau) if hasattr(spec.band, "at") else spec.band
     results = run_probes(unlearned.model, tok, forget, settings=ProbeSettings(**settings), oracle=oracle.model if oracle else None,
-                         reference=reference, retain_members=retain, band=band, log=log)
+                         reference=reference, retain_members=retain, band=band, log=log, progress=progress)
     with AtomicDir(out) as d:
         images = write_results(results, d.tmp)
         write_report(results, d.tmp / "probes.html", images, f"Robustness probes: {record.labels.method}",
@@ -123,6 +123,13 @@ def row_of(folder: Path, record, probes, source: str, drift, settings: dict, wal
 
 
 def run_all(args, store: RunStore) -> None:
+    from unmemorize.progress import make_progress
+
+    with make_progress(interval=30) as progress:  # off a terminal: a line every 30 s, never silent for minutes
+        _run_all(args, store, progress)
+
+
+def _run_all(args, store: RunStore, progress) -> None:
     from unmemorize.recipe import Resources
     from unmemorize.record import read_record
 
@@ -140,9 +147,9 @@ def run_all(args, store: RunStore) -> None:
         out = args.out / folder.relative_to(args.runs)
         t = time.perf_counter()
         if (folder / "model" / "config.json").is_file():
-            probes, source, drift = probe_saved(folder, record, settings, out, log)
+            probes, source, drift = probe_saved(folder, record, settings, out, log, progress)
         else:
-            res = resources.setdefault(record.spec["model"]["path"], Resources(log=log))
+            res = resources.setdefault(record.spec["model"]["path"], Resources(log=log, progress=progress))
             probes, source, drift = probe_recreated(res, record, settings, out)
         row = row_of(folder, record, probes, source, drift, settings, time.perf_counter() - t)
         store.append(row)
