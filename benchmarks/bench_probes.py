@@ -165,8 +165,10 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     """One row per run × probe."""
     out = []
     for r in rows:
+        # oracle_gap's folder names tell its runs apart where the method does not (target, target-ref, …)
+        method = Path(r["run"]).name.removesuffix(f"-{r['stop']}") or r["method"]
         for name, p in r["probes"].items():
-            out.append({"split": r["split"], "method": r["method"], "stop": r["stop"], "probe": name, **p,
+            out.append({"split": r["split"], "method": method, "stop": r["stop"], "probe": name, **p,
                         "measured": p["sequences"] - p["unmeasured"],
                         "excess": None if p["oracle_after"] is None or p["after"] is None
                         else p["after"] - p["oracle_after"]})
@@ -202,6 +204,14 @@ def reading(df: pd.DataFrame) -> list[str]:
     (m1, s1), v1 = share.index[-1], share.iloc[-1]
     out.append(f"Fewest sequences resurfaced over every probe: {m0} ({s0}), {100 * v0:.0f}% of the probed sequences; "
                f"most: {m1} ({s1}), {100 * v1:.0f}%.")
+    # a sequence above the oracle before any probe was never forgotten: it cannot resurface, so few
+    # resurfaced sequences can mean little forgetting rather than robust forgetting
+    weights = df[df["measure"] == "ma"]
+    if not weights.empty:
+        before = weights.groupby(["method", "stop"], sort=False).apply(
+            lambda g: (int(g["not_forgotten"].max()), int(g["measured"].max())), include_groups=False)
+        out.append("Above the oracle before any probe (not forgotten, so unable to resurface), by MA: "
+                   + ", ".join(f"{m} ({s}) {n} of {k}" for (m, s), (n, k) in before.items()) + ".")
     for p, g in df.groupby("probe", sort=False):
         robust = [f"{m} ({s})" for (m, s), h in g.groupby(["method", "stop"], sort=False) if h["resurfaced"].sum() == 0]
         total = int(g["resurfaced"].sum())
