@@ -220,6 +220,26 @@ def reading(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def described(ran: list[str], s: dict) -> str:
+    """The probes that ran, each with its settings (never a probe that was not asked for)."""
+    relearn = {"relearn-reference": "on unseen text", "relearn-retain": "on the retain members",
+               "relearn-forget": "on one half of the forget set (measured on the other half)"}
+    prompt = {"prompt-case": "in other case", "prompt-whitespace": "with more whitespace",
+              "prompt-truncate": f"truncated to its last {100 * s['keep']:.0f}%",
+              "prompt-chat": "in the chat template (where the tokenizer has one)"}
+    parts = []
+    if on := [v for k, v in relearn.items() if k in ran]:
+        parts.append(f"relearning for {s['steps']} Adam steps (lr {s['lr']:g}, {s['batch_size']} rows a step) "
+                     + ", ".join(on))
+    if bits := [k.split("-")[1][:-3] for k in ("quant-8bit", "quant-4bit") if k in ran]:
+        parts.append(f"{'- and '.join(bits)}-bit round-to-nearest weight quantization")
+    if variants := [v for k, v in prompt.items() if k in ran]:
+        parts.append("the prefix " + ", ".join(variants))
+    if temps := [p.split("@", 1)[1] for p in ran if p.startswith("sampling@")]:
+        parts.append(f"sampling at temperature{'s' if len(temps) > 1 else ''} {', '.join(temps)} (top-{s['top_k']})")
+    return "; ".join(parts) if parts else "none"
+
+
 def write_results(args, store: RunStore) -> None:
     rows = store.rows(settings_of(args))
     if not rows:
@@ -238,11 +258,7 @@ def write_results(args, store: RunStore) -> None:
 `benchmarks/oracle_gap.py` ({len(rows)} runs: {', '.join(f'{n} {k}' for k, n in sources.items())}{
         f'; forget-set MA after re-created unlearning within {max(drift):.1e} of the recorded' if drift else ''}).
 
-Probes (docs/method.md §3.8): relearning for {s['steps']} Adam steps (lr {s['lr']:g}, {s['batch_size']} rows a step)
-on unseen text, on the retain members, and on one half of the forget set (measured on the other half); 8- and
-4-bit round-to-nearest weight quantization; the prefix in other case, with more whitespace, truncated to its last
-{100 * s['keep']:.0f}% (and in the chat template where the tokenizer has one); sampling at temperatures
-{', '.join(f'{t:g}' for t in s['temperatures'])} (top-{s['top_k']}). Verdict measure: MA for the weight probes, the
+Probes (docs/method.md §3.8): {described(list(dict.fromkeys(df['probe'])), s)}. Verdict measure: MA for the weight probes, the
 matched share of the {s['suffix']}-token suffix for the others. {'A sequence has resurfaced when the probe lifts it more than ' + f"{s['margin']:g}" + ' above the retrain oracle after the same probe (and it was not above the oracle before).' if oracle else 'No oracle for some runs: there a sequence has resurfaced when the probe lifts it more than the margin above its own level.'}
 Cells: sequences resurfaced / measured, summed over the splits (mean gap to the oracle after the probe).
 

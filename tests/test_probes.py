@@ -369,6 +369,10 @@ def test_unlearn_with_probes_records_them(lab, tmp_path):
     assert r.spec["probes"]["names"] == ["quantize", "relearn-retain", "prompts"] and "probes" in r.timings
     for f in ("probes.json", "probes.parquet", "probes.csv", "probes.html", "probe_quant-4bit.png"):
         assert (out / f).is_file(), f
+    # the run's own report holds the probes too: their summary and a section per probe, beside the oracle's verdicts
+    page = (out / "report.html").read_text()
+    assert "Robustness probes: does it come back?" in page and "Probe quant-4bit" in page
+    assert page.index("Judged against the retrain oracle") < page.index("Robustness probes: does it come back?")
     # a run without probes: no probes in its record or its spec (run keys unchanged)
     plain = tmp_path / "plain"
     res = _cli(["unlearn", "--model", planted, "--forget", root / "forget.jsonl", "--tau", 0.2, "--length", 96,
@@ -486,6 +490,9 @@ def test_the_benchmark_probes_saved_and_recreated_runs(lab, tmp_path):
         text = results.read_text()
         assert "## Robustness probes: whose forgetting survives which probe" in text
         assert "| ga | mean | 1 |" in text and "| sga | mean | 1 |" in text
+        # the description names the probes that ran, and only those
+        assert "on one half of the forget set" in text and "4-bit round-to-nearest" in text and "truncated" in text
+        assert "8- and" not in text and "on unseen text" not in text and "sampling at" not in text
         assert (tmp_path / "probes" / "split0" / "ga-mean" / "probes.json").is_file()
         bench.main([str(a) for a in args])  # everything recorded: nothing probed again
         assert len(store.read_text().splitlines()) == 2

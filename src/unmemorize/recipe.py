@@ -141,8 +141,9 @@ def execute(spec: RunSpec, out: str | Path, *, resources: Resources | None = Non
             clock("probes")
         # --
         record = _record(spec, inputs, result, before, after, oracle, key, labels, order, timings)
-        record.probes = probes
-        _write(run, spec, inputs, result, before, after, oracle, record, command)
+        record.probes = probes.record if probes is not None else None
+        _write(run, spec, inputs, result, before, after, oracle, record, command,
+               probes.sections if probes is not None else [])
         run.commit()
     if distributed.is_main():
         ckpt.remove(checkpoint_dir)
@@ -646,7 +647,7 @@ def _jsonable(d: dict) -> dict:
 
 
 def _write(run, spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stage, oracle: _OracleStage | None,
-           record: RunRecord, command: str) -> None:
+           record: RunRecord, command: str, probe_sections: list) -> None:
     from unmemorize.attacks import comparison_table, write_results
     from unmemorize.models import save_model
     from unmemorize.runs import build_manifest, write_frame
@@ -703,7 +704,7 @@ def _write(run, spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _
     from unmemorize.report.run import write_run_report
 
     write_run_report(run.path("report.html"), record, result, images, before.attacks, after.attacks,
-                     paths, before.utility, after.utility, subtitle=f"model {inputs.lm.name} · forget "
+                     paths, before.utility, after.utility, probe_sections, subtitle=f"model {inputs.lm.name} · forget "
                      f"{inputs.forget.source} · {len(inputs.forget)} sequences")
     write_record(run.tmp, record)  # last: a folder with a record is a finished run
 

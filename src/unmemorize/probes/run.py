@@ -504,25 +504,40 @@ def check_stage(spec, inputs) -> None:
                 retain_members=inputs.retain_members)
 
 
-def run_stage(spec, inputs, res, result, folder: str | Path) -> ProbesRecord | None:
+@dataclass
+class ProbeStage:
+    """The run recipe's probes: the summary for the run record and their sections for the run's report.html
+    (probes.html beside it holds the same sections alone)."""
+
+    record: ProbesRecord
+    sections: list
+
+
+def run_stage(spec, inputs, res, result, folder: str | Path) -> ProbeStage | None:
     """The run recipe's probes of the unlearned model (``spec.probes``), with the run's oracle as the
     baseline: writes probes.json, probes.parquet, the plots and probes.html into ``folder`` and returns the
-    summary for the run record (None when no probe is asked for)."""
+    summary for the run record with the report sections (None when no probe is asked for)."""
+    from unmemorize.probes.report import report_sections
+    from unmemorize.report.html import Section
+    from unmemorize.report.html import write_report as write_html
+
     s = spec.probes
     if not s.names:
         return None
     if result.method.decoding:
-        return ProbesRecord(settings=s.model_dump(mode="json"), oracle=False, original=False,
-                            sequences=len(inputs.forget),
-                            notes=[("probes not run: DPD changes decoding, not weights (the unlearned weights are the "
-                                    "original ones)")])
+        why = ("probes not run: DPD changes decoding, not weights (the unlearned weights are the "
+               "original ones)")
+        return ProbeStage(ProbesRecord(settings=s.model_dump(mode="json"), oracle=False, original=False,
+                                       sequences=len(inputs.forget), notes=[why]),
+                          [Section("Robustness probes: does it come back?", why)])
     oracle = inputs.oracle.model if inputs.oracle is not None else None
     results = run_probes(result.model, inputs.lm.tokenizer, inputs.forget, settings=s, oracle=oracle,
                          reference=inputs.reference, retain_members=inputs.retain_members,
                          band=getattr(inputs, "band", None) or spec.band,
                          progress=res.progress, log=res.log)
     images = write_results(results, folder)
-    write_report(results, Path(folder) / "probes.html", images, f"Robustness probes: {result.method.title}",
-                 subtitle=f"model {inputs.lm.name} · forget {inputs.forget.source}"
-                          + (f" · oracle {spec.oracle}" if oracle is not None else ""))
-    return results.record
+    sections = report_sections(results, images)
+    write_html(Path(folder) / "probes.html", f"Robustness probes: {result.method.title}", sections,
+               subtitle=f"model {inputs.lm.name} · forget {inputs.forget.source}"
+                        + (f" · oracle {spec.oracle}" if oracle is not None else ""))
+    return ProbeStage(results.record, sections)

@@ -1,5 +1,6 @@
 """The HTML report of one unlearning run: the forget set before and after, the attacks on the original
-and the unlearned model side by side, and utility before and after."""
+and the unlearned model side by side, the verdicts against the oracle, the robustness probes, and utility
+before and after."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from unmemorize.report.html import Section, write_report
 
 def write_run_report(path: str | Path, record, result, images: dict[str, Path], attacks_before, attacks_after,
                      attack_paths: dict[str, dict], utility_before: dict | None, utility_after: dict | None,
-                     subtitle: str = "") -> Path:
+                     probe_sections: list[Section] = (), subtitle: str = "") -> Path:
     from unmemorize.attacks import comparison_table, report_sections
     from unmemorize.unlearning.report import sections
     from unmemorize.utility import utility_sections
@@ -34,6 +35,7 @@ def write_run_report(path: str | Path, record, result, images: dict[str, Path], 
         out.append(Section("Privacy attacks", "\n\n".join(record.attacks.notes)))
     if record.oracle is not None:
         out.append(oracle_section(record, images.get("oracle")))
+    out += list(probe_sections)  # does it come back? (the same sections as probes.html beside)
     if utility_after is not None:
         out += utility_sections(utility_after, utility_before)
     if record.notes:
