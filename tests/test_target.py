@@ -14,6 +14,7 @@ import torch
 from unmemorize.errors import UserError
 from unmemorize.thresholds import Band, parse_level, resolve_level, tau_per_sequence
 from unmemorize.unlearning import UnlearnOptions, unlearn
+from unmemorize.unlearning import losses
 from unmemorize.unlearning.methods import MethodSpec
 from unmemorize.unlearning.selectors import Target, Threshold, parse_selector
 
@@ -264,3 +265,35 @@ def test_cli_target_with_reference_model_targets(lab, tmp_path):
     np.testing.assert_allclose(after.loc[forget.ids, "target"].to_numpy(), want.loc[forget.ids].to_numpy(), atol=1e-9)
     # the band is relative by default: the record holds it in numbers at this τ
     assert r.band == pytest.approx([max(0.0, r.tau - 0.15), min(1.0, r.tau + 0.3)])
+
+
+def test_retain_term_reads_the_frozen_models_logits_once_per_row(lab):
+    """The frozen model's logits on a retain row never change: the cached retain term equals the one that
+    runs the frozen model every step, and the frozen model sees each row once (within the budget)."""
+    from unmemorize.unlearning.methods import MicroBatch, ObjectiveContext
+    from unmemorize.unlearning.retain import RetainData
+
+    tok, model, forget, unseen = lab
+    frozen = copy.deepcopy(model).eval()
+    seen = []
+    hook = frozen.register_forward_hook(lambda m, a, kw, out: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    retain = RetainData(unseen, [], "unseen records", "text")
+    cached = ObjectiveContext(model, 7, forget.pad_id, retain, frozen, retain_batch=3)
+    plain = ObjectiveContext(model, 7, forget.pad_id, retain, frozen, retain_batch=3, reference_cache_bytes=0)
+    with torch.no_grad():
+        for step in range(6):
+            mb = MicroBatch(step=step, index=0, input_ids=forget.input_ids[:2], lengths=forget.lengths[:2],
+                            weights=torch.ones(2), logits=None)
+            idx = cached.retain_pick(mb, 4)
+            rows = [cached.retain_row(i) for i in idx]
+            ids, lengths, logits = cached.forward(rows)
+            by_hand = losses.cross_entropy_to_reference(logits, cached.forward(rows, frozen)[2],
+                                                        losses.position_mask(lengths, ids.shape[1]))
+            for ctx in (cached, plain):
+                assert ctx.to_reference(mb, 4).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    hook.remove()
+    drawn = {i for step in range(6) for i in cached.retain_pick(MicroBatch(step=step, index=0, input_ids=None,
+                                                                          lengths=None, weights=None, logits=None), 4)}
+    assert set(cached._reference_cache) == drawn and not plain._reference_cache
+    # by hand 6 × 3 rows, the uncached context 6 × 3, the cached one each drawn row once
+    assert sum(seen) == 6 * 3 + 6 * 3 + len(drawn)

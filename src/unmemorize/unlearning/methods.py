@@ -95,11 +95,55 @@ class ObjectiveContext:
         mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
         return ids, lengths, model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
+    reference_cache_bytes: int = 1 << 30  # the frozen model's logits on retain rows kept at most (then recomputed)
+    _reference_cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def retain_pick(self, mb: MicroBatch, tag: int) -> list[int]:
+        """``retain_batch`` retain row indices for this micro-batch, drawn reproducibly from (seed, step, index)."""
+        n = len(self.retain.normal)
+        return [int(i) for i in self.rng(mb, tag).choice(n, size=self.retain_batch, replace=n < self.retain_batch)]
+
+    def retain_row(self, i: int) -> torch.Tensor:
+        normal = self.retain.normal
+        return normal.input_ids[i, : int(normal.lengths[i])]
+
     def retain_rows(self, mb: MicroBatch, tag: int) -> list[torch.Tensor]:
         """``retain_batch`` retain sequences for this micro-batch, drawn reproducibly from (seed, step, index)."""
-        normal = self.retain.normal
-        idx = self.rng(mb, tag).choice(len(normal), size=self.retain_batch, replace=len(normal) < self.retain_batch)
-        return [normal.input_ids[i, : int(normal.lengths[i])] for i in idx]
+        return [self.retain_row(i) for i in self.retain_pick(mb, tag)]
+
+    def to_reference(self, mb: MicroBatch, tag: int) -> torch.Tensor:
+        """The cross-entropy from the frozen model's next-token distribution to the current one on this
+        micro-batch's retain rows (KL(p_ref ‖ p_θ) up to a constant; GA+Mismatch's normal term and
+        target's retain term)."""
+        idx = self.retain_pick(mb, tag)
+        ids, lengths, logits = self.forward([self.retain_row(i) for i in idx])
+        ref = self.reference_logits(idx, ids.shape[1]).to(logits.device)
+        return losses.cross_entropy_to_reference(logits, ref, losses.position_mask(lengths, ids.shape[1]))
+
+    @torch.no_grad()
+    def reference_logits(self, idx: list[int], width: int) -> torch.Tensor:
+        """The frozen model's logits on retain rows ``idx``, right-padded to ``width`` with zeros (padding
+        positions are masked out by every user). The frozen model never changes, so each row's logits are
+        computed once and kept while they fit ``reference_cache_bytes``: after the first draws, a retain term
+        costs the trained model's forward and backward only, not a frozen forward pass each step."""
+        cache = self._reference_cache
+        fresh: dict[int, torch.Tensor] = {}
+        missing = [i for i in dict.fromkeys(idx) if i not in cache]
+        if missing:
+            _, lengths, ref = self.forward([self.retain_row(i) for i in missing], self.reference_model)
+            used = sum(t.numel() * t.element_size() for t in cache.values())
+            for j, i in enumerate(missing):
+                t = ref[j, : int(lengths[j])].clone()
+                size = t.numel() * t.element_size()
+                if used + size <= self.reference_cache_bytes:
+                    cache[i], used = t, used + size
+                else:
+                    fresh[i] = t
+        rows = [cache[i] if i in cache else fresh[i] for i in idx]
+        out = rows[0].new_zeros((len(idx), width, rows[0].shape[-1]))
+        for k, t in enumerate(rows):
+            out[k, : len(t)] = t
+        return out
 
 
 Objective = Callable[..., torch.Tensor]
@@ -165,11 +209,7 @@ def _mismatch(mb: MicroBatch, ctx: ObjectiveContext, start: int = 50, k: int = 5
         loss = loss + random * losses.descent(losses.token_nll(logits, ids), mask,
                                               torch.ones_like(lengths, dtype=torch.float32))
     if normal:
-        rows = ctx.retain_rows(mb, tag=3)
-        ids, lengths, logits = ctx.forward(rows)
-        with torch.no_grad():
-            ref = ctx.forward(rows, ctx.reference_model)[2].to(logits.device)
-        loss = loss + normal * losses.cross_entropy_to_reference(logits, ref, losses.position_mask(lengths, ids.shape[1]))
+        loss = loss + normal * ctx.to_reference(mb, tag=3)
     return loss
 
 
@@ -191,12 +231,7 @@ def _target(mb: MicroBatch, ctx: ObjectiveContext, loss: str = "ga", retain_weig
     if bool(down.any()):
         total = total + losses.descent(mb.nll, mb.mask, down)
     if retain_weight and ctx.retain is not None:
-        rows = ctx.retain_rows(mb, tag=4)
-        ids, lengths, logits = ctx.forward(rows)
-        with torch.no_grad():
-            ref = ctx.forward(rows, ctx.reference_model)[2].to(logits.device)
-        total = total + retain_weight * losses.cross_entropy_to_reference(
-            logits, ref, losses.position_mask(lengths, ids.shape[1]))
+        total = total + retain_weight * ctx.to_reference(mb, tag=4)
     return total
 
 
