@@ -212,8 +212,9 @@ def write_results(args) -> None:
         return
     df = pd.DataFrame(rows)
     splits = sorted(df["split"].unique())
+    recorded = list(dict.fromkeys(zip(df["method"], df["stop"])))  # every run in the table, whichever --runs ran last
     cmd = (f"benchmarks/oracle_gap.py --splits {','.join(map(str, splits))} --members {args.members} --forget "
-           f"{args.forget} --exposures {args.exposures} --runs {','.join(f'{m}:{s}' for m, s in args.runs)} "
+           f"{args.forget} --exposures {args.exposures} --runs {','.join(f'{m}:{s}' for m, s in recorded)} "
            f"--band {','.join(args.band)} --max-steps {args.max_steps} --nonmembers {args.nonmembers} --neighbours "
            f"{args.neighbours} --attacks {','.join(args.attacks)}")
     start = df.drop_duplicates("split")

@@ -80,6 +80,86 @@ def test_lora_returns_a_merged_plain_model_and_leaves_the_input_alone(lab):
     assert np.abs(after - result.after["ma"].to_numpy()).max() <= 1.0 / (LENGTH - 1) + 1e-12
 
 
+def test_adalora_starts_at_the_original_function_trains_only_its_factors_and_merges(lab):
+    """GA+Mismatch's original adapter (docs/method.md §4.7): AdaLoRA at a fixed rank, λ = 0 at the start
+    (the wrapped model is the original function), P, λ and Q train, the result is a plain merged model."""
+    tok, model, forget, tau = lab
+    m = copy.deepcopy(model)
+    ids = forget.input_ids[:2]
+    with torch.no_grad():
+        want = m(input_ids=ids).logits
+    wrapped = lora.add_lora(m, rank=6, alpha=64.0, targets="all-linear", seed=3, kind="adalora", total_steps=5)
+    with torch.no_grad():
+        assert torch.equal(wrapped(input_ids=ids).logits, want)
+    trained = {n.split(".")[-2] for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert trained == {"lora_A", "lora_B", "lora_E"}
+    ranks = {tuple(p.shape) for n, p in wrapped.named_parameters() if "lora_E" in n}
+    assert ranks == {(6, 1)}
+    wrapped.unload()
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    r = unlearn(model, forget, tau=tau, method="sga",
+                options=UnlearnOptions(max_steps=3, lora_kind="adalora", optimizer="adamw", weight_decay=0.01, **LORA))
+    assert not lora.is_lora(r.model) and set(dict(r.model.named_parameters())) == set(before)
+    assert r.after["loss"].mean() > r.before["loss"].mean()  # it did unlearn
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    after = profile(r.model, forget, ProfileOptions(metrics=("ma",)))["ma"].to_numpy()
+    assert np.abs(after - r.after["ma"].to_numpy()).max() <= 1.0 / (LENGTH - 1) + 1e-12
+
+
+def test_the_mismatch_preset_trains_adalora_on_gpt_neo(lab, tmp_path):
+    """configs/paper_mismatch.yaml's harness (AdaLoRA on peft's default GPT-Neo targets q_proj/v_proj,
+    AdamW with decay, micro-batch 1) on a tiny GPT-Neo, GA+Mismatch with a small TruthfulQA-shaped file."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from unmemorize.spec import load_config
+    from unmemorize.unlearning.retain import load_retain
+
+    tok, _, forget, tau = lab
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper_mismatch.yaml")
+    t = cfg.training
+    assert (t.lora_kind, t.lora_rank, t.lora_alpha, t.optimizer, t.lr, t.micro_batch) == ("adalora", 12, 1024.0,
+                                                                                           "adamw", 2e-4, 1)
+    neo = tiny_model("gpt_neo", vocab_size=len(tok), eos_id=tok.eos_token_id, n_layer=2, d_model=64, n_head=2,
+                     n_positions=64, seed=2)
+    qa = tmp_path / "qa.csv"
+    pd.DataFrame({"Question": ["What is red?", "Who wrote it?"], "Best Answer": ["A colour.", "Nobody knows."],
+                  "Correct Answers": ["A colour; a hue", "Nobody"], "Incorrect Answers": ["A fish", "Me"]}).to_csv(qa)
+    retain = load_retain(qa, tok, length=40)
+    few = forget.subset([0, 1, 2])
+    r = unlearn(neo, few, tau=0.0, method="ga+mismatch", retain=retain,
+                options=t.model_copy(update={"max_steps": 2, "lr": 5e-3, "checkpoint_every": 0}))
+    assert r.steps == 2 and not lora.is_lora(r.model)
+    changed = {n.rsplit(".", 2)[-2] for n, p in r.model.named_parameters()
+               if not torch.equal(p, dict(neo.named_parameters())[n])}
+    assert changed == {"q_proj", "v_proj"}  # only the adapted projections moved, merged into their weights
+
+
+def test_optimizers_are_the_registered_ones(lab, monkeypatch):
+    """--optimizer adamw decouples the weight decay (torch's AdamW); adam adds it to the gradient."""
+    tok, model, forget, tau = lab
+    made = []
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        real = loop_module.OPTIMIZERS[name]
+        monkeypatch.setitem(loop_module.OPTIMIZERS, name, lambda params, o, real=real: made.append(real(params, o)) or made[-1])
+        unlearn(model, forget, tau=tau, method="ga", options=UnlearnOptions(max_steps=1, optimizer=name, **FAST))
+        assert type(made[-1]) is cls and made[-1].defaults["lr"] == FAST["lr"]
+    with pytest.raises(UserError, match="'optimizer': got 'sgd'; allowed: adam, adamw"):
+        UnlearnOptions(optimizer="sgd")
+
+
+def test_adalora_refusals(lab):
+    tok, model, forget, tau = lab
+    with pytest.raises(UserError, match="--lora-rank"):
+        unlearn(model, forget, tau=tau, method="ga", options=UnlearnOptions(max_steps=1, lora_kind="adalora"))
+    with pytest.raises(UserError, match="AdaLoRA"):
+        unlearn(model, forget, tau=tau, method="tau",
+                options=UnlearnOptions(max_steps=1, lora_kind="adalora", **LORA))
+
+
 def _adapted(seed=0):
     model = tiny_model("gpt2", vocab_size=300, n_layer=2, d_model=32, n_head=2, n_positions=32, seed=seed)
     peft_model = lora.add_lora(model, rank=4, seed=seed)

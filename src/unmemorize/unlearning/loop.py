@@ -69,6 +69,15 @@ from unmemorize.unlearning.selectors import Target
 from unmemorize.unlearning.task_vectors import apply_edit_, copy_state, edited, load_state_, offload_to_disk, trainable_state
 
 STOP_RULES = ("mean", "per-sequence", "target")
+Optimizer = Literal["adam", "adamw"]
+AdapterKind = Literal["lora", "adalora"]
+# name → the optimizer over the trained parameters, from the options
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                               weight_decay=o.weight_decay),
+    "adamw": lambda params, o: torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                                 weight_decay=o.weight_decay),
+}
 _FP16_RETRIES = 20  # loss-scale halvings tried for one update before giving up (2^-20 of the initial scale)
 BEFORE = "before"
 
@@ -89,8 +98,12 @@ class UnlearnOptions(Options):
     mixed_precision: MixedPrecision = option("no", "no, bf16 (CPU or Ampere+ GPU) or fp16 (CUDA; loss scaling).")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, ~1/3 "
                                                  "more compute).")
+    optimizer: Optimizer = option("adam", "adam (the paper's harness: weight decay added to the gradient) or adamw "
+                                          "(decoupled weight decay; GA+Mismatch's original, with --weight-decay 0.01).")
     lora_rank: int = option(0, "Train a LoRA adapter of this rank instead of the weights (0: off); merged at the end.",
                             ge=0)
+    lora_kind: AdapterKind = option("lora", "The adapter --lora-rank trains: lora, or adalora (the SVD form of "
+                                            "GA+Mismatch's original; the rank stays fixed, as there).")
     lora_alpha: float | None = option(None, "LoRA α (default 2·rank).", gt=0)
     lora_targets: str | None = option(None, "LoRA target modules (comma-separated, or all-linear; default: peft's "
                                             "for the architecture).")
@@ -217,6 +230,11 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
         raise UserError(f"method {m.name} needs retain data: pass --retain FILE (e.g. a TruthfulQA CSV)")
     if m.decoding and opts.lora_rank:
         raise UserError("DPD changes decoding, not weights: there is nothing for a LoRA adapter to learn; drop --lora-rank")
+    if opts.lora_kind != "lora" and not opts.lora_rank:
+        raise UserError(f"--lora-kind {opts.lora_kind} names the adapter --lora-rank trains: give --lora-rank too")
+    if opts.lora_kind == "adalora" and any(p.edit_coef is not None for p in m.phases):
+        raise UserError(f"method {m.name} edits the task vector of a LoRA adapter (B·A); an AdaLoRA adapter (P·Λ·Q) "
+                        "cannot be edited that way: use --lora-kind lora")
     if copy:
         model = _copy.deepcopy(model)
     if m.decoding:
@@ -227,7 +245,8 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
                              progress, on_step, targets)
     if not opts.lora_rank:
         return loop(model).run()
-    peft_model = lora_.add_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets, seed=seed)
+    peft_model = lora_.add_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets, seed=seed,
+                                kind=opts.lora_kind, total_steps=opts.max_steps)
     try:
         result = loop(peft_model).run()
     except BaseException:
@@ -405,7 +424,7 @@ class _Loop:
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         o = self.opts
-        return torch.optim.Adam(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        return OPTIMIZERS[o.optimizer](self.params, o)
 
     @property
     def phase(self) -> Phase:

@@ -30,28 +30,54 @@ TRAINED = "default"
 EDITED = "edited"
 
 
-def add_lora(model, rank: int, alpha: float | None = None, targets: str | None = None, seed: int = 0):
+def _lora_config(rank: int, alpha: float, target_modules, total_steps: int):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=target_modules,
+                      task_type="CAUSAL_LM")
+
+
+def _adalora_config(rank: int, alpha: float, target_modules, total_steps: int):
+    """AdaLoRA (W = W₀ + α/r · P·diag(λ)·Q, λ = 0 at the start) as GA+Mismatch's original trains it: the
+    rank stays at ``rank`` (the original never calls peft's rank reallocation, ``update_and_allocate``)
+    and no orthogonality penalty enters the loss (its loss is computed from the logits). peft reads the
+    initial rank from ``init_r``; the original passed ``r = 512``, which AdaLoRA ignores, so its adapters
+    had peft's default ``init_r`` = 12 at scale 1024/12 (docs/method.md §4.7)."""
+    from peft import AdaLoraConfig
+
+    return AdaLoraConfig(init_r=rank, target_r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                         target_modules=target_modules, total_step=max(1, total_steps), task_type="CAUSAL_LM")
+
+
+# kind → its peft config; "lora" is the only one task arithmetic can edit (B·A factors, below)
+ADAPTERS = {"lora": _lora_config, "adalora": _adalora_config}
+
+
+def add_lora(model, rank: int, alpha: float | None = None, targets: str | None = None, seed: int = 0,
+             kind: str = "lora", total_steps: int = 1):
     """Wrap ``model`` with a LoRA adapter (in place; returns the peft model).
 
     ``targets``: comma-separated module names, ``all-linear``, or None for peft's default for the
-    architecture (GPT-2: ``c_attn``; GPT-Neo, Llama: ``q_proj,v_proj``). Dropout is 0 and B starts at
-    0, so the wrapped model computes exactly the original function before the first step. A's random
-    initialisation is drawn from ``seed`` (not the global generator), so a run is reproducible and
-    every process of a multi-process run starts from the same adapter.
+    architecture (GPT-2: ``c_attn``; GPT-Neo, Llama: ``q_proj,v_proj``). Dropout is 0 and B (AdaLoRA:
+    λ) starts at 0, so the wrapped model computes exactly the original function before the first step.
+    The random initialisation is drawn from ``seed`` (not the global generator), so a run is
+    reproducible and every process of a multi-process run starts from the same adapter. ``kind``:
+    ``lora`` or ``adalora`` (:data:`ADAPTERS`).
     """
     import warnings
 
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if rank < 1:
         raise UserError(f"LoRA rank must be ≥ 1, got {rank}")
+    if kind not in ADAPTERS:
+        raise UserError(f"unknown adapter kind {kind!r}; known: {', '.join(ADAPTERS)}")
     alpha = float(2 * rank if alpha is None else alpha)
     target_modules = None
     if targets:
         target_modules = "all-linear" if targets.strip() == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=target_modules,
-                        task_type="CAUSAL_LM")
     try:
+        config = ADAPTERS[kind](rank, alpha, target_modules, total_steps)
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             torch.manual_seed(seed)
             # GPT-2's Conv1D stores weights transposed; peft notices, says so, and does the right thing
