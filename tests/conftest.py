@@ -22,6 +22,18 @@ from benchmarks.common import DATA as SHARED  # the one setting: UNMEMORIZE_DATA
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """A module's tiny models on one thread (``pytestmark = pytest.mark.usefixtures("single_thread")``):
+    they run as fast, and two threads spin-waiting for each other beside other work can be ten times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def shared_data(*parts: str) -> Path:
     """A path under the data folder (UNMEMORIZE_DATA), or skip the test with the reason."""
     p = SHARED.joinpath(*parts)

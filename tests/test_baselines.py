@@ -9,13 +9,10 @@ import torch
 
 from unmemorize.decoding import DPDModel, dpd_logits
 
-from unlearning_fixtures import one_thread, records, small_lab
+from unlearning_fixtures import records, small_lab
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("mode", ["logits", "probs"])

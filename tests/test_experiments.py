@@ -24,10 +24,7 @@ from unmemorize.record import read_record
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_jsonl(path: Path, texts, prefix: str) -> Path:

@@ -21,10 +21,7 @@ from conftest import make_set
 from unlearning_fixtures import one_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------- the oracle's training stream

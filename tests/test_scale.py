@@ -26,20 +26,17 @@ from unmemorize.unlearning import lora
 from unmemorize.unlearning import loop as loop_module
 from unmemorize.unlearning.task_vectors import edit
 
-from unlearning_fixtures import LENGTH, one_thread, small_lab
+from unlearning_fixtures import LENGTH, small_lab
 
 FAST = dict(lr=2e-3, micro_batch=3)
 LORA = dict(lr=5e-3, micro_batch=3, lora_rank=16, lora_targets="all-linear")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def lab(_one_thread):
+def lab(single_thread):
     tok, model, forget, unseen = small_lab()
     tau = acceptable_level(profile(model, unseen, ProfileOptions(metrics=("ma",)))["ma"])
     return tok, model, forget, tau

@@ -18,19 +18,16 @@ from unmemorize.unlearning import losses
 from unmemorize.unlearning.methods import MethodSpec
 from unmemorize.unlearning.selectors import Target, Threshold, parse_selector
 
-from unlearning_fixtures import one_thread, small_lab
+from unlearning_fixtures import small_lab
 
 EPS = 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def lab(_one_thread):
+def lab(single_thread):
     tok, model, forget, unseen = small_lab()
     return tok, model, forget, unseen
 

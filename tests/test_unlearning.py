@@ -22,19 +22,16 @@ from unmemorize.unlearning.methods import Method, MethodSpec, Phase, objective
 from unmemorize.unlearning.selectors import Threshold
 
 from conftest import shared_data
-from unlearning_fixtures import assert_same_weights, one_thread, small_lab, weights
+from unlearning_fixtures import assert_same_weights, small_lab, weights
 
 FAST = dict(lr=2e-3, micro_batch=3)  # 8 sequences → micro-batches of 3, 3, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def lab(_one_thread):
+def lab(single_thread):
     tok, model, forget, unseen = small_lab()
     ma = profile(model, forget, ProfileOptions(metrics=("ma",)))["ma"].to_numpy()
     tau = acceptable_level(profile(model, unseen, ProfileOptions(metrics=("ma",)))["ma"])
