@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, paper_method, planted_lab, t_interval,
-                               unlearning_run, write_section)
+                               unlearning_run, unplanted_jang, write_section)
 from unmemorize.stats import leakage, paired_difference
 
 STORE = RunStore(RESULTS_DIR / "attack_evidence_runs.jsonl")
@@ -60,22 +60,6 @@ def settings_key(args) -> dict:
             "band": [args.band_lo, args.band_hi], "seed": args.seed, "attacks": args.attacks,
             "neighbours": args.neighbours, "perturber": args.perturber, "bootstrap": args.bootstrap,
             **({"refill": args.refill} if args.refill != "planted" else {})}  # the first runs' key stays valid
-
-
-def nonmember_file(split: int, planted_ids: set[str], n: int) -> Path:
-    """Unplanted Jang sequences: this split's 128-set first, then the other splits' (deduplicated)."""
-    from unmemorize.models import cache_dir
-
-    frames = [pd.read_csv(data("forget", f"lm_extraction_128_{s}.csv"), dtype=str, keep_default_na=False)
-              for s in [split] + [s for s in (0, 1, 2) if s != split]]
-    pool = pd.concat(frames).drop_duplicates("doc_id")
-    pool = pool[~pool["doc_id"].isin(planted_ids)]
-    if len(pool) < n:
-        sys.exit(f"only {len(pool)} unplanted Jang sequences for split {split}; lower --nonmembers")
-    path = cache_dir() / "labs" / f"attack-evidence-nonmembers-{split}-{n}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pool.head(n).to_csv(path, index=False)
-    return path
 
 
 def record(split: int, stage: str, stop: str, key: dict, folder: Path, extra: dict) -> dict:
@@ -117,7 +101,7 @@ def run_split(split: int, args, done: list[dict]) -> None:
         return
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log)
-    nonmembers = nonmember_file(split, set(pd.read_csv(members_file, dtype=str)["doc_id"]), args.nonmembers)
+    nonmembers = unplanted_jang(split, set(pd.read_csv(members_file, dtype=str)["doc_id"]), args.nonmembers, "attack-evidence")
     # one model refills every stage's neighbours (cached on disk): the planted one, or the unplanted default
     attacks = {"names": args.attacks or None, "neighbours": args.neighbours, "perturber": args.perturber,
                "bootstrap": args.bootstrap, "batch_size": args.micro_batch,

@@ -100,6 +100,25 @@ def split_list(text: str, kind=str) -> list:
 # ---------------------------------------------------------------- the planted lab on Jang's sequences
 
 
+def unplanted_jang(split: int, planted: set[str], n: int, name: str) -> Path:
+    """``n`` unplanted Jang sequences as a CSV (cached as ``labs/<name>-nonmembers-<split>-<n>.csv``):
+    this split's 128-set first, then the other splits' (deduplicated), none of the ``planted`` doc ids."""
+    import pandas as pd
+
+    from unmemorize.models import cache_dir
+
+    frames = [pd.read_csv(data("forget", f"lm_extraction_128_{s}.csv"), dtype=str, keep_default_na=False)
+              for s in [split] + [s for s in (0, 1, 2) if s != split]]
+    pool = pd.concat(frames).drop_duplicates("doc_id")
+    pool = pool[~pool["doc_id"].isin(planted)]
+    if len(pool) < n:
+        sys.exit(f"only {len(pool)} unplanted Jang sequences for split {split}; lower --nonmembers")
+    path = cache_dir() / "labs" / f"{name}-nonmembers-{split}-{n}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pool.head(n).to_csv(path, index=False)
+    return path
+
+
 def planted_lab(split: int, members: int, exposures: str, seed: int, log=print):
     """The first ``members`` sequences of Jang's ``lm_extraction_32_<split>`` planted into the default
     model at ``exposures`` (cached by every input): (planted model folder, members file, plant manifest)."""

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, split_list, t_interval,
-                               unlearning_run, write_section)
+                               unlearning_run, unplanted_jang, write_section)
 from unmemorize.stats import paired_difference
 
 STORE = RunStore(RESULTS_DIR / "oracle_gap_runs.jsonl")
@@ -77,21 +77,6 @@ def retain_file(folder: Path, args) -> Path:
     return folder.parent / f"{folder.name}.retain{args.forget}.csv"
 
 
-def nonmember_file(split: int, planted: set[str], n: int) -> Path:
-    """Unplanted Jang sequences: this split's 128-set first, then the other splits' (deduplicated)."""
-    from unmemorize.models import cache_dir
-
-    frames = [pd.read_csv(data("forget", f"lm_extraction_128_{s}.csv"), dtype=str, keep_default_na=False)
-              for s in [split] + [s for s in (0, 1, 2) if s != split]]
-    pool = pd.concat(frames).drop_duplicates("doc_id")
-    pool = pool[~pool["doc_id"].isin(planted)]
-    if len(pool) < n:
-        sys.exit(f"only {len(pool)} unplanted Jang sequences for split {split}; lower --nonmembers")
-    path = cache_dir() / "labs" / f"oracle-gap-nonmembers-{split}-{n}.csv"
-    pool.head(n).to_csv(path, index=False)
-    return path
-
-
 def row_of(r, split: int, key: dict, wall: float) -> dict:
     """The benchmark's row of one run, from its typed record."""
     o, u = r.oracle, r.unlearning
@@ -120,7 +105,7 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
         return
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     folder, forget_file, manifest = lab(split, args, log, progress)
-    nonmembers = nonmember_file(split, set(manifest["exposure"]), args.nonmembers)
+    nonmembers = unplanted_jang(split, set(manifest["exposure"]), args.nonmembers, "oracle-gap")
     # the planted model, its oracle and what they show, shared by the split's runs
     resources = Resources(log=log, progress=progress)
     attacks = {"names": args.attacks, "neighbours": args.neighbours, "bootstrap": args.bootstrap,
