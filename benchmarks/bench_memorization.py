@@ -16,7 +16,7 @@
    step with Hugging Face's cache, finished jobs leaving the batch.
 
 Writes ``benchmarks/results/memorization.json`` and rewrites its section of ``benchmarks/RESULTS.md``.
-Needs ../shared/data (Jang's forget sets, pile.csv).
+Needs the data folder (UNMEMORIZE_DATA, docs/data.md: Jang's forget sets, eval/pile.csv).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
         return
     forget_path = data("forget", "lm_extraction_32_0.csv")
     if not forget_path.exists():
-        sys.exit(f"needs {forget_path} (../shared/data)")
+        sys.exit(f"needs {forget_path} (set UNMEMORIZE_DATA to the data folder, docs/data.md)")
     torch.manual_seed(0)
     lm = load_model(args.model)
     model, tok = lm.model, lm.tokenizer

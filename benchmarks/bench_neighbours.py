@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_neighbours.py [--texts 12] [--k 5] [--threads 2]
 
-Texts: the demo's synthetic records (needs no ../shared); model: the embedded default. Both ways make
+Texts: the demo's synthetic records (needs no data folder); model: the embedded default. Both ways make
 the same neighbours (checked); the ratio is per-text time / batched time, in the same run. Writes
 ``benchmarks/results/neighbours.json`` and its section of ``benchmarks/RESULTS.md``.
 """

@@ -44,7 +44,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DATA, RESULTS_DIR, RUNS, data, split_list, write_section  # noqa: E402
+from benchmarks.common import RESULTS_DIR, RUNS, data, split_list, write_section  # noqa: E402
 
 TITLE = "Scan: what a model memorized in a corpus"
 OUT = RESULTS_DIR / "scan.json"
@@ -329,7 +329,7 @@ def main() -> None:
         corpus_dir, reference, setup = corpus(args, members, work)
         results = json.loads(OUT.read_text()) if OUT.exists() else {}
         results.update({"model": args.model if args.model != "default" else "SmolLM2-135M-Instruct (default)",
-                        "argv": " ".join(sys.argv[1:]), "date": _dt.date.today().isoformat(), "data": str(DATA),
+                        "argv": " ".join(sys.argv[1:]), "date": _dt.date.today().isoformat(), "data": "$UNMEMORIZE_DATA",
                         "split": args.split, "exposures": list(exposures(args.exposures)), "length": args.length,
                         "stride": args.stride, "min_tokens": args.min_tokens, "top": args.top, "setup": setup,
                         "machine": platform.machine()})

@@ -1,4 +1,4 @@
-"""Benchmark: the paper-style table (PAPER_SPEC §7) for one model on Jang et al.'s forget sets.
+"""Benchmark: the paper-style table (docs/method.md §7) for one model on Jang et al.'s forget sets.
 
     .venv/bin/python benchmarks/paper_table.py                       # default model, sizes 8 and 32, splits 0-2
     .venv/bin/python benchmarks/paper_table.py --sizes 8 --splits 0  # a smaller table

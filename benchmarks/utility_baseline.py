@@ -11,7 +11,7 @@ checks:
 * reference — the batched engine against one forward pass per choice (the original's computation) on
   the first HellaSwag questions: same predictions, score differences, time;
 * padding — the first Wizard-of-Wikipedia dialogues in full mode (left-padded generation) and parity
-  mode (the original's right-padded 512-token prompt), as PAPER_SPEC §6.3 asks;
+  mode (the original's right-padded 512-token prompt), as docs/method.md §6.3 describes;
 * mathqa — why MathQA sits at chance: the spread of predictions and the accuracy of other scorings
   (a leading space before each option, per-token mean, always the shortest option) on the same problems.
 
@@ -147,7 +147,7 @@ def render(res: dict) -> str:
     lines = [
         f"Command: `{res['command']}`",
         "",
-        f"{res['model']}, **{res['mode']} mode**, data `../shared/data/eval`, {res['threads']} torch thread(s) on "
+        f"{res['model']}, **{res['mode']} mode**, data `$UNMEMORIZE_DATA/eval`, {res['threads']} torch thread(s) on "
         f"{res['cpus']} cores shared with other work (load average {res['load_before']:.1f} before, "
         f"{res['load_after']:.1f} after). **Not whole splits:** each task is its *first n* examples (the "
         f"script's per-task `DEFAULT_LIMITS`); whole splits would take about {full_hours:.1f} hours at these "
@@ -165,7 +165,7 @@ def render(res: dict) -> str:
                      f"{fmt(r.get('loss'))} | {fmt(r.get('ppl'))} | {fmt(r.get('chance'))} | {fmt(bar, 3)} | "
                      f"{above} | {r['seconds']:.1f} | {r['seconds'] / r['n']:.3f} |")
     aggs = res["aggregates"]
-    lines += ["", "Aggregates (PAPER_SPEC §2.8, over these subsets): " + ", ".join(
+    lines += ["", "Aggregates (docs/method.md §2.8, over these subsets): " + ", ".join(
         f"{name} = {aggs[name]['value']:.4f} ({len(aggs[name]['tasks'])} tasks)" for name in AGGREGATES if name in aggs)
         + ". average_perplexity is the paper's name for the mean dialogue CE in nats. LAMBADA loss is the "
           "summed NLL of the last word (§6.2); dialogue, wikitext and pile losses are token means.", ""]

@@ -1,4 +1,4 @@
-"""Utility suite (PAPER_SPEC §6, §2.8): scoring rules by hand, prompt construction on fixed rows,
+"""Utility suite (docs/method.md §6, §2.8): scoring rules by hand, prompt construction on fixed rows,
 the batched engine against slow per-choice references, the suite end to end on tiny files, bad input."""
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ def test_bad_options(kwargs, message, data_dir, tokenizer):
         evaluate_utility(model, tokenizer, "piqa", data_dir, **{"mode": "full", **kwargs})
 
 
-# ---------------------------------------------------------------- the real task files (../shared/data/eval)
+# ---------------------------------------------------------------- the real task files (the data folder's eval/)
 
 SPLIT_SIZES = {"piqa": 1838, "hellaswag": 10042, "arc_easy": 570, "arc_challenge": 299, "copa": 100, "winogrande": 1267,
                "mathqa": 2985, "pubmed_qa": 500, "lambada": 4992, "wizard_of_wikipedia": 967,

@@ -1,5 +1,5 @@
 """The lm-evaluation-harness adapter on a local-file task (no network), checked against our own
-scorer: lm-eval's loglikelihood multiple choice and PAPER_SPEC §6.1 build the same requests for COPA."""
+scorer: lm-eval's loglikelihood multiple choice and docs/method.md §6.1 build the same requests for COPA."""
 
 from __future__ import annotations
 
