@@ -334,7 +334,7 @@ register(Method("dpd", "Differentially-private decoding (Majmudar et al.)", "§4
 class MethodSpec(Options):
     """A registered method and the user's overrides of its constants (YAML ``method:``, flags below)."""
 
-    name: str = option("sga", "ga, sga, ta, tau, npo, ga+mismatch or dpd.", "--method")
+    name: str = option("sga", f"{', '.join(list(METHODS)[:-1])} or {list(METHODS)[-1]}.", "--method")
     selector: str | None = option(None, "Override the selector of the selective phases: all, threshold:γ, top:k.")
     switch_below: float | str | None = option(None, "Mean MA at which ta/tau hand over to task arithmetic (default tau+0.6 / tau+0.2: the "
                                                     "paper's 0.9 / 0.5 at τ = 0.3; or a number).",
