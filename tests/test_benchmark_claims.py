@@ -390,3 +390,21 @@ def test_paper_table_keeps_its_tables_and_plots_in_the_repo(tmp_path, monkeypatc
     assert (kept / "paper_table_Smol_LM_2_results.csv").read_text() == "method,c\nga,1\n"
     assert md.index("jang8_8_before_after") < md.index("jang32_32_before_after")
     assert "`benchmarks/results/paper_table_Smol_LM_2_runs.csv`" in md
+
+
+def test_defaults_reading_is_computed_from_the_recorded_values():
+    """bench_defaults: within/over each goal, the × bare ratio and the stages come from the recorded numbers."""
+    bd = _load("bench_defaults")
+    res = {"split": 0, "threads": 2, "date": "2026-12-01",
+           "audit": {"command": "unmemorize audit --model default", "seconds": 250.0, "sequences": 96,
+                     "bare_seconds": 50.0, "el_computed": 3, "extractable_by_ma": 3, "band_hi": 0.8123,
+                     "goal_s": 300.0},
+           "unlearn": {"command": "unmemorize unlearn", "seconds": 700.0, "timings": {"inputs": 20.0, "before": 300.0,
+                                                                                   "unlearn": 100.0, "after": 250.0},
+                       "plan": "attack plan: MIAU K = 9 (CPU), ≈ 7 min", "plan_seconds": 420.0, "method": "sga",
+                       "steps": 4, "sequences": 40, "bare_seconds": 20.0, "goal_s": 600.0}}
+    text = bd.render(res)
+    assert "| 250 | 300 | yes | 50.0 | 5.0 |" in text and "| 700 | 600 | no | 20.0 | 35.0 |" in text
+    assert "took 250 s (within the 5-minute goal), 5.0× a bare forward pass over the same 96 sequences" in text
+    assert "default audit of 32 sequences" in text and "EL₁₀ was decoded for 3 sequence(s); 3 had MA" in text
+    assert "took 700 s (over the 10-minute goal)" in text and "took 550 s against the plan's 420 s" in text
