@@ -26,12 +26,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def single_thread():
     """A module's tiny models on one thread (``pytestmark = pytest.mark.usefixtures("single_thread")``):
     they run as fast, and two threads spin-waiting for each other beside other work can be ten times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from unlearning_fixtures import one_thread
+
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def shared_data(*parts: str) -> Path:
