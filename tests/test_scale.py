@@ -141,7 +141,8 @@ def test_optimizers_are_the_registered_ones(lab, monkeypatch):
     made = []
     for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
         real = loop_module.OPTIMIZERS[name]
-        monkeypatch.setitem(loop_module.OPTIMIZERS, name, lambda params, o, real=real: made.append(real(params, o)) or made[-1])
+        monkeypatch.setitem(loop_module.OPTIMIZERS, name,
+                            lambda params, real=real, **kw: made.append(real(params, **kw)) or made[-1])
         unlearn(model, forget, tau=tau, method="ga", options=UnlearnOptions(max_steps=1, optimizer=name, **FAST))
         assert type(made[-1]) is cls and made[-1].defaults["lr"] == FAST["lr"]
     with pytest.raises(UserError, match="'optimizer': got 'sgd'; allowed: adam, adamw"):

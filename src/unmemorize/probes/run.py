@@ -441,11 +441,13 @@ def write_results(results: ProbeResults, folder: str | Path) -> dict[str, Path]:
 
 
 def write_report(results: ProbeResults, path: str | Path, images: dict[str, Path], title: str,
-                 subtitle: str = "") -> Path:
+                 subtitle: str = "", sections: list | None = None) -> Path:
+    """probes.html: the probes' sections (made from ``results`` unless already made)."""
     from unmemorize.probes.report import report_sections
     from unmemorize.report.html import write_report as write_html
 
-    return write_html(path, title, report_sections(results, images), subtitle=subtitle)
+    return write_html(path, title, sections if sections is not None else report_sections(results, images),
+                      subtitle=subtitle)
 
 
 # ---------------------------------------------------------------- `unmemorize probe` and the run recipe
@@ -519,7 +521,6 @@ def run_stage(spec, inputs, res, result, folder: str | Path) -> ProbeStage | Non
     summary for the run record with the report sections (None when no probe is asked for)."""
     from unmemorize.probes.report import report_sections
     from unmemorize.report.html import Section
-    from unmemorize.report.html import write_report as write_html
 
     s = spec.probes
     if not s.names:
@@ -536,8 +537,8 @@ def run_stage(spec, inputs, res, result, folder: str | Path) -> ProbeStage | Non
                          band=getattr(inputs, "band", None) or spec.band,
                          progress=res.progress, log=res.log)
     images = write_results(results, folder)
-    sections = report_sections(results, images)
-    write_html(Path(folder) / "probes.html", f"Robustness probes: {result.method.title}", sections,
-               subtitle=f"model {inputs.lm.name} · forget {inputs.forget.source}"
-                        + (f" · oracle {spec.oracle}" if oracle is not None else ""))
+    sections = report_sections(results, images)  # probes.html and the run's report.html show the same
+    write_report(results, Path(folder) / "probes.html", images, f"Robustness probes: {result.method.title}",
+                 subtitle=f"model {inputs.lm.name} · forget {inputs.forget.source}"
+                          + (f" · oracle {spec.oracle}" if oracle is not None else ""), sections=sections)
     return ProbeStage(results.record, sections)

@@ -71,13 +71,8 @@ from unmemorize.unlearning.task_vectors import apply_edit_, copy_state, edited, 
 STOP_RULES = ("mean", "per-sequence", "target")
 Optimizer = Literal["adam", "adamw"]
 AdapterKind = Literal["lora", "adalora"]
-# name → the optimizer over the trained parameters, from the options
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                               weight_decay=o.weight_decay),
-    "adamw": lambda params, o: torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                                 weight_decay=o.weight_decay),
-}
+# name → the optimizer class over the trained parameters (both take lr, betas, eps, weight_decay)
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _FP16_RETRIES = 20  # loss-scale halvings tried for one update before giving up (2^-20 of the initial scale)
 BEFORE = "before"
 
@@ -424,7 +419,8 @@ class _Loop:
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         o = self.opts
-        return OPTIMIZERS[o.optimizer](self.params, o)
+        return OPTIMIZERS[o.optimizer](self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                       weight_decay=o.weight_decay)
 
     @property
     def phase(self) -> Phase:
