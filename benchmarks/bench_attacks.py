@@ -10,12 +10,16 @@ zlib, min-k, min-k++. Timed in one run, on the same loaded model:
 
 * **bare**: the forward passes the battery needs, (members + non-members)·(K + 1) teacher-forced
   sequences (the texts and this run's neighbours), batched, logits only: the floor;
-* **ours**: ``run_attacks`` as it runs now, neighbour generation included;
+* **ours**: ``run_attacks`` as it runs now, neighbour generation included, once per perturber named in
+  ``--perturbers`` (default both causal-LM refills: ``lm``, each span given the text refilled so far, and
+  ``lm-independent``, each span given the original text to its left; each with a fresh cache);
 * **old**: the same battery with the slow reference refill (one token per row per pass, a growing
   cache: :class:`unmemorize.reference.TokenByTokenRefill`) and each part's passes in file order.
 
-Both refills draw from the same seeded generators with the same sampler, so they make the same
-neighbours (checked) and every attack the same AUC (checked). Goal: ours ≤ 2× bare.
+The old refill and ``lm`` draw from the same seeded generators with the same sampler, so they make the
+same neighbours (checked) and every attack the same AUC (checked); ``lm-independent`` makes other
+neighbours (its AUCs are reported beside). The bare passes run over the first perturber's neighbours.
+Goal: ours ≤ 2× bare.
 
 Writes ``benchmarks/results/attacks.json`` and its section of ``benchmarks/RESULTS.md``; ``--model`` and
 the size options let it run on a tiny saved model (a smoke test: its files are not results).
@@ -53,6 +57,7 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8, help="attacks' sequences per pass (neighbours: twice)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--perturbers", default="lm,lm-independent", help="the refills timed as 'ours', comma-separated")
     ap.add_argument("--skip-old", action="store_true", help="time ours and bare only")
     ap.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from attacks.json")
     args = ap.parse_args()
@@ -117,19 +122,23 @@ def measure(lm, members, nonmembers, args) -> dict:
                         length=args.length, threads=torch.get_num_threads())
     times: dict[str, float] = {}
     load_before = os.getloadavg()[0]
+    perturbers = [p.strip() for p in args.perturbers.split(",") if p.strip()]
+    ours: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        opts = AttackOptions(neighbours=args.k, perturber="lm", batch_size=args.batch_size, bootstrap=1000,
-                             neighbour_cache=Path(tmp) / "ours")
+        base = AttackOptions(neighbours=args.k, perturber=perturbers[0], batch_size=args.batch_size, bootstrap=1000)
         # warm-up: one small pass (first-call allocations are not what is measured)
         for _ in forward.teacher_forced(model, members.input_ids[:2], members.lengths[:2], batch_size=2):
             pass
-        # ours, neighbours made in this run
-        ours_perturber = timed_perturber(build_perturber(opts, model, tok, lm.fingerprint), times, "ours_neighbours")
-        with stopwatch(times, "ours"):
-            ours = run_attacks(model, tok, members, nonmembers, options=opts, perturber=ours_perturber)
-        neighbours = {part: neighbours_for(seqs.texts, ours_perturber, args.k, opts.seed,
-                                           NeighbourCache(Path(tmp) / "ours"))
-                      for part, seqs in (("forget", members), ("reference", nonmembers))}
+        neighbours = {}
+        for name in perturbers:  # ours, neighbours made in this run
+            opts = base.replace(perturber=name, neighbour_cache=Path(tmp) / name)
+            made = timed_perturber(build_perturber(opts, model, tok, lm.fingerprint), times, f"{name}_neighbours")
+            with stopwatch(times, name):
+                ours[name] = run_attacks(model, tok, members, nonmembers, options=opts, perturber=made)
+            if not neighbours:
+                neighbours = {part: neighbours_for(seqs.texts, made, args.k, opts.seed, NeighbourCache(Path(tmp) / name))
+                              for part, seqs in (("forget", members), ("reference", nonmembers))}
+                schedule = getattr(made, "_schedule", lambda: None)()
         # bare: the teacher-forced passes over the texts and their neighbours, logits only
         flat = [x for part in ("forget", "reference") for ns in neighbours[part] for x in ns]
         ids, lengths = encode_texts(tok, flat, args.length, members.pad_id)
@@ -141,39 +150,44 @@ def measure(lm, members, nonmembers, args) -> dict:
                 pass
         old = None
         if not args.skip_old:
+            opts = base.replace(perturber="lm", neighbour_cache=Path(tmp) / "old")
             slow = TokenByTokenRefill(Masking(opts.mask_fraction, opts.span_words), model, tok, lm.fingerprint,
                                       top_k=opts.refill_top_k, temperature=opts.refill_temperature)
             slow = timed_perturber(slow, times, "old_neighbours")
             with stopwatch(times, "old"), file_order():
-                old = run_attacks(model, tok, members, nonmembers, perturber=slow,
-                                  options=opts.replace(neighbour_cache=Path(tmp) / "old"))
-            old_neighbours = {part: neighbours_for(seqs.texts, slow, args.k, opts.seed,
-                                                   NeighbourCache(Path(tmp) / "old"))
+                old = run_attacks(model, tok, members, nonmembers, perturber=slow, options=opts)
+            old_neighbours = {part: neighbours_for(seqs.texts, slow, args.k, opts.seed, NeighbourCache(Path(tmp) / "old"))
                               for part, seqs in (("forget", members), ("reference", nonmembers))}
     res = {
         "model": lm.name, "parameters": model_parameters(model), "device": device.type,
         "torch_threads": torch.get_num_threads(), "members": len(members), "nonmembers": len(nonmembers),
         "k": args.k, "length": args.length, "batch_size": args.batch_size,
-        "refill_schedule": ours_perturber._schedule(), "refill_rows_per_batch": ours_perturber.max_rows,
+        "refill_schedule": schedule, "bare_neighbours_of": perturbers[0],
         "sequences_scored": n * (args.k + 1), "neighbour_tokens": int(lengths.sum()),
         "load_before": load_before, "load_after": os.getloadavg()[0],
         "seconds": {k: round(v, 2) for k, v in times.items()},
-        "auc": {name: r.evaluation.auc.value for name, r in ours.attacks.items()},
+        "runs": {name: {"seconds": times[name], "neighbour_seconds": times[f"{name}_neighbours"],
+                        "ratio_to_bare": times[name] / times["bare"],
+                        "neighbours_share": times[f"{name}_neighbours"] / times[name],
+                        # one bare sequence pass costs bare / (n·(K + 1)); the refill made n·K neighbours
+                        "refill_passes_per_neighbour": times[f"{name}_neighbours"] / (times["bare"] / (n * (args.k + 1)))
+                        / (n * args.k),
+                        "auc": {a: r.evaluation.auc.value for a, r in ours[name].attacks.items()},
+                        "auc_ci": {a: [r.evaluation.auc.low, r.evaluation.auc.high] for a, r in ours[name].attacks.items()}}
+                 for name in perturbers},
         "auto_plan": auto.as_dict(),
     }
-    res["ratio_ours_to_bare"] = times["ours"] / times["bare"]
-    res["neighbours_share_of_ours"] = times["ours_neighbours"] / times["ours"]
-    if old is not None:
+    if old is not None and "lm" in ours:
         same = sum(a == b for part in neighbours for a, b in zip(neighbours[part], old_neighbours[part]))
-        res.update({
-            "ratio_old_to_bare": times["old"] / times["bare"], "speedup_over_old": times["old"] / times["ours"],
-            "refill_speedup_over_old": times["old_neighbours"] / times["ours_neighbours"],
-            "texts_with_identical_neighbours": same, "texts": n,
-            "auc_old": {name: r.evaluation.auc.value for name, r in old.attacks.items()},
-            "auc_identical": all(np.isclose(r.evaluation.auc.value, old.attacks[name].evaluation.auc.value,
-                                            rtol=0, atol=1e-12, equal_nan=True)
-                                 for name, r in ours.attacks.items()),
-        })
+        res["old"] = {
+            "seconds": times["old"], "ratio_to_bare": times["old"] / times["bare"],
+            "speedup_of_lm": times["old"] / times["lm"], "refill_speedup_of_lm": times["old_neighbours"] / times["lm_neighbours"],
+            "texts_with_identical_neighbours": same if perturbers[0] == "lm" else None, "texts": n,
+            "auc": {a: r.evaluation.auc.value for a, r in old.attacks.items()},
+            "auc_identical_to_lm": all(np.isclose(r.evaluation.auc.value, old.attacks[a].evaluation.auc.value,
+                                                  rtol=0, atol=1e-12, equal_nan=True)
+                                       for a, r in ours["lm"].attacks.items()),
+        }
     return res
 
 
@@ -191,8 +205,8 @@ def file_order():
 
 
 def render(r: dict) -> str:
-    s = r["seconds"]
-    goal = "within" if r["ratio_ours_to_bare"] <= 2.0 else "over"
+    """The RESULTS.md section, every number and every verdict computed from the recorded values."""
+    s, runs = r["seconds"], r["runs"]
     lines = [
         f"Command: `.venv/bin/python benchmarks/bench_attacks.py {r['argv']}`".replace(" `", "`"),
         "",
@@ -200,29 +214,47 @@ def render(r: dict) -> str:
         f"torch threads, load average {r['load_before']:.1f} before and {r['load_after']:.1f} after. Members: the "
         f"first {r['members']} sequences of `{r['data']['members']}`; non-members: the first {r['nonmembers']} rows "
         f"of `{r['data']['nonmembers']}`; T = {r['length']}. MIAU with K = {r['k']} neighbours per sequence "
-        f"(lm refill by the attacked model, made in this run), threshold, loss, zlib, min-k, min-k++; 1,000 "
-        "bootstrap replicates.",
+        f"(refilled by the attacked model, made in this run), threshold, loss, zlib, min-k, min-k++; 1,000 "
+        f"bootstrap replicates. The bare passes run over the neighbours of `{r['bare_neighbours_of']}`.",
         "",
-        "| run | seconds | × bare | neighbour making (s) |",
-        "|---|---:|---:|---:|",
+        "| run | seconds | × bare | neighbour making (s) | refill, in sequence passes per neighbour |",
+        "|---|---:|---:|---:|---:|",
         f"| bare forward passes: {r['sequences_scored']:,} sequences ((members + non-members)·(K + 1)) | "
-        f"{s['bare']:.1f} | 1.00 | – |",
-        f"| ours (refill schedule: {r['refill_schedule']}) | {s['ours']:.1f} | {r['ratio_ours_to_bare']:.2f} | "
-        f"{s['ours_neighbours']:.1f} |",
+        f"{s['bare']:.1f} | 1.00 | – | – |",
     ]
-    if "old" in s:
-        lines.append(f"| old: token-by-token refill, passes in file order | {s['old']:.1f} | "
-                     f"{r['ratio_old_to_bare']:.2f} | {s['old_neighbours']:.1f} |")
-    lines += ["", f"Reading: the battery took **{r['ratio_ours_to_bare']:.2f}×** its bare forward passes, {goal} the "
-              f"goal of 2×; neighbour making was {100 * r['neighbours_share_of_ours']:.0f} % of it."]
-    if "old" in s:
-        lines[-1] += (f" Against the old implementation: **{r['speedup_over_old']:.2f}×** faster in all, the refill "
-                      f"{r['refill_speedup_over_old']:.2f}× faster. Identical neighbours for "
-                      f"{r['texts_with_identical_neighbours']} of {r['texts']} texts; AUCs "
-                      + ("identical for every attack." if r["auc_identical"] else "differ (see attacks.json)."))
-    aucs = ", ".join(f"{k} {v:.3f}" for k, v in r["auc"].items())
-    lines += ["", f"AUCs (members vs unseen Pile text; not a finding about unlearning): {aucs}.",
-              "", f"What `K` auto would choose here: {r['auto_plan']['line']}."]
+    for name, run in runs.items():
+        label = f"ours, `--perturber {name}`" + (f" (schedule {r['refill_schedule']})" if name == "lm" and
+                                                 r.get("refill_schedule") else "")
+        lines.append(f"| {label} | {run['seconds']:.1f} | {run['ratio_to_bare']:.2f} | {run['neighbour_seconds']:.1f} | "
+                     f"{run['refill_passes_per_neighbour']:.2f} |")
+    old = r.get("old")
+    if old:
+        lines.append(f"| old: token-by-token refill, passes in file order | {old['seconds']:.1f} | "
+                     f"{old['ratio_to_bare']:.2f} | {s['old_neighbours']:.1f} | – |")
+    lines.append("")
+    for name, run in runs.items():
+        goal = "within" if run["ratio_to_bare"] <= 2.0 else "over"
+        lines.append(f"- `{name}`: the battery took **{run['ratio_to_bare']:.2f}×** its bare forward passes, {goal} "
+                     f"the goal of 2×; neighbour making was {100 * run['neighbours_share']:.0f} % of it.")
+    if old:
+        same = old.get("texts_with_identical_neighbours")
+        lines.append(f"- Against the old implementation, `lm` is **{old['speedup_of_lm']:.2f}×** faster in all, its "
+                     f"refill {old['refill_speedup_of_lm']:.2f}× faster"
+                     + (f"; identical neighbours for {same} of {old['texts']} texts" if same is not None else "")
+                     + "; AUCs " + ("identical for every attack." if old["auc_identical_to_lm"] else
+                                    "differ (see attacks.json)."))
+    names = list(runs)
+    attacks = list(runs[names[0]]["auc"])
+    lines += ["", "AUCs (members vs unseen Pile text; not a finding about unlearning; only MIAU depends on the "
+                  "perturber):", "", "| attack | " + " | ".join(f"`{n}`" for n in names) + " |",
+              "|---|" + "---:|" * len(names)]
+    for a in attacks:
+        lines.append(f"| {a} | " + " | ".join(f"{runs[n]['auc'].get(a, float('nan')):.3f}" for n in names) + " |")
+    if len(names) > 1:
+        miau = [runs[n]["auc"].get("miau", float("nan")) for n in names]
+        lines += ["", f"MIAU's AUC differs by {max(miau) - min(miau):.3f} between the perturbers (one draw of "
+                      "neighbours each; the bootstrap intervals are in attacks.json)."]
+    lines += ["", f"What `K` auto would choose here: {r['auto_plan']['line']}."]
     return "\n".join(lines)
 
 

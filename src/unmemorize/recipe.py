@@ -435,6 +435,8 @@ class _OracleStage:
 
 def _before(spec: RunSpec, inputs: _Inputs, res: Resources) -> _Stage:
     """What the original model shows, before unlearning (shared by every run of a grid that starts from it)."""
+    from unmemorize.attacks.perturb import LM_PERTURBERS
+
     lm, mk = inputs.lm, _model_key(spec.model)
     st = _Stage(reference_g=inputs.reference_g)
     if _extra_metrics(spec):
@@ -451,7 +453,7 @@ def _before(spec: RunSpec, inputs: _Inputs, res: Resources) -> _Stage:
     if opts is not None:
         st.refill = _refill_model(spec, res, inputs)
         miau = opts.names is None or "miau" in opts.names
-        if miau and opts.perturber == "lm" and st.refill is None:
+        if miau and opts.perturber in LM_PERTURBERS and st.refill is None:
             st.notes.append("MIAU's neighbours were refilled by the original model, which saw the members: its refills "
                             "lean towards the memorized words (pass an oracle or --refill-model: a model that never "
                             "saw them)")

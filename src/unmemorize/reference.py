@@ -285,3 +285,52 @@ def _token_by_token_refill():
     TokenByTokenRefill.__module__ = __name__
     TokenByTokenRefill.__qualname__ = "TokenByTokenRefill"
     return TokenByTokenRefill
+
+
+# ---------------------------------------------------------------- MIAU's lm-independent refill, one draw per pass
+
+
+@torch.no_grad()
+def independent_span_reference(refill, text: str, k: int, seed: int) -> list[str]:
+    """The K neighbours of ``text`` that :class:`~unmemorize.attacks.span_refill.IndependentSpanRefill`
+    ``refill`` must make, drawn literally: for each masking and each span, every sample from a full pass
+    (no cache) over ``[start] + the original's tokens before the span + the span's samples so far``,
+    with the span's own generator, the same sampler and the same span rule. Logits go to
+    ``refill.trace`` when it is a dict."""
+    from unmemorize.attacks.perturb import _normalise_fill, draw_tokens, sampling_probabilities
+    from unmemorize.attacks.span_refill import span_contexts, span_seed
+
+    tok, model = refill.tokenizer, refill.model
+    device = next(model.parameters()).device
+    limit = refill.context if refill.context is not None else 1 << 30
+    base, masks = refill.masks(text, k, seed)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    stream = [refill.start] + list(enc["input_ids"])
+    contexts = span_contexts(masks, [e for _, e in enc["offset_mapping"]])
+    out = []
+    for j, (m, lengths) in enumerate(zip(masks, contexts)):
+        fills = []
+        for i, (n, words) in enumerate(zip(lengths, m.words)):
+            if n > limit:
+                fills.append(_normalise_fill(m.originals[i]))
+                continue
+            s_seed = span_seed(base + j, i)
+            gen = torch.Generator().manual_seed(s_seed)
+            cur: list[int] = []
+            draws = 0
+            while True:
+                ids = torch.tensor([stream[:n] + cur], device=device)
+                logits = model(input_ids=ids).logits[:, -1]
+                if refill.trace is not None:
+                    refill.trace[(s_seed, draws)] = logits[0].detach().to("cpu", torch.float64).clone()
+                draws += 1
+                t = draw_tokens(sampling_probabilities(logits, refill.temperature, refill.banned, refill.top_k),
+                                [gen])[0]
+                if len(cur) < refill.cap and len(tok.decode(cur + [t]).split()) <= words:
+                    cur.append(t)
+                    if n + len(cur) <= limit:
+                        continue
+                break
+            fills.append(_normalise_fill(tok.decode(cur)))
+        out.append(m.assemble(fills))
+    return out

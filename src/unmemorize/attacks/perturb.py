@@ -716,13 +716,32 @@ def _lm(masking: Masking, *, lm=None, lm_tokenizer=None, lm_fingerprint=None, to
                         top_k=top_k, temperature=temperature)
 
 
+def _lm_independent(masking: Masking, *, lm=None, lm_tokenizer=None, lm_fingerprint=None, top_k=50, temperature=1.0,
+                    **_):
+    from unmemorize.attacks.span_refill import IndependentSpanRefill
+
+    if lm is None or lm_tokenizer is None:
+        raise UserError("the lm-independent perturber needs a causal language model to refill the masked spans")
+    if not getattr(lm_tokenizer, "is_fast", False):
+        raise UserError("the lm-independent perturber needs a fast tokenizer (it reads token offsets); "
+                        "use --perturber lm")
+    try:
+        return IndependentSpanRefill(masking, lm, lm_tokenizer,
+                                     lm_fingerprint or model_fingerprint(lm, lm_tokenizer), top_k=top_k,
+                                     temperature=temperature)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def _t5(masking: Masking, *, t5_path=None, device=None, **_):
     if not t5_path:
         raise UserError("--perturber t5 needs --t5 PATH, a local T5 model folder (it is never downloaded)")
     return T5Filler(masking, t5_path, device=device)
 
 
-PERTURBERS: dict[str, Callable[..., Perturber]] = {"lm": _lm, "t5": _t5, "words": _words}
+PERTURBERS: dict[str, Callable[..., Perturber]] = {"lm": _lm, "lm-independent": _lm_independent, "t5": _t5,
+                                                   "words": _words}
+LM_PERTURBERS = ("lm", "lm-independent")  # refill with a causal LM: the original's, or --refill-model's
 
 
 def make_perturber(name: str, masking: Masking, **kwargs) -> Perturber:

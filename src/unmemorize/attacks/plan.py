@@ -34,6 +34,7 @@ K_FLOOR = 5  # below this many neighbours MIAU's mean is too noisy: sample the n
 CPU_BUDGET_S = 420.0  # attacks before + after of an unlearning run of 8 members: 7 of its 10 minutes
 MIN_NONMEMBERS = 32
 REFILL_PASSES = 0.8  # one neighbour's lm refill, in sequence passes (its text is prefilled, only spans decode)
+INDEPENDENT_REFILL_PASSES = 0.3  # lm-independent: one shared prefill per text, only the samples decode
 T5_REFILL_PASSES = 3.0  # the T5 filler (t5-large is 5.5× SmolLM2) decodes only the fills
 FLOPS = {"cpu": 7.5e10, "cuda": 2.0e13, "mps": 2.0e12, "xpu": 1.0e13}  # per thread on a CPU; effective rates
 
@@ -115,7 +116,7 @@ def unlearning_passes(n: int, k: int, refill: float) -> float:
 
 
 def refill_passes(perturber: str) -> float:
-    return {"lm": REFILL_PASSES, "t5": T5_REFILL_PASSES}.get(perturber, 0.0)
+    return {"lm": REFILL_PASSES, "lm-independent": INDEPENDENT_REFILL_PASSES, "t5": T5_REFILL_PASSES}.get(perturber, 0.0)
 
 
 def plan_attacks(options, n_members: int, n_nonmembers: int, device_type: str, model_parameters: int, *,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from unmemorize.attacks.perturb import Masking, NeighbourCache, Perturber, make_perturber
+from unmemorize.attacks.perturb import LM_PERTURBERS, Masking, NeighbourCache, Perturber, make_perturber
 from unmemorize.attacks.plan import resolve as resolve_plan
 from unmemorize.attacks.registry import ATTACKS, MEMBERS, NONMEMBERS, PARTS, AttackContext, AttackOptions
 from unmemorize.attacks.scoring import DEFAULT_FPRS, Evaluation, check_fprs, evaluate, resolvable_fprs
@@ -253,5 +253,5 @@ def attack_run(spec, out: str | Path, *, overwrite: bool = False, progress=None,
             "attack", results.as_dict()["options"], {"forget": members.describe(), "reference": nonmembers.describe()},
             device=source.device, model=target.describe(), original=orig.describe() if orig else None,
             perturber=pert.config() if pert else None,
-            refill_model=refill.describe() if pert is not None and opts.perturber == "lm" else None))
+            refill_model=refill.describe() if pert is not None and opts.perturber in LM_PERTURBERS else None))
         return results, run.commit()
