@@ -31,6 +31,7 @@ from unmemorize.attacks.plan import (
     AttackPlan,
     min_nonmembers,
     plan_attacks,
+    refill_passes,
     sample_nonmembers,
     seconds_per_pass,
 )
@@ -225,11 +226,13 @@ def test_attack_plan_resolves_k_by_device_and_says_why():
                            "8 members + 32 non-members, ≈ ")
     assert "sequence passes" in line and line.endswith(("s", "min"))
     # the estimate: 40 sequences, each scored with its K neighbours, which are refilled first
-    assert cpu.passes == pytest.approx(40 * (1 + cpu.neighbours * 1.8))
+    refill = refill_passes(auto.perturber)  # the default refill, in sequence passes per neighbour
+    assert 0 < refill < 1
+    assert cpu.passes == pytest.approx(40 * (1 + cpu.neighbours * (1 + refill)))
     assert cpu.seconds == pytest.approx(cpu.passes * seconds_per_pass(SMOLLM2_PARAMETERS, 200, "cpu", 2))
     # an unlearning run of 8 sequences: the attacks before and after fit in about 7 of its 10 minutes
     per = seconds_per_pass(SMOLLM2_PARAMETERS, 200, "cpu", 2)
-    assert 40 * (3 + cpu.neighbours * 2.8) * per <= 420 < 40 * (3 + (cpu.neighbours + 1) * 2.8) * per
+    assert 40 * (3 + cpu.neighbours * (2 + refill)) * per <= 420 < 40 * (3 + (cpu.neighbours + 1) * (2 + refill)) * per
     gpu = plan_attacks(auto, 8, 32, "cuda", SMOLLM2_PARAMETERS)
     assert gpu.neighbours == PAPER_K and "GPU" in gpu.neighbours_reason and gpu.n_nonmembers == 32
     # a given K is kept, on any device; a tiny model affords the paper's K on a CPU

@@ -169,14 +169,20 @@ def test_lm_refill_never_outgrows_the_context(short, tokenizer, sets):
     assert 0 < fitting < len(texts)
 
 
-def test_miau_with_lm_neighbours_on_a_short_context(short, tokenizer, sets):
+@pytest.mark.parametrize("perturber", ["lm", "lm-independent"])
+def test_miau_with_lm_neighbours_on_a_short_context(short, tokenizer, sets, perturber):
+    """No pass holds more columns than the model has positions: lm stops a row at the context (spans after
+    it keep their words); lm-independent splits a text's spans into trees that fit."""
     forget, reference = sets
-    opts = AttackOptions(names=("miau", "loss"), perturber="lm", neighbours=3, mask_fraction=0.5, span_words=1,
+    opts = AttackOptions(names=("miau", "loss"), perturber=perturber, neighbours=3, mask_fraction=0.5, span_words=1,
                          neighbour_cache=False, bootstrap=0)
     with positions_used(short) as seen:
         res = run_attacks(short, tokenizer, forget, reference, options=opts)
     assert max(seen) <= POSITIONS
-    assert res.attacks["miau"].summary["spans_kept_original"] > 0
+    summary = res.attacks["miau"].summary
+    assert summary["perturber"]["perturber"] == perturber and summary["spans_filled_this_run"] > 0
+    if perturber == "lm":  # refills longer than their words push later spans past the context
+        assert summary["spans_kept_original"] > 0
     assert res.scores["miau"].notna().all()
 
 
@@ -252,9 +258,11 @@ def test_cli_audit_attack_unlearn_on_a_short_context(folder, cli):
     res = cli("unlearn", "--model", d / "model", *data, "--method", "ga", "--lr", "1e-3", "--neighbours", 2,
               "--max-steps", 2, "--micro-batch", 4, "--checkpoint-every", 0, "--out", d / "unlearn")
     assert res.exit_code == 0, res.output + repr(res.exception)
-    # the default attacks ran on the model before and after unlearning, MIAU with lm neighbours
+    # the default attacks ran on the model before and after unlearning, MIAU with the default neighbours
+    # (auto: lm-independent, as this GPT-Neo's local window spans its context)
     runs = [json.loads(f.read_text()) for f in (d / "unlearn").glob("*attacks.json")]
-    assert len(runs) == 2 and all(r["attacks"]["miau"]["summary"]["perturber"]["perturber"] == "lm" for r in runs)
+    assert len(runs) == 2 and all(r["attacks"]["miau"]["summary"]["perturber"]["perturber"] == "lm-independent"
+                                  for r in runs)
     assert (d / "unlearn" / "profile_after.parquet").is_file()
 
 

@@ -20,7 +20,7 @@ Library entry point (what ``unmemorize attack`` and ``unmemorize unlearn`` call)
 
     results = run_attacks(model, tokenizer, forget, reference,            # SequenceSets
                           original=original_model, original_tokenizer=original_tok,
-                          options=AttackOptions(attacks=None, neighbours=25, perturber="lm"))
+                          options=AttackOptions(attacks=None, neighbours=25))
     results.table()                     # AUC, TPR@1%/0.1% FPR with 95% bootstrap CIs, below-chance flag
     results.scores                      # one row per sequence: set, id, member, <attack>, <attack>.<extra>
     paths = write_results(results, run_dir, prefix="after_")   # attacks.json, attack_scores.parquet, roc.png

@@ -733,15 +733,30 @@ def _lm_independent(masking: Masking, *, lm=None, lm_tokenizer=None, lm_fingerpr
         raise UserError(str(e)) from None
 
 
+def _auto(masking: Masking, *, lm=None, lm_tokenizer=None, **kwargs):
+    """The default: ``lm-independent`` (one prefill per text instead of about one pass per neighbour), or
+    ``lm`` where the refilling model cannot take it (a slow tokenizer; GPT-Neo's local attention)."""
+    from unmemorize.attacks.span_refill import local_window
+
+    if lm is not None and lm_tokenizer is not None and getattr(lm_tokenizer, "is_fast", False):
+        try:
+            local_window(lm)
+        except ValueError:
+            pass
+        else:
+            return _lm_independent(masking, lm=lm, lm_tokenizer=lm_tokenizer, **kwargs)
+    return _lm(masking, lm=lm, lm_tokenizer=lm_tokenizer, **kwargs)
+
+
 def _t5(masking: Masking, *, t5_path=None, device=None, **_):
     if not t5_path:
         raise UserError("--perturber t5 needs --t5 PATH, a local T5 model folder (it is never downloaded)")
     return T5Filler(masking, t5_path, device=device)
 
 
-PERTURBERS: dict[str, Callable[..., Perturber]] = {"lm": _lm, "lm-independent": _lm_independent, "t5": _t5,
-                                                   "words": _words}
-LM_PERTURBERS = ("lm", "lm-independent")  # refill with a causal LM: the original's, or --refill-model's
+PERTURBERS: dict[str, Callable[..., Perturber]] = {"auto": _auto, "lm": _lm, "lm-independent": _lm_independent,
+                                                   "t5": _t5, "words": _words}
+LM_PERTURBERS = ("auto", "lm", "lm-independent")  # refill with a causal LM: the original's, or --refill-model's
 
 
 def make_perturber(name: str, masking: Masking, **kwargs) -> Perturber:

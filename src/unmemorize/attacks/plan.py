@@ -15,7 +15,7 @@ sequences would add about 12 minutes. So ``neighbours`` left to "auto" (None) re
 The estimate counts sequence passes (one teacher-forced pass over a T-token sequence; a refilled
 neighbour costs :data:`REFILL_PASSES` of one) and turns them into seconds at a FLOP rate per device
 (2 FLOPs per parameter per token). It is a plan, not a promise: measured on this project's 2-core CPU,
-SmolLM2-135M passes 200 tokens in about 0.36 s.
+SmolLM2-135M passes 200 tokens in 0.2–0.35 s (the machine's speed varied between days).
 
 :func:`plan_attacks` is pure (everything it reads is an argument), so a command can print the plan
 before any model pass; :func:`unmemorize.attacks.run.run_attacks` resolves "auto" through it, so the
@@ -33,8 +33,9 @@ PAPER_K = 25
 K_FLOOR = 5  # below this many neighbours MIAU's mean is too noisy: sample the non-members down instead
 CPU_BUDGET_S = 420.0  # attacks before + after of an unlearning run of 8 members: 7 of its 10 minutes
 MIN_NONMEMBERS = 32
-REFILL_PASSES = 0.8  # one neighbour's lm refill, in sequence passes (its text is prefilled, only spans decode)
-INDEPENDENT_REFILL_PASSES = 0.3  # lm-independent: one shared prefill per text, only the samples decode
+# one neighbour's refill, in sequence passes, as measured on a 2-core CPU (benchmarks/bench_attacks.py, K = 25):
+REFILL_PASSES = 1.6  # lm: each neighbour its own token stream (1.62)
+INDEPENDENT_REFILL_PASSES = 0.65  # lm-independent, the default: one prefill per text, only the samples decode (0.63)
 T5_REFILL_PASSES = 3.0  # the T5 filler (t5-large is 5.5× SmolLM2) decodes only the fills
 FLOPS = {"cpu": 7.5e10, "cuda": 2.0e13, "mps": 2.0e12, "xpu": 1.0e13}  # per thread on a CPU; effective rates
 
@@ -116,7 +117,8 @@ def unlearning_passes(n: int, k: int, refill: float) -> float:
 
 
 def refill_passes(perturber: str) -> float:
-    return {"lm": REFILL_PASSES, "lm-independent": INDEPENDENT_REFILL_PASSES, "t5": T5_REFILL_PASSES}.get(perturber, 0.0)
+    return {"auto": INDEPENDENT_REFILL_PASSES, "lm": REFILL_PASSES, "lm-independent": INDEPENDENT_REFILL_PASSES,
+            "t5": T5_REFILL_PASSES}.get(perturber, 0.0)
 
 
 def plan_attacks(options, n_members: int, n_nonmembers: int, device_type: str, model_parameters: int, *,

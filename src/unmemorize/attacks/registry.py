@@ -51,9 +51,11 @@ class AttackSettings(Options):
         None, "Attacks: use at most this many non-members (a seeded sample of the reference set). Default auto: "
               "all, except on a CPU where a reference set too large for the time of the attack plan is sampled down.",
         "--nonmembers", ge=1, allowed="a positive integer (at least 1)")
-    perturber: str = option("lm", "MIAU neighbours: lm (offline refill by a causal LM, each span given the text "
-                                  "refilled so far), lm-independent (each span given the original text to its left: "
-                                  "about 3x cheaper on a CPU), t5 (needs --t5), words (cheap).")
+    perturber: str = option("auto", "MIAU neighbours, refilled offline by a causal LM: lm-independent (each span given "
+                                    "the original text to its left; one pass per text), lm (each span given the text "
+                                    "refilled so far; about one pass per neighbour); auto (default): lm-independent, "
+                                    "else lm where the model cannot take it (GPT-Neo's local attention). Or t5 (needs "
+                                    "--t5), words (cheap, for tests).")
     t5_path: str | None = option(None, "Local T5 folder for --perturber t5 (never downloaded).", "--t5")
     mask_fraction: float = option(0.3, "MIAU: share of the words masked.", gt=0.0, lt=1.0,
                                   allowed="a number in (0, 1)")

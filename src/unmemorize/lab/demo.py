@@ -111,7 +111,7 @@ def demo_config(forget_file: Path, keep_file: Path, nonmembers_file: Path, utili
            if "target" in spec.methods else {}),
         "training": {"lr": spec.unlearn_lr, "max_steps": spec.max_steps, "micro_batch": spec.forget,
                      "checkpoint_every": 0},
-        "attacks": {"names": list(DEMO_ATTACKS), "before": True, "neighbours": spec.neighbours, "perturber": "lm",
+        "attacks": {"names": list(DEMO_ATTACKS), "before": True, "neighbours": spec.neighbours,
                     "bootstrap": 200},
         "utility": {"tasks": ["lab"], "data_dir": str(utility_dir), "mode": "full"},
     }
