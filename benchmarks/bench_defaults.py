@@ -116,12 +116,18 @@ def unlearn_part(args, work: Path, log) -> dict:
     log("$ unmemorize " + " ".join(cmd[3:]))
     seconds, text = timed(cmd, log)
     record = json.loads((out / "record.json").read_text())
-    plan = next((line.strip() for line in text.splitlines() if "attack plan:" in line), None)
-    est = re.search(r"≈ ([\d,.]+) (s|min)\s*$", plan or "")
-    plan_s = None if est is None else float(est.group(1).replace(",", "")) * (60 if est.group(2) == "min" else 1)
+    # the plan lines as recorded (the terminal may wrap them): before, and after (with the reference attack)
+    plans = [n for n in record.get("attacks", {}).get("notes", []) if n.startswith("attack plan:")]
+    plan = plans[0] if plans else next((line.strip() for line in text.splitlines() if "attack plan:" in line), None)
+    estimates = [re.search(r"≈ ([\d,.]+) (s|min)\s*$", p) for p in plans]
+    plan_s = (sum(float(e.group(1).replace(",", "")) * (60 if e.group(2) == "min" else 1) for e in estimates)
+              if estimates and all(estimates) else None)
     timings = record.get("timings", {})
     bare, n = bare_forward([forget, nonmembers])
-    return {"command": "unmemorize " + " ".join(cmd[3:]).replace(str(work), "<work>").replace(str(folder), "<planted>"),
+    from unmemorize.models import cache_dir
+
+    command = ("unmemorize " + " ".join(cmd[3:])).replace(str(work), "<work>").replace(str(folder), "<planted>")
+    return {"command": command.replace(str(cache_dir()), "<cache>"),
             "seconds": seconds, "timings": timings, "plan": plan, "plan_seconds": plan_s,
             "method": record.get("labels", {}).get("method"), "steps": record.get("unlearning", {}).get("steps"),
             "sequences": n, "bare_seconds": bare, "goal_s": UNLEARN_GOAL_S}
@@ -159,7 +165,8 @@ def render(res: dict) -> str:
         if u.get("plan"):
             lines.append(f"- It printed `{u['plan']}` before starting; the stages that hold the attacks (before, "
                          f"after; they also profile) took {attacks:.0f} s"
-                         + (f" against the plan's {u['plan_seconds']:.0f} s." if u.get("plan_seconds") else "."))
+                         + (f" against the plans' {u['plan_seconds']:.0f} s (before and after)." if u.get("plan_seconds")
+                            else "."))
     return "\n".join(lines)
 
 
