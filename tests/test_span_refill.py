@@ -125,3 +125,15 @@ def test_local_attention_narrower_than_the_context_is_refused(tokenizer):
     with pytest.raises(UserError, match="local attention"):
         make_perturber("lm-independent", Masking(), lm=GPTNeoForCausalLM(config), lm_tokenizer=tokenizer,
                        lm_fingerprint="w")
+
+
+def test_models_that_keep_logits_by_count_only_give_the_same_neighbours(tokenizer, monkeypatch):
+    """A model whose forward takes no tensor of positions to keep: every position's logits, indexed after."""
+    import unmemorize.attacks.span_refill as span_refill
+
+    model = _model(tokenizer, "gpt2").double()
+    texts = _texts(tokenizer, 3)
+    refill = IndependentSpanRefill(Masking(0.3, 2), model, tokenizer, "tiny")
+    want = refill.neighbours_many(texts, 3, seed=2)
+    monkeypatch.setattr(span_refill, "_keeps_by_tensor", lambda model: False)
+    assert IndependentSpanRefill(Masking(0.3, 2), model, tokenizer, "tiny").neighbours_many(texts, 3, seed=2) == want

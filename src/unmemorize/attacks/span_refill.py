@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 import torch
 
 from unmemorize.attacks.perturb import (
-    Masking,
     MaskedText,
+    Masking,
     Perturber,
+    _keeps_by_tensor,
     _normalise_fill,
     _num_layers,
     document_start,
@@ -180,9 +181,12 @@ class IndependentSpanRefill(Perturber):
         prefill = max(s.n for s in group)
         cache = lazy_cache(_num_layers(model), min(prefill + 4 * len(group) + 16, prefill + self.cap * len(group)))
         wanted = sorted({s.n - 1 for s in group})
+        if _keeps_by_tensor(model):  # logits only where a span starts
+            keep, row_of = torch.tensor(wanted, device=device), {p: i for i, p in enumerate(wanted)}
+        else:
+            keep, row_of = 0, {p: p for p in wanted}
         out = model(input_ids=torch.tensor([stream[:prefill]], device=device), cache=cache, use_cache=True,
-                    logits_to_keep=torch.tensor(wanted, device=device))
-        row_of = {p: i for i, p in enumerate(wanted)}
+                    logits_to_keep=keep)
         logits, live, filled = out.logits[0, [row_of[s.n - 1] for s in group]], group, prefill
         while True:
             feeding = self._draw(live, logits, limit)
