@@ -13,7 +13,8 @@ seed, stream and steps, F's rows replaced by ordinary text). Non-members: unplan
 the same form (matched to the members' kinds of text by the attacks). τ = the planted model's mean MA
 on them. Then every listed run (method:stop; ``target`` stops by its own rule, and ``target-ref`` is
 ``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``;
-``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples)
+``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples;
+any of the three with ``-rW`` appended, e.g. ``target-ref-r4``, weighs its retain term W instead of 1)
 unlearns F from the planted model through the library's recipe, with the constants relative to τ
 (docs/method.md §4.13) and the oracle given (it judges; no method sees it): each run records, against the oracle, the per-sequence |MA − MA_oracle|,
 the KS forget quality, each attack's AUC gap (paired bootstrap), the retain members' MA and the
@@ -25,6 +26,7 @@ every run recorded with the current settings, its sentences computed from them.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -73,6 +75,12 @@ def lab(split: int, args, log, progress=None):
     return folder, forget_file, manifest
 
 
+def target_variant(method: str) -> tuple[str, float | None]:
+    """``target-ref-r4`` → (``target-ref``, 4.0): a target run with its retain term weighed 4; else (method, None)."""
+    m = re.fullmatch(r"(target(?:-ref|-retain)?)-r(\d+(?:\.\d+)?)", method)
+    return (m.group(1), float(m.group(2))) if m else (method, None)
+
+
 def retain_file(folder: Path, args) -> Path:
     return folder.parent / f"{folder.name}.retain{args.forget}.csv"
 
@@ -108,14 +116,19 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
     nonmembers = unplanted_jang(split, set(manifest["exposure"]), args.nonmembers, "oracle-gap")
     # the planted model, its oracle and what they show, shared by the split's runs
     resources = Resources(log=log, progress=progress)
-    attacks = {"names": args.attacks, "neighbours": args.neighbours, "bootstrap": args.bootstrap,
+    # MIAU's neighbours as every recorded run made them (the sequential lm refill; the library's default is now
+    # lm-independent): runs added later stay comparable with the recorded ones
+    attacks = {"names": args.attacks, "neighbours": args.neighbours, "perturber": "lm", "bootstrap": args.bootstrap,
                "batch_size": args.micro_batch}
     for method, stop in todo:
         t = time.perf_counter()
+        base, retain_weight = target_variant(method)
         extra = {"target-ref": {"target_rule": "reference-model", "target_model": "default"},
-                 "target-retain": {"retain": str(retain_file(folder, args))}}.get(method, {})
+                 "target-retain": {"retain": str(retain_file(folder, args))}}.get(base, {})
+        spec = ({"name": "target", "retain_weight": retain_weight} if retain_weight is not None else "target"
+                ) if base.startswith("target") else method
         r, _ = unlearning_run(resources, folder, forget_file, nonmembers, RUNS / "oracle_gap" / f"split{split}" /
-                              f"{method}-{stop}", method="target" if method.startswith("target") else method,
+                              f"{method}-{stop}", method=spec,
                               stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
                               micro_batch=args.micro_batch, band=tuple(args.band), **extra,
                               attacks={**attacks, "before": False}, oracle=str(folder / "oracle"))
