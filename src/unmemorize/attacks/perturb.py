@@ -235,7 +235,36 @@ class _Row:
     draws: int = 0
 
 
-class CausalRefill(Perturber):
+class LMRefill(Perturber):
+    """What the causal-LM refills share: the model and its sampling settings, the context, the token a
+    stream starts from, the ids never sampled, the span's token cap, and the cache key over all of them.
+    ``sampling`` names how draws are seeded (part of the key)."""
+
+    sampling = ""
+
+    def __init__(self, masking: Masking, model, tokenizer, fingerprint: str, top_k: int | None = 50,
+                 temperature: float = 1.0):
+        super().__init__(masking)
+        from unmemorize.models import max_positions
+
+        self.model, self.tokenizer, self.fingerprint = model, tokenizer, fingerprint
+        self.top_k, self.temperature = top_k, temperature
+        self.context = max_positions(model)
+        self.start = document_start(tokenizer)
+        self.banned = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
+                              if i is not None})
+        self.cap = 4 * masking.span_words + 4
+        self.trace: dict | None = None  # tests: {(generator seed, draw): logits} of every draw when a dict
+
+    def config(self) -> dict:
+        # The model's weights and tokenizer files are in the fingerprint; its dtype, context length and the
+        # tokens the refill starts from and never samples change the samples too.
+        return {**super().config(), "model": self.fingerprint, "top_k": self.top_k, "temperature": self.temperature,
+                "sampling": self.sampling, "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "context": self.context, "start": self.start, "banned": self.banned}
+
+
+class CausalRefill(LMRefill):
     """Refill spans left to right by sampling from a causal LM given everything to their left.
 
     A masking's token stream is: the document-start token and the text before span 0, the samples of
@@ -278,30 +307,10 @@ class CausalRefill(Perturber):
     # gathered per pass) or "lockstep" (one token per row per pass, caches in place); None: lockstep on a
     # CPU, where gathering the caches costs as much as it saves, prefill on an accelerator
     schedule: str | None = None
-
-    def __init__(self, masking: Masking, model, tokenizer, fingerprint: str, top_k: int | None = 50,
-                 temperature: float = 1.0):
-        super().__init__(masking)
-        from unmemorize.models import max_positions
-
-        self.model, self.tokenizer, self.fingerprint = model, tokenizer, fingerprint
-        self.top_k, self.temperature = top_k, temperature
-        self.context = max_positions(model)
-        self.start = document_start(tokenizer)
-        self.banned = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
-                              if i is not None})
-        self.cap = 4 * masking.span_words + 4
-        self.trace: dict | None = None  # tests: {(row seed, draw): logits} of every draw when a dict
-
-    def config(self) -> dict:
-        # "sampling": each masking samples from its own seeded generator, by inverse transform of one
-        # uniform per draw, so a text's neighbours do not depend on which texts shared its batch (cache
-        # entries of the older joint sampling and of multinomial draws are not reused).
-        # The model's weights and tokenizer files are in the fingerprint; its dtype, context length and the
-        # tokens the refill starts from and never samples change the samples too.
-        return {**super().config(), "model": self.fingerprint, "top_k": self.top_k, "temperature": self.temperature,
-                "sampling": "per-row inverse cdf", "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-                "context": self.context, "start": self.start, "banned": self.banned}
+    # each masking samples from its own seeded generator, by inverse transform of one uniform per draw, so a
+    # text's neighbours do not depend on which texts shared its batch (cache entries of the older joint
+    # sampling and of multinomial draws are not reused)
+    sampling = "per-row inverse cdf"
 
     def fill(self, text, masks, seed, first: int = 0):
         return self._fill_rows(masks, [seed + j for j in range(first, first + len(masks))])

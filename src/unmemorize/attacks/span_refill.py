@@ -37,13 +37,12 @@ from dataclasses import dataclass, field
 import torch
 
 from unmemorize.attacks.perturb import (
+    LMRefill,
     MaskedText,
     Masking,
-    Perturber,
     _keeps_by_tensor,
     _normalise_fill,
     _num_layers,
-    document_start,
     draw_tokens,
     sampling_probabilities,
 )
@@ -97,32 +96,18 @@ class _Span:
     draws: int = 0
 
 
-class IndependentSpanRefill(Perturber):
+class IndependentSpanRefill(LMRefill):
     """``lm-independent``: each span refilled by a causal LM given the original text to its left (module doc)."""
 
     name = "lm-independent"
+    sampling = "per-span inverse cdf"  # each span its own generator (span_seed), one uniform per draw
 
     def __init__(self, masking: Masking, model, tokenizer, fingerprint: str, top_k: int | None = 50,
                  temperature: float = 1.0):
-        super().__init__(masking)
-        from unmemorize.models import max_positions
-
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("the lm-independent perturber needs a fast tokenizer (token offsets)")
         local_window(model)
-        self.model, self.tokenizer, self.fingerprint = model, tokenizer, fingerprint
-        self.top_k, self.temperature = top_k, temperature
-        self.context = max_positions(model)
-        self.start = document_start(tokenizer)
-        self.banned = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
-                              if i is not None})
-        self.cap = 4 * masking.span_words + 4
-        self.trace: dict | None = None  # tests: {(span seed, draw): logits} of every draw when a dict
-
-    def config(self) -> dict:
-        return {**super().config(), "model": self.fingerprint, "top_k": self.top_k, "temperature": self.temperature,
-                "sampling": "per-span inverse cdf", "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-                "context": self.context, "start": self.start, "banned": self.banned}
+        super().__init__(masking, model, tokenizer, fingerprint, top_k, temperature)
 
     def fill(self, text, masks, seed, first: int = 0):
         return self._fill_text(text, masks, [seed + j for j in range(first, first + len(masks))])
