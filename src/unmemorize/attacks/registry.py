@@ -52,8 +52,8 @@ class AttackSettings(Options):
               "all, except on a CPU where a reference set too large for the time of the attack plan is sampled down.",
         "--nonmembers", ge=1, allowed="a positive integer (at least 1)")
     perturber: str = option("auto", "MIAU neighbours, refilled offline by a causal LM: lm-independent (each span given "
-                                    "the original text to its left; one pass per text), lm (each span given the text "
-                                    "refilled so far; about one pass per neighbour); auto (default): lm-independent, "
+                                    "the original text to its left; all of a text's spans share one prefill), lm (each span given "
+                                    "the text refilled so far; about one pass per neighbour); auto (default): lm-independent, "
                                     "else lm where the model cannot take it (GPT-Neo's local attention). Or t5 (needs "
                                     "--t5), words (cheap, for tests).")
     t5_path: str | None = option(None, "Local T5 folder for --perturber t5 (never downloaded).", "--t5")
