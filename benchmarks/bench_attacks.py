@@ -166,15 +166,7 @@ def measure(lm, members, nonmembers, args) -> dict:
         "sequences_scored": n * (args.k + 1), "neighbour_tokens": int(lengths.sum()),
         "load_before": load_before, "load_after": os.getloadavg()[0],
         "seconds": {k: round(v, 2) for k, v in times.items()},
-        "runs": {name: {"seconds": times[name], "neighbour_seconds": times[f"{name}_neighbours"],
-                        "ratio_to_bare": times[name] / times["bare"],
-                        "neighbours_share": times[f"{name}_neighbours"] / times[name],
-                        # one bare sequence pass costs bare / (n·(K + 1)); the refill made n·K neighbours
-                        "refill_passes_per_neighbour": times[f"{name}_neighbours"] / (times["bare"] / (n * (args.k + 1)))
-                        / (n * args.k),
-                        "auc": {a: r.evaluation.auc.value for a, r in ours[name].attacks.items()},
-                        "auc_ci": {a: [r.evaluation.auc.low, r.evaluation.auc.high] for a, r in ours[name].attacks.items()}}
-                 for name in perturbers},
+        "runs": {name: perturber_run(times, name, n, args.k, ours[name]) for name in perturbers},
         "auto_plan": auto.as_dict(),
     }
     if old is not None and "lm" in ours:
@@ -189,6 +181,18 @@ def measure(lm, members, nonmembers, args) -> dict:
                                        for a, r in ours["lm"].attacks.items()),
         }
     return res
+
+
+def perturber_run(times: dict, name: str, n: int, k: int, results) -> dict:
+    """One perturber's row: its time against the bare passes, the refill's share, the refill in sequence
+    passes per neighbour (one bare pass costs bare / (n·(K + 1)); the refill made n·K neighbours), and the
+    AUCs with their intervals (``results``: its AttackResults)."""
+    made = times[f"{name}_neighbours"]
+    return {"seconds": times[name], "neighbour_seconds": made, "ratio_to_bare": times[name] / times["bare"],
+            "neighbours_share": made / times[name],
+            "refill_passes_per_neighbour": made / (times["bare"] / (n * (k + 1))) / (n * k),
+            "auc": {a: r.evaluation.auc.value for a, r in results.attacks.items()},
+            "auc_ci": {a: [r.evaluation.auc.low, r.evaluation.auc.high] for a, r in results.attacks.items()}}
 
 
 @contextlib.contextmanager

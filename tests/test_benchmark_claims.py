@@ -408,3 +408,30 @@ def test_defaults_reading_is_computed_from_the_recorded_values():
     assert "took 250 s (within the 5-minute goal), 5.0× a bare forward pass over the same 96 sequences" in text
     assert "default audit of 32 sequences" in text and "EL₁₀ was decoded for 3 sequence(s); 3 had MA" in text
     assert "took 700 s (over the 10-minute goal)" in text and "took 550 s against the plans' 420 s (before and after)" in text
+
+
+def test_attack_battery_reading_is_computed_from_the_recorded_values():
+    """bench_attacks: each perturber's × bare, the refill in sequence passes and the verdict on the 2× goal."""
+    ba = _load("bench_attacks")
+    times = {"bare": 100.0, "lm": 250.0, "lm_neighbours": 150.0, "lm-independent": 150.0,
+             "lm-independent_neighbours": 45.0}
+
+    def results(auc):
+        iv = SimpleNamespace(value=auc, low=auc - 0.1, high=auc + 0.1)
+        return SimpleNamespace(attacks={"miau": SimpleNamespace(evaluation=SimpleNamespace(auc=iv))})
+
+    runs = {"lm": ba.perturber_run(times, "lm", 4, 9, results(0.75)),
+            "lm-independent": ba.perturber_run(times, "lm-independent", 4, 9, results(0.5))}
+    # 4 sequences × 10 passes in 100 s: 2.5 s a pass; 36 neighbours made in 150 s = 60 passes → 1.667 each
+    assert runs["lm"]["refill_passes_per_neighbour"] == pytest.approx(150 / 2.5 / 36)
+    assert runs["lm"]["ratio_to_bare"] == 2.5 and runs["lm"]["neighbours_share"] == pytest.approx(0.6)
+    res = {"model": "m", "parameters": 1e6, "device": "cpu", "torch_threads": 2, "load_before": 0.1, "load_after": 1.0,
+           "members": 2, "nonmembers": 2, "data": {"members": "a.csv", "nonmembers": "b.csv"}, "length": 200, "k": 9,
+           "bare_neighbours_of": "lm", "sequences_scored": 40, "refill_schedule": "lockstep", "argv": "--x",
+           "seconds": times, "runs": runs, "auto_plan": {"line": "attack plan: …"}}
+    text = ba.render(res)
+    assert "| ours, `--perturber lm` (schedule lockstep) | 250.0 | 2.50 | 150.0 | 1.67 |" in text
+    assert "| ours, `--perturber lm-independent` | 150.0 | 1.50 | 45.0 | 0.50 |" in text
+    assert "`lm`: the battery took **2.50×** its bare forward passes, over the goal" in text
+    assert "`lm-independent`: the battery took **1.50×** its bare forward passes, within the goal" in text
+    assert "MIAU's AUC differs by 0.250" in text and "`lm` orders 3, `lm-independent` orders 2 of the 4" in text
