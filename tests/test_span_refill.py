@@ -125,6 +125,11 @@ def test_local_attention_narrower_than_the_context_is_refused(tokenizer):
     with pytest.raises(UserError, match="local attention"):
         make_perturber("lm-independent", Masking(), lm=GPTNeoForCausalLM(config), lm_tokenizer=tokenizer,
                        lm_fingerprint="w")
+    # the default falls back to the sequential refill there, and takes the tree where it can
+    assert make_perturber("auto", Masking(), lm=GPTNeoForCausalLM(config), lm_tokenizer=tokenizer,
+                          lm_fingerprint="w").name == "lm"
+    assert make_perturber("auto", Masking(), lm=_model(tokenizer), lm_tokenizer=tokenizer,
+                          lm_fingerprint="w").name == "lm-independent"
 
 
 def test_models_that_keep_logits_by_count_only_give_the_same_neighbours(tokenizer, monkeypatch):

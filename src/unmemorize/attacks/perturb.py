@@ -256,6 +256,10 @@ class LMRefill(Perturber):
         self.cap = 4 * masking.span_words + 4
         self.trace: dict | None = None  # tests: {(generator seed, draw): logits} of every draw when a dict
 
+    def accepts(self, current: list[int], sampled: int, words: int) -> bool:
+        """The span rule: a span takes ``sampled`` unless it would begin word ``words + 1`` or pass the cap."""
+        return len(current) < self.cap and len(self.tokenizer.decode(current + [sampled]).split()) <= words
+
     def config(self) -> dict:
         # The model's weights and tokenizer files are in the fingerprint; its dtype, context length and the
         # tokens the refill starts from and never samples change the samples too.
@@ -440,7 +444,7 @@ class CausalRefill(LMRefill):
         row.draws += 1
         while True:
             cur = row.current
-            if len(cur) < self.cap and len(self.tokenizer.decode(cur + [sampled]).split()) <= row.words[row.span]:
+            if self.accepts(cur, sampled, row.words[row.span]):
                 cur.append(sampled)
                 self._queue(row, [sampled])
                 return
@@ -727,33 +731,24 @@ def _lm(masking: Masking, *, lm=None, lm_tokenizer=None, lm_fingerprint=None, to
 
 def _lm_independent(masking: Masking, *, lm=None, lm_tokenizer=None, lm_fingerprint=None, top_k=50, temperature=1.0,
                     **_):
-    from unmemorize.attacks.span_refill import IndependentSpanRefill
+    from unmemorize.attacks.span_refill import IndependentSpanRefill, unsupported
 
     if lm is None or lm_tokenizer is None:
         raise UserError("the lm-independent perturber needs a causal language model to refill the masked spans")
-    if not getattr(lm_tokenizer, "is_fast", False):
-        raise UserError("the lm-independent perturber needs a fast tokenizer (it reads token offsets); "
-                        "use --perturber lm")
-    try:
-        return IndependentSpanRefill(masking, lm, lm_tokenizer,
-                                     lm_fingerprint or model_fingerprint(lm, lm_tokenizer), top_k=top_k,
-                                     temperature=temperature)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    reason = unsupported(lm, lm_tokenizer)
+    if reason:
+        raise UserError(reason)
+    return IndependentSpanRefill(masking, lm, lm_tokenizer, lm_fingerprint or model_fingerprint(lm, lm_tokenizer),
+                                 top_k=top_k, temperature=temperature)
 
 
 def _auto(masking: Masking, *, lm=None, lm_tokenizer=None, **kwargs):
     """The default: ``lm-independent`` (one prefill per text instead of about one pass per neighbour), or
     ``lm`` where the refilling model cannot take it (a slow tokenizer; GPT-Neo's local attention)."""
-    from unmemorize.attacks.span_refill import local_window
+    from unmemorize.attacks.span_refill import unsupported
 
-    if lm is not None and lm_tokenizer is not None and getattr(lm_tokenizer, "is_fast", False):
-        try:
-            local_window(lm)
-        except ValueError:
-            pass
-        else:
-            return _lm_independent(masking, lm=lm, lm_tokenizer=lm_tokenizer, **kwargs)
+    if lm is not None and lm_tokenizer is not None and unsupported(lm, lm_tokenizer) is None:
+        return _lm_independent(masking, lm=lm, lm_tokenizer=lm_tokenizer, **kwargs)
     return _lm(masking, lm=lm, lm_tokenizer=lm_tokenizer, **kwargs)
 
 

@@ -68,16 +68,20 @@ def span_contexts(masks: list[MaskedText], ends: list[int]) -> list[list[int]]:
     return out
 
 
-def local_window(model) -> None:
-    """Refuse a model with local attention narrower than its context (GPT-Neo: every other layer sees the
-    last 256 columns only): a tree's samples sit hundreds of columns after the original tokens they read."""
+def unsupported(model, tokenizer) -> str | None:
+    """Why this refill cannot run with ``model`` and ``tokenizer`` (None when it can): it reads token offsets
+    (a fast tokenizer), and a tree's samples sit hundreds of columns after the original tokens they read, which
+    local attention narrower than the context cannot see (GPT-Neo: every other layer sees 256 columns)."""
+    if not getattr(tokenizer, "is_fast", False):
+        return "the lm-independent perturber needs a fast tokenizer (it reads token offsets); use the lm perturber"
     config = getattr(model, "config", None)
     layers = getattr(config, "attention_layers", None) or []
     window = getattr(config, "window_size", None)
     context = getattr(config, "max_position_embeddings", None)
     if "local" in layers and window is not None and (context is None or window < context):
-        raise ValueError(f"{type(model).__name__} has local attention layers (window {window}): the lm-independent "
-                         "refill lays a text's spans after it in one row, beyond that window; use the lm perturber")
+        return (f"{type(model).__name__} has local attention layers (window {window}): the lm-independent refill "
+                "lays a text's spans after it in one row, beyond that window; use the lm perturber")
+    return None
 
 
 @dataclass
@@ -104,9 +108,9 @@ class IndependentSpanRefill(LMRefill):
 
     def __init__(self, masking: Masking, model, tokenizer, fingerprint: str, top_k: int | None = 50,
                  temperature: float = 1.0):
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError("the lm-independent perturber needs a fast tokenizer (token offsets)")
-        local_window(model)
+        reason = unsupported(model, tokenizer)
+        if reason:
+            raise ValueError(reason)
         super().__init__(masking, model, tokenizer, fingerprint, top_k, temperature)
 
     def fill(self, text, masks, seed, first: int = 0):
@@ -201,7 +205,7 @@ class IndependentSpanRefill(LMRefill):
         for s, t in zip(live, sampled):
             s.draws += 1
             cur = s.current
-            if len(cur) < self.cap and len(self.tokenizer.decode(cur + [t]).split()) <= s.words:
+            if self.accepts(cur, t, s.words):
                 cur.append(t)
                 if s.n + len(cur) <= limit:  # its position n + len − 1 is inside the context
                     feeding.append(s)
