@@ -245,6 +245,37 @@ def test_attack_plan_resolves_k_by_device_and_says_why():
     assert plan_attacks(auto, 8, 32, "cpu", SMOLLM2_PARAMETERS, has_original=True).neighbours == cpu.neighbours
 
 
+def test_attack_plan_prices_the_refill_that_runs():
+    """auto is priced as lm-independent, unless the perturber built (auto's fallback on GPT-Neo) is lm."""
+    auto = AttackSettings()
+    default = plan_attacks(auto, 8, 32, "cpu", SMOLLM2_PARAMETERS)
+    fallback = plan_attacks(auto, 8, 32, "cpu", SMOLLM2_PARAMETERS, perturber="lm")
+    assert default == plan_attacks(auto, 8, 32, "cpu", SMOLLM2_PARAMETERS, perturber="lm-independent")
+    assert fallback == plan_attacks(AttackSettings(perturber="lm"), 8, 32, "cpu", SMOLLM2_PARAMETERS)
+    assert refill_passes("lm") > refill_passes("auto") and fallback.neighbours < default.neighbours
+
+
+def test_run_attacks_plans_with_autos_fallback(tokenizer, monkeypatch):
+    from conftest import make_set
+
+    """A GPT-Neo whose local window is narrower than its context gets lm from auto, and the plan says so."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    import unmemorize.attacks.run as attack_run
+
+    config = GPTNeoConfig(num_layers=2, hidden_size=32, num_heads=2, max_position_embeddings=128, window_size=16,
+                          attention_types=[[["global", "local"], 1]], vocab_size=len(tokenizer))
+    model = GPTNeoForCausalLM(config).eval()
+    seen = []
+    real = attack_run.resolve_plan
+    monkeypatch.setattr(attack_run, "resolve_plan", lambda *a, **kw: seen.append(kw["perturber"]) or real(*a, **kw))
+    members = make_set(tokenizer, [r["text"] for r in generate_records(4, seed=7)], length=64)
+    others = make_set(tokenizer, [r["text"] for r in generate_records(4, seed=8)], length=64)
+    res = run_attacks(model, tokenizer, members, others,
+                      options=AttackOptions(names=("miau",), neighbours=2, bootstrap=0, neighbour_cache=False))
+    assert seen == ["lm"] and res.attacks["miau"].summary["perturber"]["perturber"] == "lm"
+
+
 def test_attack_plan_samples_a_large_reference_down_on_a_cpu():
     auto = AttackSettings()
     big = plan_attacks(auto, 8, 1000, "cpu", SMOLLM2_PARAMETERS)

@@ -123,21 +123,23 @@ def refill_passes(perturber: str) -> float:
 
 def plan_attacks(options, n_members: int, n_nonmembers: int, device_type: str, model_parameters: int, *,
                  length: int = 200, threads: int = 2, has_original: bool = False,
-                 refill_cached: bool = False) -> AttackPlan:
+                 refill_cached: bool = False, perturber: str | None = None) -> AttackPlan:
     """Resolve K (``options.neighbours`` None = auto) and the non-member count (``options.nonmembers`` None =
     auto) for ``n_members`` members against ``n_nonmembers`` available non-members, and estimate the run.
 
     ``options`` is an :class:`~unmemorize.attacks.registry.AttackSettings` (or AttackOptions);
     ``device_type`` is ``torch.device.type`` ("cpu", "cuda", …); ``threads`` the CPU threads torch uses.
     The resolution never depends on ``has_original`` or ``refill_cached``, so the attacks before and
-    after unlearning resolve to the same K and the same non-members.
+    after unlearning resolve to the same K and the same non-members. ``perturber`` names the refill that
+    will run when it is known (``auto`` falls back to ``lm`` on some models, which costs more than the
+    ``lm-independent`` it is priced at otherwise).
     """
     from unmemorize.attacks.registry import ATTACKS
 
     names = options.names if options.names is not None else tuple(
         n for n, a in ATTACKS.items() if n != "sampling" and (has_original or not a.needs_original))
     miau = "miau" in names
-    refill = refill_passes(options.perturber)
+    refill = refill_passes(perturber or options.perturber)
     per_pass = seconds_per_pass(model_parameters, length, device_type, threads)
     budget = CPU_BUDGET_S * max(1.0, n_members / 8)
     gpu = device_type != "cpu"
@@ -189,9 +191,10 @@ def model_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def resolve(options, model, forget, reference, *, original=None, threads: int | None = None):
+def resolve(options, model, forget, reference, *, original=None, threads: int | None = None,
+            perturber: str | None = None):
     """(options with K and the non-member limit resolved, the non-members to use, the plan) for
-    :func:`~unmemorize.attacks.run.run_attacks`."""
+    :func:`~unmemorize.attacks.run.run_attacks`; ``perturber`` is the name of the one built, if any."""
     import torch
 
     from unmemorize.forward import device_of
@@ -199,7 +202,7 @@ def resolve(options, model, forget, reference, *, original=None, threads: int | 
     plan = plan_attacks(options, len(forget), len(reference), device_of(model).type, model_parameters(model),
                         length=max(forget.length, reference.length),
                         threads=torch.get_num_threads() if threads is None else threads,
-                        has_original=original is not None)
+                        has_original=original is not None, perturber=perturber)
     if plan.n_nonmembers < len(reference):
         reference = reference.subset(sample_nonmembers(len(reference), plan.n_nonmembers, options.seed).tolist())
     resolved = options.replace(neighbours=plan.neighbours if plan.neighbours is not None else options.neighbours,

@@ -165,8 +165,13 @@ def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *
     """
     opts = options or AttackOptions()
     names, notes = select_attacks(opts.names, original is not None)
-    # K and the non-members: "auto" resolved by the attack plan (attacks/plan.py), never None past here
-    opts, reference, plan = resolve_plan(opts, model, forget, reference, original=original)
+    if "miau" in names and perturber is None:
+        lm = original if original is not None else model
+        perturber = build_perturber(opts, lm, original_tokenizer or tokenizer, device=None)
+    # K and the non-members: "auto" resolved by the attack plan (attacks/plan.py), never None past here; the
+    # refill priced is the one built (auto may have fallen back to lm)
+    opts, reference, plan = resolve_plan(opts, model, forget, reference, original=original,
+                                         perturber=perturber.name if "miau" in names and perturber else None)
     fprs = check_inputs(model, forget, reference, opts, names, tokenizer, original, original_tokenizer)
     if opts.fprs is None:
         fprs, dropped = resolvable_fprs(fprs, len(reference))
@@ -177,9 +182,6 @@ def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *
         notes.append(plan.describe())
         if log is not None:
             log(plan.describe())
-    if "miau" in names and perturber is None:
-        lm = original if original is not None else model
-        perturber = build_perturber(opts, lm, original_tokenizer or tokenizer, device=None)
     ctx = AttackContext(model=model, tokenizer=tokenizer, sets={MEMBERS: forget, NONMEMBERS: reference},
                         options=opts, original=original, perturber=perturber,
                         neighbour_cache=neighbour_cache(opts) if "miau" in names else None, progress=progress,
