@@ -75,6 +75,22 @@ def lab(split: int, args, log, progress=None):
     return folder, forget_file, manifest
 
 
+def utility_settings(args) -> dict | None:
+    """The utility tasks every run of this invocation measures (None: none), as the run spec takes them."""
+    return {"tasks": list(args.utility_tasks), "limit": args.utility_limit} if args.utility_tasks else None
+
+
+def utility_delta(row: dict, settings: dict | None, of: str = "after", against: str = "before",
+                  name: str = "average_acc") -> float:
+    """``of`` − ``against`` of one utility aggregate, in points; each is "before" (the planted model), "after"
+    (the unlearned one) or "oracle". NaN where the row was not measured under ``settings``."""
+    u = row.get("utility")
+    if not settings or not isinstance(u, dict) or u.get("settings") != settings:
+        return float("nan")
+    value, base = u[of].get(name), u[against].get(name)
+    return float("nan") if value is None or base is None else 100 * (value - base)
+
+
 def target_variant(method: str) -> tuple[str, float | None]:
     """``target-ref-r4`` → (``target-ref``, 4.0): a target run with its retain term weighed 4; else (method, None)."""
     m = re.fullmatch(r"(target(?:-ref|-retain)?)-r(\d+(?:\.\d+)?)", method)
@@ -85,7 +101,7 @@ def retain_file(folder: Path, args) -> Path:
     return folder.parent / f"{folder.name}.retain{args.forget}.csv"
 
 
-def row_of(r, split: int, key: dict, wall: float) -> dict:
+def row_of(r, split: int, key: dict, wall: float, utility: dict | None = None) -> dict:
     """The benchmark's row of one run, from its typed record."""
     o, u = r.oracle, r.unlearning
     return {"split": split, "method": r.labels.method, "stop": r.labels.stop, "settings": key, "tau": r.tau,
@@ -99,7 +115,16 @@ def row_of(r, split: int, key: dict, wall: float) -> dict:
                         for n, a in o.attacks.items()},
             "retain_before": o.retain_ma_before, "retain_after": o.retain_ma_after, "retain_oracle": o.retain_ma_oracle,
             "unseen_before": r.reference_ma_before, "unseen_after": r.reference_ma_after,
-            "unseen_oracle": o.reference_ma_oracle, "verdicts": o.verdicts, "wall_seconds": wall}
+            "unseen_oracle": o.reference_ma_oracle, "verdicts": o.verdicts, "wall_seconds": wall,
+            **({"utility": utility_of(r, utility)} if utility else {})}
+
+
+def utility_of(r, settings: dict) -> dict:
+    """The paper's utility aggregates of the planted model, the unlearned model and the oracle (same tasks and
+    examples), with the settings they ran under: rows of other settings never share a column."""
+    u, o = r.utility, r.oracle.utility
+    return {"settings": settings, "before": u.before.aggregates if u.before else {},
+            "after": u.after.aggregates if u.after else {}, "oracle": o.aggregates if o else {}}
 
 
 def run_split(split: int, args, done: list[dict], progress=None) -> None:
@@ -120,6 +145,7 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
     # lm-independent): runs added later stay comparable with the recorded ones
     attacks = {"names": args.attacks, "neighbours": args.neighbours, "perturber": "lm", "bootstrap": args.bootstrap,
                "batch_size": args.micro_batch}
+    utility = utility_settings(args)
     for method, stop in todo:
         t = time.perf_counter()
         base, retain_weight = target_variant(method)
@@ -131,8 +157,9 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
                               f"{method}-{stop}", method=spec,
                               stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,
                               micro_batch=args.micro_batch, band=tuple(args.band), **extra,
-                              attacks={**attacks, "before": False}, oracle=str(folder / "oracle"))
-        STORE.append({**row_of(r, split, key, time.perf_counter() - t), "method": method, "stop": stop})
+                              attacks={**attacks, "before": False}, oracle=str(folder / "oracle"),
+                              **({"utility": {**utility, "data_dir": str(data("eval"))}} if utility else {}))
+        STORE.append({**row_of(r, split, key, time.perf_counter() - t, utility), "method": method, "stop": stop})
         print(f"split {split} {method:>4} {stop:>12}: |MA − oracle| {r.oracle.ma_gap.value:.3f}, KS p "
               f"{r.oracle.forget_quality_p:.3g}, c {r.unlearning.after.c}, {r.unlearning.steps} steps", flush=True)
 
@@ -144,19 +171,47 @@ def _cell(values, digits: int = 3) -> str:
     return fmt(*t_interval(values), digits)
 
 
-def table(df: pd.DataFrame, attacks: list[str]) -> str:
+def table(df: pd.DataFrame, attacks: list[str], utility: dict | None = None) -> str:
+    """One row per (method, stop); the utility columns (average accuracy after − before and after − oracle,
+    points) only when ``utility`` settings are given, a cell over the runs measured under them."""
     head = ["method", "stop", "splits", "c(D_f)", "oracle's c(D_f)", "mean |MA − oracle|", "max |MA − oracle|", "KS p",
-            *[f"{a} AUC gap" for a in attacks], "retain MA drop", "unseen MA drop", "steps"]
+            *[f"{a} AUC gap" for a in attacks], "retain MA drop", "unseen MA drop",
+            *(["acc Δ (runs)", "acc − oracle's"] if utility else []), "steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (method, stop), g in df.groupby(["method", "stop"], sort=False):
         cells = [method, stop, str(len(g)), _cell(g["c"], 1), _cell(g.get("oracle_c", [np.nan]), 1), _cell(g["ma_gap"]),
                  _cell(g["ma_gap_max"]),
                  _cell(g["ks_p"])]
         cells += [_cell([a.get(n, {}).get("gap", np.nan) for a in g["attacks"]]) for n in attacks]
-        cells += [_cell(g["retain_before"] - g["retain_after"]), _cell(g["unseen_before"] - g["unseen_after"]),
-                  _cell(g["steps"], 1) + ("" if g["converged"].all() else f" ({int((~g['converged']).sum())} at the cap)")]
+        cells += [_cell(g["retain_before"] - g["retain_after"]), _cell(g["unseen_before"] - g["unseen_after"])]
+        if utility:
+            delta = [utility_delta(row, utility) for row in g.to_dict("records")]
+            measured = int(np.isfinite(delta).sum())
+            cells += [_cell(delta, 1) + (f" ({measured})" if measured else ""),
+                      _cell([utility_delta(row, utility, against="oracle") for row in g.to_dict("records")], 1)]
+        cells += [_cell(g["steps"], 1) + ("" if g["converged"].all() else f" ({int((~g['converged']).sum())} at the cap)")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def utility_reading(df: pd.DataFrame, utility: dict | None) -> list[str]:
+    """Average accuracy after − before per method, beside how far the oracle itself lies from the planted model
+    (a model trained on the same stream without F: the size of a difference that means nothing)."""
+    if not utility:
+        return []
+    rows = [r for r in df.to_dict("records") if np.isfinite(utility_delta(r, utility))]
+    if not rows:
+        return [f"Utility ({', '.join(utility['tasks'])}, first {utility['limit']} examples): no run recorded it yet."]
+    per = {}
+    for r in rows:
+        per.setdefault((r["method"], r["stop"]), []).append(utility_delta(r, utility))
+    oracle = {r["split"]: utility_delta(r, utility, "oracle") for r in rows}  # oracle − planted, points
+    return ["Utility, average accuracy after − before (points; "
+            f"{', '.join(utility['tasks'])}, first {utility['limit']} examples each, the same examples on every model): "
+            + ", ".join(f"{m} ({s}) {np.mean(v):+.1f} over {len(v)} run{'s' * (len(v) > 1)}" for (m, s), v in per.items())
+            + "; the oracle against the planted model: "
+            + ", ".join(f"{v:+.1f} (split {k})" for k, v in sorted(oracle.items()))
+            + " — a difference of that size comes from training alone."]
 
 
 def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
@@ -204,6 +259,19 @@ def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     return out
 
 
+def recorded_utility(rows: list[dict]) -> dict | None:
+    """The utility settings of the runs recorded last with utility (the table's columns; None: no run had it)."""
+    return next((r["utility"]["settings"] for r in reversed(rows) if isinstance(r.get("utility"), dict)), None)
+
+
+def utility_setup(utility: dict | None) -> str:
+    if not utility:
+        return ""
+    return ("\nUtility: the paper's average accuracy over the tasks " + ", ".join(utility["tasks"]) + f" (first "
+            f"{utility['limit']} examples each, full mode) on the planted model, each unlearned model and the oracle; "
+            "acc Δ = after − before, acc − oracle's = after − oracle, in points; runs recorded without it show –.")
+
+
 def write_results(args) -> None:
     rows = STORE.rows(settings_key(args))
     if not rows:
@@ -211,10 +279,12 @@ def write_results(args) -> None:
     df = pd.DataFrame(rows)
     splits = sorted(df["split"].unique())
     recorded = list(dict.fromkeys(zip(df["method"], df["stop"])))  # every run in the table, whichever --runs ran last
+    utility = recorded_utility(rows)
     cmd = (f"benchmarks/oracle_gap.py --splits {','.join(map(str, splits))} --members {args.members} --forget "
            f"{args.forget} --exposures {args.exposures} --runs {','.join(f'{m}:{s}' for m, s in recorded)} "
            f"--band {','.join(args.band)} --max-steps {args.max_steps} --nonmembers {args.nonmembers} --neighbours "
-           f"{args.neighbours} --attacks {','.join(args.attacks)}")
+           f"{args.neighbours} --attacks {','.join(args.attacks)}"
+           + (f" --utility-tasks {','.join(utility['tasks'])} --utility-limit {utility['limit']}" if utility else ""))
     start = df.drop_duplicates("split")
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {torch.get_num_threads()} threads).
 
@@ -225,16 +295,16 @@ Non-members: {args.nonmembers} unplanted Jang sequences, matched to the members'
 Harness: lr {args.lr:g}, at most {args.max_steps} steps, micro-batch {args.micro_batch}; MIAU K = {args.neighbours},
 refilled by the oracle. Splits run: {', '.join(map(str, splits))}. Cells: mean ± 95 % t-interval over the splits
 (one split: no interval); AUC gap = AUC on the unlearned model − AUC on the oracle (same members, non-members,
-neighbours); drops are before − after, MA fractions.
+neighbours); drops are before − after, MA fractions.{utility_setup(utility)}
 
 Where each split started: planted forget-set MA {', '.join(f'{v:.3f}' for v in start['mean_ma_before'])}, the
 oracle's on the same sequences {', '.join(f'{v:.3f}' for v in start['oracle_ma'])}; τ {', '.join(f'{v:.3f}' for v in start['tau'])}.
 
-{table(df, args.attacks)}
+{table(df, args.attacks, utility)}
 
 What the runs say (computed by the script):
 
-{chr(10).join('- ' + line for line in reading(df, args.attacks))}
+{chr(10).join('- ' + line for line in reading(df, args.attacks) + utility_reading(df, utility))}
 """
     write_section(TITLE, body)
 
@@ -257,10 +327,14 @@ def main() -> None:
     ap.add_argument("--attacks", default="miau,threshold,loss,zlib,min-k,min-k++,reference")
     ap.add_argument("--neighbours", type=int, default=5)
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--utility-tasks", default="", help="utility tasks or groups measured on the planted model, "
+                    "each unlearned model and the oracle (e.g. classification; none by default: minutes per model)")
+    ap.add_argument("--utility-limit", type=int, default=32, help="first N examples of each utility task")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the recorded runs")
     args = ap.parse_args()
-    args.attacks, args.band = split_list(args.attacks), split_list(args.band)
+    args.attacks, args.band, args.utility_tasks = split_list(args.attacks), split_list(args.band), split_list(
+        args.utility_tasks)
     args.runs = [(r.split(":")[0], "target" if r.startswith("target") else (r.split(":") + ["mean"])[1])
                  for r in split_list(args.runs)]
     data("forget")

@@ -435,3 +435,46 @@ def test_attack_battery_reading_is_computed_from_the_recorded_values():
     assert "`lm`: the battery took **2.50×** its bare forward passes, over the goal" in text
     assert "`lm-independent`: the battery took **1.50×** its bare forward passes, within the goal" in text
     assert "MIAU's AUC differs by 0.250" in text and "`lm` orders 3, `lm-independent` orders 2 of the 4" in text
+
+
+def test_oracle_gap_utility_columns_against_hand_computed_values():
+    """acc Δ = after − before and after − oracle's, in points, only over runs measured under the same settings;
+    runs recorded without utility show – and the oracle's own distance from the planted model is read out."""
+    og = _load("oracle_gap")
+    settings = {"tasks": ["classification"], "limit": 32}
+
+    def row(split, method, before, after, oracle, utility=settings):
+        base = {"split": split, "method": method, "stop": "mean", "c": 0, "oracle_c": 1, "ma_gap": 0.1,
+                "ma_gap_max": 0.2, "ks_p": 0.5, "attacks": {}, "retain_before": 0.8, "retain_after": 0.7,
+                "unseen_before": 0.5, "unseen_after": 0.45, "steps": 5, "converged": True}
+        if utility is not None:
+            base["utility"] = {"settings": utility, "before": {"average_acc": before},
+                               "after": {"average_acc": after}, "oracle": {"average_acc": oracle}}
+        return base
+
+    rows = [row(0, "ga", 0.50, 0.45, 0.49), row(1, "ga", 0.40, 0.41, 0.42),
+            row(0, "sga", 0.50, 0.48, 0.49, utility=None), row(1, "sga", 0.4, 0.3, 0.4, {"tasks": ["x"], "limit": 2})]
+    assert og.recorded_utility(rows) == {"tasks": ["x"], "limit": 2}  # the last recorded settings
+    assert og.recorded_utility(rows[:3]) == settings
+    df = pd.DataFrame(rows)
+    lines = og.table(df, [], settings).splitlines()
+    assert "acc Δ (runs)" in lines[0] and "acc − oracle's" in lines[0]
+    ga = [c.strip() for c in lines[2].split("|")[1:-1]]
+    deltas, vs_oracle = [-5.0, 1.0], [-4.0, -1.0]  # (0.45 − 0.50), (0.41 − 0.40); (0.45 − 0.49), (0.41 − 0.42)
+    assert ga[-3] == f"{sum(deltas) / 2:.1f} ± {_half2(deltas):.1f} (2)"
+    assert ga[-2] == f"{sum(vs_oracle) / 2:.1f} ± {_half2(vs_oracle):.1f}"
+    sga = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert sga[-3] == "–" and sga[-2] == "–"  # one run without utility, one under other settings
+    assert "acc" not in og.table(df, [], None)
+    text = og.utility_reading(df, settings)[0]
+    assert "ga (mean) -2.0 over 2 runs" in text and "sga" not in text
+    assert "-1.0 (split 0), +2.0 (split 1)" in text  # oracle − planted: 0.49 − 0.50, 0.42 − 0.40
+    assert og.utility_reading(df, None) == []
+    assert "no run recorded it" in og.utility_reading(df, {"tasks": ["y"], "limit": 1})[0]
+
+
+def _half2(values: list[float]) -> float:
+    """Half-width of the 95 % t-interval over two values, the slow way (t_{0.975, 1} = 12.7062)."""
+    m = sum(values) / 2
+    s = math.sqrt(sum((v - m) ** 2 for v in values))
+    return 12.7062047 * s / math.sqrt(2)
