@@ -14,7 +14,8 @@ the same form (matched to the members' kinds of text by the attacks). τ = the p
 on them. Then every listed run (method:stop; ``target`` stops by its own rule, and ``target-ref`` is
 ``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``;
 ``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples;
-any of the three with ``-rW`` appended, e.g. ``target-ref-r4``, weighs its retain term W instead of 1)
+any of the three with ``-npo`` appended moves a sequence down by NPO instead of gradient ascent, and with
+``-rW`` appended, e.g. ``target-ref-r4`` or ``target-ref-npo-r4``, weighs its retain term W instead of 1)
 unlearns F from the planted model through the library's recipe, with the constants relative to τ
 (docs/method.md §4.13) and the oracle given (it judges; no method sees it): each run records, against the oracle, the per-sequence |MA − MA_oracle|,
 the KS forget quality, each attack's AUC gap (paired bootstrap), the retain members' MA and the
@@ -91,10 +92,14 @@ def utility_delta(row: dict, settings: dict | None, of: str = "after", against: 
     return float("nan") if value is None or base is None else 100 * (value - base)
 
 
-def target_variant(method: str) -> tuple[str, float | None]:
-    """``target-ref-r4`` → (``target-ref``, 4.0): a target run with its retain term weighed 4; else (method, None)."""
-    m = re.fullmatch(r"(target(?:-ref|-retain)?)-r(\d+(?:\.\d+)?)", method)
-    return (m.group(1), float(m.group(2))) if m else (method, None)
+def target_variant(method: str) -> tuple[str, dict | None]:
+    """``target-ref-npo-r4`` → (``target-ref``, {"loss": "npo", "retain_weight": 4.0}): a target run with NPO as the
+    loss that moves a sequence down and its retain term weighed 4; (method, None) for any other method."""
+    m = re.fullmatch(r"(target(?:-ref|-retain)?)(-npo)?(?:-r(\d+(?:\.\d+)?))?", method)
+    if not m:
+        return method, None
+    overrides = {**({"loss": "npo"} if m.group(2) else {}), **({"retain_weight": float(m.group(3))} if m.group(3) else {})}
+    return m.group(1), overrides
 
 
 def retain_file(folder: Path, args) -> Path:
@@ -148,11 +153,10 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
     utility = utility_settings(args)
     for method, stop in todo:
         t = time.perf_counter()
-        base, retain_weight = target_variant(method)
+        base, overrides = target_variant(method)
         extra = {"target-ref": {"target_rule": "reference-model", "target_model": "default"},
                  "target-retain": {"retain": str(retain_file(folder, args))}}.get(base, {})
-        spec = ({"name": "target", "retain_weight": retain_weight} if retain_weight is not None else "target"
-                ) if base.startswith("target") else method
+        spec = method if overrides is None else {"name": "target", **overrides} if overrides else "target"
         r, _ = unlearning_run(resources, folder, forget_file, nonmembers, RUNS / "oracle_gap" / f"split{split}" /
                               f"{method}-{stop}", method=spec,
                               stop=stop, seed=args.seed, lr=args.lr, max_steps=args.max_steps,

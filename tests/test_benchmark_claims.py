@@ -478,3 +478,13 @@ def _half2(values: list[float]) -> float:
     m = sum(values) / 2
     s = math.sqrt(sum((v - m) ** 2 for v in values))
     return 12.7062047 * s / math.sqrt(2)
+
+
+def test_oracle_gap_target_variants():
+    """The run names oracle_gap takes for target: its base rule, NPO as the loss, a retain weight; nothing else."""
+    og = _load("oracle_gap")
+    assert og.target_variant("target") == ("target", {})
+    assert og.target_variant("target-ref-r4") == ("target-ref", {"retain_weight": 4.0})
+    assert og.target_variant("target-ref-npo") == ("target-ref", {"loss": "npo"})
+    assert og.target_variant("target-retain-npo-r0.5") == ("target-retain", {"loss": "npo", "retain_weight": 0.5})
+    assert og.target_variant("sga") == ("sga", None) and og.target_variant("target-x") == ("target-x", None)
