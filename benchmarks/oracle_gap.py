@@ -4,7 +4,7 @@
         [--exposures 1,2,4,8,16]
         [--runs ga:mean,sga:mean,sga:per-sequence,tau:mean,npo:per-sequence,target,target-ref,target-retain]
         [--band tau-0.15,tau+0.3] [--max-steps 150] [--nonmembers 100] [--neighbours 5]
-        [--attacks miau,threshold,loss,zlib,min-k,min-k++,reference]
+        [--attacks miau,threshold,loss,zlib,min-k,min-k++,reference] [--utility-tasks classification --utility-limit 32]
 
 For split k the first ``--members`` sequences of Jang's ``lm_extraction_32_k`` are planted into the
 default model at exposures spread over them; ``--forget`` of them (spread over the exposures) are the
@@ -19,7 +19,8 @@ any of the three with ``-npo`` appended moves a sequence down by NPO instead of 
 unlearns F from the planted model through the library's recipe, with the constants relative to τ
 (docs/method.md §4.13) and the oracle given (it judges; no method sees it): each run records, against the oracle, the per-sequence |MA − MA_oracle|,
 the KS forget quality, each attack's AUC gap (paired bootstrap), the retain members' MA and the
-unseen text's MA. Each finished run is appended to ``benchmarks/results/oracle_gap_runs.jsonl`` (and
+unseen text's MA, and with ``--utility-tasks`` the paper's average accuracy beside the planted model's and the
+oracle's. Each finished run is appended to ``benchmarks/results/oracle_gap_runs.jsonl`` (and
 skipped when the script runs again with the same settings); the RESULTS.md section is rewritten from
 every run recorded with the current settings, its sentences computed from them.
 """
