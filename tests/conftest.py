@@ -3,6 +3,7 @@ some sequences to different degrees (trained once per session, in seconds)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -80,3 +81,25 @@ def memorized(tokenizer, corpus):
         opt.step()
     model.eval()
     return model, seqs, make_set(tokenizer, others, length=64)
+
+
+@contextlib.contextmanager
+def positions_used(model):
+    """Record, for every forward call, the positions it spans (cached tokens + new ones): what a short-context
+    model would have to hold."""
+    seen: list[int] = []
+    forward = model.forward
+
+    def watched(*args, **kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            x = kwargs["inputs_embeds"]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        seen.append((cache.get_seq_length() if cache is not None else 0) + x.shape[1])
+        return forward(*args, **kwargs)
+
+    model.forward = watched
+    try:
+        yield seen
+    finally:
+        del model.forward

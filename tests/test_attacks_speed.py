@@ -15,13 +15,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_set, positions_used
 
 from unmemorize.attacks import AttackOptions, run_attacks
 from unmemorize.attacks.perturb import CausalRefill, Masking, NeighbourCache, Perturber, WordPerturber, neighbours_for
@@ -60,25 +60,6 @@ def _texts(tokenizer, n: int = 5) -> list[str]:
     """Records and prose, cut to 60 tokens as MIAU's texts are (decoded from T token ids)."""
     raw = [r["text"] for r in generate_records(n - 2, seed=11)] + stdlib_paragraphs()[4:6]
     return [tokenizer.decode(tokenizer(t)["input_ids"][:60]) for t in raw]
-
-
-@contextlib.contextmanager
-def positions_used(model):
-    """The widest cache + input of every forward call (what a short-context model would have to hold)."""
-    seen: list[int] = []
-    forward = model.forward
-
-    def watched(*args, **kwargs):
-        x = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        seen.append((cache.get_seq_length() if cache is not None else 0) + x.shape[1])
-        return forward(*args, **kwargs)
-
-    model.forward = watched
-    try:
-        yield seen
-    finally:
-        del model.forward
 
 
 # ---------------------------------------------------------------- the refill against its reference
@@ -256,7 +237,6 @@ def test_attack_plan_prices_the_refill_that_runs():
 
 
 def test_run_attacks_plans_with_autos_fallback(tokenizer, monkeypatch):
-    from conftest import make_set
 
     """A GPT-Neo whose local window is narrower than its context gets lm from auto, and the plan says so."""
     from transformers import GPTNeoConfig, GPTNeoForCausalLM

@@ -8,7 +8,6 @@ line, before any work.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from types import SimpleNamespace
 
@@ -28,7 +27,7 @@ from unmemorize.reference import extraction_likelihood_reference, greedy_referen
 from unmemorize.tiny import tiny_model
 from unmemorize.unlearning.loop import unlearn
 
-from conftest import make_set
+from conftest import make_set, positions_used
 
 T, POSITIONS = 48, 56  # fast unit tests; the CLI also runs the realistic T = 200 on 256 positions
 
@@ -55,27 +54,6 @@ def prose(n: int, start: int, join: int = 2) -> list[str]:
     mostly one token per word: refills (random tokens here) run longer than the words they replace."""
     p = stdlib_paragraphs()
     return [" ".join(p[start + join * i:start + join * (i + 1)]) for i in range(n)]
-
-
-@contextlib.contextmanager
-def positions_used(model):
-    """Record, for every forward call, the positions it spans (cached tokens + new ones)."""
-    seen: list[int] = []
-    forward = model.forward
-
-    def watched(*args, **kwargs):
-        x = kwargs.get("input_ids", args[0] if args else None)
-        if x is None:
-            x = kwargs["inputs_embeds"]
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        seen.append((cache.get_seq_length() if cache is not None else 0) + x.shape[1])
-        return forward(*args, **kwargs)
-
-    model.forward = watched
-    try:
-        yield seen
-    finally:
-        del model.forward
 
 
 @pytest.fixture(scope="module", autouse=True)
