@@ -211,12 +211,14 @@ def utility_reading(df: pd.DataFrame, utility: dict | None) -> list[str]:
     for r in rows:
         per.setdefault((r["method"], r["stop"]), []).append(utility_delta(r, utility))
     oracle = {r["split"]: utility_delta(r, utility, "oracle") for r in rows}  # oracle − planted, points
+    scale = max(abs(v) for v in oracle.values())
+    within = [f"{m} ({s})" for (m, s), v in per.items() if abs(np.mean(v)) <= scale]
     return ["Utility, average accuracy after − before (points; "
             f"{', '.join(utility['tasks'])}, first {utility['limit']} examples each, the same examples on every model): "
             + ", ".join(f"{m} ({s}) {np.mean(v):+.1f} over {len(v)} run{'s' * (len(v) > 1)}" for (m, s), v in per.items())
-            + "; the oracle against the planted model: "
+            + "; the oracle, trained on the same stream without the forget set, against the planted model: "
             + ", ".join(f"{v:+.1f} (split {k})" for k, v in sorted(oracle.items()))
-            + " — a difference of that size comes from training alone."]
+            + f". Within that distance (|Δ| ≤ {scale:.1f}): " + (", ".join(within) if within else "none") + "."]
 
 
 def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:

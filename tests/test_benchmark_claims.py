@@ -452,7 +452,7 @@ def test_oracle_gap_utility_columns_against_hand_computed_values():
                                "after": {"average_acc": after}, "oracle": {"average_acc": oracle}}
         return base
 
-    rows = [row(0, "ga", 0.50, 0.45, 0.49), row(1, "ga", 0.40, 0.41, 0.42),
+    rows = [row(0, "ga", 0.50, 0.45, 0.49), row(1, "ga", 0.40, 0.41, 0.43),
             row(0, "sga", 0.50, 0.48, 0.49, utility=None), row(1, "sga", 0.4, 0.3, 0.4, {"tasks": ["x"], "limit": 2})]
     assert og.recorded_utility(rows) == {"tasks": ["x"], "limit": 2}  # the last recorded settings
     assert og.recorded_utility(rows[:3]) == settings
@@ -460,7 +460,7 @@ def test_oracle_gap_utility_columns_against_hand_computed_values():
     lines = og.table(df, [], settings).splitlines()
     assert "acc Δ (runs)" in lines[0] and "acc − oracle's" in lines[0]
     ga = [c.strip() for c in lines[2].split("|")[1:-1]]
-    deltas, vs_oracle = [-5.0, 1.0], [-4.0, -1.0]  # (0.45 − 0.50), (0.41 − 0.40); (0.45 − 0.49), (0.41 − 0.42)
+    deltas, vs_oracle = [-5.0, 1.0], [-4.0, -2.0]  # (0.45 − 0.50), (0.41 − 0.40); (0.45 − 0.49), (0.41 − 0.43)
     assert ga[-3] == f"{sum(deltas) / 2:.1f} ± {_half2(deltas):.1f} (2)"
     assert ga[-2] == f"{sum(vs_oracle) / 2:.1f} ± {_half2(vs_oracle):.1f}"
     sga = [c.strip() for c in lines[3].split("|")[1:-1]]
@@ -468,7 +468,10 @@ def test_oracle_gap_utility_columns_against_hand_computed_values():
     assert "acc" not in og.table(df, [], None)
     text = og.utility_reading(df, settings)[0]
     assert "ga (mean) -2.0 over 2 runs" in text and "sga" not in text
-    assert "-1.0 (split 0), +2.0 (split 1)" in text  # oracle − planted: 0.49 − 0.50, 0.42 − 0.40
+    assert "-1.0 (split 0), +3.0 (split 1)" in text  # oracle − planted: 0.49 − 0.50, 0.43 − 0.40
+    assert text.endswith("Within that distance (|Δ| ≤ 3.0): ga (mean).")  # |−2.0| ≤ max(|−1.0|, |+3.0|)
+    df.loc[1, "utility"]["after"]["average_acc"] = 0.35  # ga's mean Δ: (−5 − 5) / 2 = −5.0, beyond 3.0
+    assert og.utility_reading(df, settings)[0].endswith("Within that distance (|Δ| ≤ 3.0): none.")
     assert og.utility_reading(df, None) == []
     assert "no run recorded it" in og.utility_reading(df, {"tasks": ["y"], "limit": 1})[0]
 
