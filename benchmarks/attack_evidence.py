@@ -41,10 +41,9 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 
 import numpy as np
 import pandas as pd
-import torch
 
 from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, paper_method, planted_lab, t_interval,
-                               unlearning_run, unplanted_jang, write_section)
+                               run_splits, unlearning_run, unplanted_jang, write_section)
 from unmemorize.stats import leakage, paired_difference
 
 STORE = RunStore(RESULTS_DIR / "attack_evidence_runs.jsonl")
@@ -87,7 +86,7 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
-def run_split(split: int, args, done: list[dict]) -> None:
+def run_split(split: int, args, done: list[dict], progress=None) -> None:
     from unmemorize.attacks.run import attack_run
     from unmemorize.recipe import Resources
     from unmemorize.spec import AttackRunSpec
@@ -106,7 +105,8 @@ def run_split(split: int, args, done: list[dict]) -> None:
     attacks = {"names": args.attacks or None, "neighbours": args.neighbours, "perturber": args.perturber,
                "bootstrap": args.bootstrap, "batch_size": args.micro_batch,
                "refill_model": "default" if args.refill == "base" else None}
-    resources = Resources(log=log)  # the planted model and τ on the non-members, shared by the split's runs
+    # the planted model and τ on the non-members, shared by the split's runs
+    resources = Resources(log=log, progress=progress)
     out = RUNS / "attack_evidence" / f"split{split}" / ("refill-base" if args.refill == "base" else "refill-planted")
     for stage, stop in todo:
         t = time.perf_counter()
@@ -116,7 +116,7 @@ def run_split(split: int, args, done: list[dict]) -> None:
                                  seed=args.seed, band={"lo": args.band_lo, "hi": args.band_hi},
                                  attacks={k: v for k, v in attacks.items() if k != "refill_model"}
                                          | {"refill_model": "default" if args.refill == "base" else str(planted)})
-            _, folder = attack_run(spec, out / "before", overwrite=True, log=log)
+            _, folder = attack_run(spec, out / "before", overwrite=True, progress=progress, log=log)
             tau = json.loads((folder / "attacks.json").read_text())["attacks"].get("threshold", {}).get(
                 "calibration", {}).get("tau")
             extra = {"reference_model": "unplanted default model", "tau": tau}
@@ -332,14 +332,7 @@ def main() -> None:
     args.stops = [s.strip() for s in args.stops.split(",") if s.strip()]
     args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     data("forget")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    if not args.report_only:
-        for split in [int(s) for s in args.splits.split(",") if s.strip()]:
-            run_split(split, args, STORE.rows())
-            write_results(args)
-    write_results(args)
+    run_splits(args, run_split, write_results, STORE.rows)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def write_section(title: str, body: str) -> None:
         text = pattern.sub(lambda _: block + "\n", text)
     else:
         text = text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+    tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")  # atomic: a reader never sees half a file
+    tmp.write_text(text.rstrip("\n") + "\n")
+    os.replace(tmp, RESULTS)
 
 
 class RunStore:
@@ -95,6 +97,26 @@ def paired_caveat(d, what: str, digits: int = 1) -> str:
 
 def split_list(text: str, kind=str) -> list:
     return [kind(s.strip()) for s in text.split(",") if s.strip()]
+
+
+def run_splits(args, run_split, write_results, done) -> None:
+    """A split benchmark's main loop: ``run_split(split, args, done(), progress)`` for each of ``args.splits``,
+    with the RESULTS section rewritten after each split (a stopped run keeps what finished) and once at the
+    end; ``--report-only`` does only the last. Off a terminal the progress prints a line every 30 s, so a run
+    under nohup or CI is never silent for minutes."""
+    import torch
+
+    from unmemorize.progress import make_progress
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    if not args.report_only:
+        with make_progress(interval=30) as progress:
+            for split in split_list(args.splits, int):
+                run_split(split, args, done(), progress)
+                write_results(args)
+    write_results(args)
 
 
 # ---------------------------------------------------------------- the planted lab on Jang's sequences

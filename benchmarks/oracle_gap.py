@@ -13,8 +13,8 @@ seed, stream and steps, F's rows replaced by ordinary text). Non-members: unplan
 the same form (matched to the members' kinds of text by the attacks). τ = the planted model's mean MA
 on them. Then every listed run (method:stop; ``target`` stops by its own rule, and ``target-ref`` is
 ``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``;
-``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples;
-any of the three with ``-npo`` appended moves a sequence down by NPO instead of gradient ascent, and with
+``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples,
+``target-ref-retain`` both; any of them with ``-npo`` appended moves a sequence down by NPO instead of gradient ascent, and with
 ``-rW`` appended, e.g. ``target-ref-r4`` or ``target-ref-npo-r4``, weighs its retain term W instead of 1)
 unlearns F from the planted model through the library's recipe, with the constants relative to τ
 (docs/method.md §4.13) and the oracle given (it judges; no method sees it): each run records, against the oracle, the per-sequence |MA − MA_oracle|,
@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, split_list, t_interval,
-                               unlearning_run, unplanted_jang, write_section)
+                               run_splits, unlearning_run, unplanted_jang, write_section)
 from unmemorize.stats import paired_difference
 
 STORE = RunStore(RESULTS_DIR / "oracle_gap_runs.jsonl")
@@ -95,12 +95,21 @@ def utility_delta(row: dict, settings: dict | None, of: str = "after", against: 
 
 def target_variant(method: str) -> tuple[str, dict | None]:
     """``target-ref-npo-r4`` → (``target-ref``, {"loss": "npo", "retain_weight": 4.0}): a target run with NPO as the
-    loss that moves a sequence down and its retain term weighed 4; (method, None) for any other method."""
-    m = re.fullmatch(r"(target(?:-ref|-retain)?)(-npo)?(?:-r(\d+(?:\.\d+)?))?", method)
+    loss that moves a sequence down and its retain term weighed 4; (method, None) for any other method. The base
+    keeps where the levels come from (``-ref``) and what the retain term reads (``-retain``), in that order."""
+    m = re.fullmatch(r"(target(?:-ref)?(?:-retain)?)(-npo)?(?:-r(\d+(?:\.\d+)?))?", method)
     if not m:
         return method, None
     overrides = {**({"loss": "npo"} if m.group(2) else {}), **({"retain_weight": float(m.group(3))} if m.group(3) else {})}
     return m.group(1), overrides
+
+
+def target_inputs(base: str, folder: Path, args) -> dict:
+    """What a target base adds to the run: each sequence's level from the model before planting (``-ref``), the
+    retain members R as the retain term's text (``-retain``); both for ``target-ref-retain``."""
+    parts = base.split("-")[1:] if base.startswith("target") else []
+    return {**({"target_rule": "reference-model", "target_model": "default"} if "ref" in parts else {}),
+            **({"retain": str(retain_file(folder, args))} if "retain" in parts else {})}
 
 
 def retain_file(folder: Path, args) -> Path:
@@ -155,8 +164,7 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
     for method, stop in todo:
         t = time.perf_counter()
         base, overrides = target_variant(method)
-        extra = {"target-ref": {"target_rule": "reference-model", "target_model": "default"},
-                 "target-retain": {"retain": str(retain_file(folder, args))}}.get(base, {})
+        extra = target_inputs(base, folder, args)
         spec = method if overrides is None else {"name": "target", **overrides} if overrides else "target"
         r, _ = unlearning_run(resources, folder, forget_file, nonmembers, RUNS / "oracle_gap" / f"split{split}" /
                               f"{method}-{stop}", method=spec,
@@ -177,16 +185,17 @@ def _cell(values, digits: int = 3) -> str:
 
 
 def table(df: pd.DataFrame, attacks: list[str], utility: dict | None = None) -> str:
-    """One row per (method, stop); the utility columns (average accuracy after − before and after − oracle,
-    points) only when ``utility`` settings are given, a cell over the runs measured under them."""
-    head = ["method", "stop", "splits", "c(D_f)", "oracle's c(D_f)", "mean |MA − oracle|", "max |MA − oracle|", "KS p",
+    """One row per (method, stop) (a pipe inside a header is escaped, or Markdown splits the cell); the utility
+    columns (average accuracy after − before and after − oracle, points) only when ``utility`` settings are given,
+    a cell over the runs measured under them."""
+    head = ["method", "stop", "splits", "c(D_f)", "oracle's c(D_f)", r"mean \|MA − oracle\|", r"max \|MA − oracle\|",
+            "MA − oracle's", "KS p",
             *[f"{a} AUC gap" for a in attacks], "retain MA drop", "unseen MA drop",
             *(["acc Δ (runs)", "acc − oracle's"] if utility else []), "steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (method, stop), g in df.groupby(["method", "stop"], sort=False):
         cells = [method, stop, str(len(g)), _cell(g["c"], 1), _cell(g.get("oracle_c", [np.nan]), 1), _cell(g["ma_gap"]),
-                 _cell(g["ma_gap_max"]),
-                 _cell(g["ks_p"])]
+                 _cell(g["ma_gap_max"]), _cell(signed_gap(g)), _cell(g["ks_p"])]
         cells += [_cell([a.get(n, {}).get("gap", np.nan) for a in g["attacks"]]) for n in attacks]
         cells += [_cell(g["retain_before"] - g["retain_after"]), _cell(g["unseen_before"] - g["unseen_after"])]
         if utility:
@@ -221,6 +230,26 @@ def utility_reading(df: pd.DataFrame, utility: dict | None) -> list[str]:
             + f". Within that distance (|Δ| ≤ {scale:.1f}): " + (", ".join(within) if within else "none") + "."]
 
 
+def signed_gap(df: pd.DataFrame) -> pd.Series:
+    """Each run's forget-set mean MA minus the oracle's on the same sequences: above 0 the run forgot too little,
+    below 0 too much (the absolute per-sequence gap cannot tell which)."""
+    if "mean_ma" not in df or "oracle_ma" not in df:
+        return pd.Series(np.nan, index=df.index)
+    return df["mean_ma"] - df["oracle_ma"]
+
+
+def direction(df: pd.DataFrame) -> str:
+    """Which methods end above the oracle's level on average (forgot too little) and which below (too much)."""
+    by = signed_gap(df).groupby([df["method"], df["stop"]], sort=False).mean().dropna()
+    if by.empty:
+        return ""
+    above = [f"{m} ({s}) {v:+.3f}" for (m, s), v in by.sort_values(ascending=False).items() if v > 0]
+    below = [f"{m} ({s}) {v:+.3f}" for (m, s), v in by.sort_values().items() if v <= 0]
+    return ("Forget-set mean MA − the oracle's, averaged over splits: above it (forgot too little) "
+            + (", ".join(above) if above else "none") + "; at or below it (forgot as much or more) "
+            + (", ".join(below) if below else "none") + ".")
+
+
 def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     """What the runs say, computed from them: who lands closest to the oracle, paired over splits."""
     out = []
@@ -229,6 +258,8 @@ def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     (best_m, best_s), best = gap.index[0], gap.iloc[0]
     out.append(f"Closest to the oracle per sequence: {best_m} ({best_s} rule), mean |MA − MA_oracle| {best:.3f}; "
                "farthest: " + f"{gap.index[-1][0]} ({gap.index[-1][1]}) {gap.iloc[-1]:.3f}.")
+    if line := direction(df):
+        out.append(line)
     for (m, s), g in by:
         if len(g) < 1:
             continue
@@ -302,7 +333,8 @@ Non-members: {args.nonmembers} unplanted Jang sequences, matched to the members'
 Harness: lr {args.lr:g}, at most {args.max_steps} steps, micro-batch {args.micro_batch}; MIAU K = {args.neighbours},
 refilled by the oracle. Splits run: {', '.join(map(str, splits))}. Cells: mean ± 95 % t-interval over the splits
 (one split: no interval); AUC gap = AUC on the unlearned model − AUC on the oracle (same members, non-members,
-neighbours); drops are before − after, MA fractions.{utility_setup(utility)}
+neighbours); MA − oracle's = the forget set's mean MA after − the oracle's (above 0: forgot too little,
+below: too much); drops are before − after, MA fractions.{utility_setup(utility)}
 
 Where each split started: planted forget-set MA {', '.join(f'{v:.3f}' for v in start['mean_ma_before'])}, the
 oracle's on the same sequences {', '.join(f'{v:.3f}' for v in start['oracle_ma'])}; τ {', '.join(f'{v:.3f}' for v in start['tau'])}.
@@ -345,16 +377,7 @@ def main() -> None:
     args.runs = [(r.split(":")[0], "target" if r.startswith("target") else (r.split(":") + ["mean"])[1])
                  for r in split_list(args.runs)]
     data("forget")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.report_only:
-        from unmemorize.progress import make_progress
-
-        with make_progress(interval=30) as progress:  # off a terminal: a line every 30 s, never silent for minutes
-            for split in split_list(args.splits, int):
-                run_split(split, args, STORE.rows(settings_key(args)), progress)
-                write_results(args)
-    write_results(args)
+    run_splits(args, run_split, write_results, lambda: STORE.rows(settings_key(args)))
 
 
 if __name__ == "__main__":

@@ -31,10 +31,9 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
-import torch
 
 from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, paper_method, planted_lab, t_interval,
-                               unlearning_run, write_section)
+                               run_splits, unlearning_run, write_section)
 from unmemorize.stats import paired_difference
 from unmemorize.thresholds import Band, outlier_count
 
@@ -61,7 +60,7 @@ def reference_file(split: int, args) -> Path:
     return path
 
 
-def run_split(split: int, args, done: list[dict]) -> None:
+def run_split(split: int, args, done: list[dict], progress=None) -> None:
     from unmemorize.recipe import Resources
 
     key = settings_key(args)
@@ -74,7 +73,7 @@ def run_split(split: int, args, done: list[dict]) -> None:
     t0 = time.perf_counter()
     planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log)
     print(f"split {split}: planted in {time.perf_counter() - t0:.0f} s (or reused)", flush=True)
-    resources = Resources(log=log)  # the planted model and τ on the reference, shared by the split's runs
+    resources = Resources(log=log, progress=progress)  # the planted model and τ on the reference, shared by the split's runs
     exposure = manifest["exposure"]
     for method, stop in todo:
         t = time.perf_counter()
@@ -273,14 +272,7 @@ def main() -> None:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.stops = [s.strip() for s in args.stops.split(",") if s.strip()]
     data("forget")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    if not args.report_only:
-        for split in [int(s) for s in args.splits.split(",") if s.strip()]:
-            run_split(split, args, STORE.rows())
-            write_results(args)
-    write_results(args)
+    run_splits(args, run_split, write_results, STORE.rows)
 
 
 if __name__ == "__main__":

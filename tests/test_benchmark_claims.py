@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from types import SimpleNamespace
 
 T2 = 4.3026527  # t_{0.975, 2} from a printed table: three splits
 
@@ -490,4 +492,38 @@ def test_oracle_gap_target_variants():
     assert og.target_variant("target-ref-r4") == ("target-ref", {"retain_weight": 4.0})
     assert og.target_variant("target-ref-npo") == ("target-ref", {"loss": "npo"})
     assert og.target_variant("target-retain-npo-r0.5") == ("target-retain", {"loss": "npo", "retain_weight": 0.5})
+    assert og.target_variant("target-ref-retain-r2") == ("target-ref-retain", {"retain_weight": 2.0})
     assert og.target_variant("sga") == ("sga", None) and og.target_variant("target-x") == ("target-x", None)
+    assert og.target_variant("target-retain-ref") == ("target-retain-ref", None)  # one spelling per variant
+    args = type("A", (), {"forget": 16})()
+    assert og.target_inputs("target", Path("/lab/x"), args) == {}
+    assert og.target_inputs("target-ref", Path("/lab/x"), args) == {"target_rule": "reference-model",
+                                                                     "target_model": "default"}
+    assert og.target_inputs("target-retain", Path("/lab/x"), args) == {"retain": "/lab/x.retain16.csv"}
+    assert og.target_inputs("target-ref-retain", Path("/lab/x"), args) == {
+        "target_rule": "reference-model", "target_model": "default", "retain": "/lab/x.retain16.csv"}
+
+
+def test_oracle_gap_signed_gap_says_which_way():
+    """MA − oracle's is the forget set's mean MA after minus the oracle's: its sign says whether a method forgot too
+    little or too much, which |MA − oracle| cannot."""
+    og = _load("oracle_gap")
+
+    def row(split, method, ma, oracle):
+        return {"split": split, "method": method, "stop": "mean", "c": 0, "oracle_c": 1, "ma_gap": abs(ma - oracle),
+                "ma_gap_max": 0.3, "ks_p": 0.5, "attacks": {}, "retain_before": 0.8, "retain_after": 0.7,
+                "unseen_before": 0.5, "unseen_after": 0.45, "steps": 5, "converged": True, "mean_ma": ma,
+                "oracle_ma": oracle}
+
+    df = pd.DataFrame([row(0, "ga", 0.70, 0.50), row(1, "ga", 0.60, 0.50), row(0, "sga", 0.45, 0.50),
+                       row(1, "sga", 0.50, 0.50)])
+    lines = og.table(df, [], None).splitlines()
+    cells = lambda line: [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]  # noqa: E731 (Markdown's split)
+    assert len(cells(lines[0])) == len(cells(lines[2])) == len(cells(lines[1]))  # every header a single cell
+    col = cells(lines[0]).index("MA − oracle's")
+    ga = cells(lines[2])
+    assert ga[col] == f"0.150 ± {_half2([0.20, 0.10]):.3f}"  # (0.70 − 0.50 + 0.60 − 0.50) / 2
+    line = og.direction(df)
+    assert "above it (forgot too little) ga (mean) +0.150" in line
+    assert "at or below it (forgot as much or more) sga (mean) -0.025" in line
+    assert og.direction(df.drop(columns=["mean_ma"])) == ""
