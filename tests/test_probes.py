@@ -268,6 +268,40 @@ def test_the_oracle_baseline(unlearned):
     assert r.record.probes["sampling@0.7"].details["temperature"] == 0.7
 
 
+def test_the_oracles_outcome_is_reused_only_for_the_same_inputs(unlearned):
+    """Probing two unlearned models against one oracle probes the oracle once: the second call never runs it and
+    gives the numbers a call without the cache gives; other settings (another seed) run it again."""
+    from unmemorize.probes.run import run_probes
+
+    tok, U, M, forget, unseen = unlearned
+    s = ProbeSettings(names=("relearn-forget", "quant-8bit", "prompt-case", "sampling"), steps=2, lr=1e-3, prefix=20,
+                      suffix=20, temperatures=(0.7,), samples=3, seed=1)
+    calls = []
+    hook = M.register_forward_pre_hook(lambda *a: calls.append(1))  # M stands in for the oracle (counts its passes)
+    try:
+        cache: dict = {}
+        first = run_probes(U, tok, forget, settings=s, oracle=M, reference=unseen, oracle_cache=cache)
+        assert len(cache) == 4 and calls  # one outcome per probe, the oracle ran
+        calls.clear()
+        second = run_probes(M, tok, forget, settings=s, oracle=M, reference=unseen, oracle_cache=cache)
+        assert not any("reused" in n for n in first.record.notes) and any("reused" in n for n in second.record.notes)
+        ran_as_unlearned = len(calls)
+        calls.clear()
+        plain = run_probes(M, tok, forget, settings=s, oracle=M, reference=unseen)
+        assert len(calls) > ran_as_unlearned  # without the cache the oracle's passes come on top
+        cols = [c for c in plain.frame.columns if "oracle" in c or c in ("excess", "status")]
+        pd.testing.assert_frame_equal(second.frame[cols], plain.frame[cols])
+        for name, p in second.record.probes.items():
+            assert p.oracle_after == plain.record.probes[name].oracle_after
+            assert p.oracle_seconds == first.record.probes[name].oracle_seconds  # the time it took when it ran
+        calls.clear()
+        run_probes(U, tok, forget, settings=s.model_copy(update={"seed": 2}), oracle=M, reference=unseen,
+                   oracle_cache=cache)
+        assert len(cache) == 8  # another seed is another outcome
+    finally:
+        hook.remove()
+
+
 # ---------------------------------------------------------------- the planted lab: CLI end to end
 
 

@@ -11,6 +11,8 @@ per-sequence verdicts.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -235,13 +237,19 @@ class _Measurer:
 
 def run_probes(unlearned_model, tokenizer, forget: SequenceSet, *, settings: ProbeSettings, original=None, oracle=None,
                reference: SequenceSet | None = None, retain_members: SequenceSet | None = None, band=None,
-               progress=None, log: Callable[[str], None] | None = None) -> ProbeResults:
+               oracle_cache: dict | None = None, progress=None,
+               log: Callable[[str], None] | None = None) -> ProbeResults:
     """Run the probes of ``settings`` on ``unlearned_model`` (U) and, when given, on ``oracle`` (O, the
     baseline); ``original`` (M) is measured once without a probe. No model passed in is modified.
 
     ``reference``: ordinary text without F for relearn-reference (default: the lab's ordinary text);
     ``retain_members``: the members that stay, for relearn-retain; ``band``: its top decides which
     sequences get EL_10 (``settings.el_for``). Every input is checked before any work.
+
+    ``oracle_cache``: a dict the caller keeps for one oracle across calls. Every probe is seeded, so what it
+    does to the oracle depends only on the probe's inputs (:func:`baseline_key`); several unlearned models
+    probed against one oracle (the methods of one lab) then probe the oracle once, and later calls reuse
+    its outcome (a note says so, with the seconds it took when it ran).
     """
     from unmemorize.models import check_context
     from unmemorize.thresholds import Band
@@ -255,11 +263,18 @@ def run_probes(unlearned_model, tokenizer, forget: SequenceSet, *, settings: Pro
             check_context(m, forget.length)
     started = time.perf_counter()
     models = {UNLEARNED: unlearned_model, **({ORACLE: oracle} if oracle is not None else {})}
-    meas = _Measurer(s, tokenizer, forget, band or Band(), progress)
+    band = band or Band()
+    meas = _Measurer(s, tokenizer, forget, band, progress)
     kinds = {kind_of(n) for n in plan.probes}
     base_w: dict[str, dict] = {}
     base_st: dict[str, object] = {}
-    for role, m in ({**models, **({ORIGINAL: original} if original is not None else {})}).items():
+    reuse = oracle is not None and oracle_cache is not None
+    keys = {n: baseline_key(s, n, forget, plan, band) for n in plan.probes} if reuse else {}
+    reused = [n for n in plan.probes if keys.get(n) in oracle_cache] if reuse else []
+    measured = {**models, **({ORIGINAL: original} if original is not None else {})}
+    if reused and len(reused) == len(plan.probes):
+        measured.pop(ORACLE)  # every outcome of the oracle is known: it is not run at all
+    for role, m in measured.items():
         if "weights" in kinds:
             say(f"probes: measuring the {role} model's forget set")
             base_w[role] = meas.weights(m)
@@ -273,12 +288,19 @@ def run_probes(unlearned_model, tokenizer, forget: SequenceSet, *, settings: Pro
         rows = plan.halves[1] if name == "relearn-forget" else list(range(len(forget)))
         before, after, seconds, details = {}, {}, {}, {}
         for role, model in models.items():
+            if role == ORACLE and name in reused:
+                before[role], after[role], seconds[role], info = oracle_cache[keys[name]]
+                details.update(info)
+                continue
             say(f"probe {name} on the {role} model")
             t = time.perf_counter()
             before[role], after[role], info = _probe(name, model, role, meas, plan, base_w, base_st, rows,
                                                       seed=[s.seed, index], progress=progress)
             seconds[role] = round(time.perf_counter() - t, 2)
             details.update(info)
+            if role == ORACLE and reuse:
+                oracle_cache[keys[name]] = (before[role], after[role], seconds[role],
+                                            {k: v for k, v in info.items() if not k.endswith(f"_{UNLEARNED}")})
             gc.collect()
         original_values = None
         if original is not None:
@@ -289,6 +311,9 @@ def run_probes(unlearned_model, tokenizer, forget: SequenceSet, *, settings: Pro
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["probe", "kind", "id", "status"])
     notes = list(plan.notes)
+    if reused:
+        notes.append(f"the oracle's outcome of {', '.join(reused)} reused from an earlier probe of the same oracle with "
+                     "the same inputs and seeds (its seconds are those it took then)")
     if oracle is None and plan.probes:
         notes.append("no oracle: a sequence has resurfaced when the probe lifts its measure by more than the margin "
                      "above the model's own level before the probe (with an oracle, above the oracle's after the same "
@@ -297,6 +322,25 @@ def run_probes(unlearned_model, tokenizer, forget: SequenceSet, *, settings: Pro
                           sequences=len(forget), probes=summaries, skipped=plan.skipped, notes=notes,
                           seconds=round(time.perf_counter() - started, 2))
     return ProbeResults(record, frame)
+
+
+def _tokens_digest(seqs: SequenceSet) -> str:
+    h = hashlib.sha256()
+    for t in (seqs.input_ids, seqs.lengths):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def baseline_key(settings: ProbeSettings, name: str, forget: SequenceSet, plan: Plan, band) -> str:
+    """Everything that decides what probe ``name`` does to a given model: the settings (seeds, steps, lr,
+    samples…), the probe's position in the plan (its sampling seed), the forget set's tokens, the probe's own
+    data (relearning text) and the band (which sequences get EL_10)."""
+    data = plan.data.get(name)
+    parts = {"settings": settings.model_dump(mode="json"), "name": name, "index": plan.probes.index(name),
+             "forget": _tokens_digest(forget), "data": _tokens_digest(data[0]) if data else None,
+             "halves": [list(h) for h in plan.halves] if name == "relearn-forget" else None,
+             "band": [float(band.lo), float(band.hi)]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _before_of(kind: str, role: str, meas: _Measurer, base_w, base_st, rows: list[int]) -> dict[str, np.ndarray]:
@@ -532,9 +576,11 @@ def run_stage(spec, inputs, res, result, folder: str | Path) -> ProbeStage | Non
                                        sequences=len(inputs.forget), notes=[why]),
                           [Section("Robustness probes: does it come back?", why)])
     oracle = inputs.oracle.model if inputs.oracle is not None else None
+    # runs that share the recipe's resources (a grid, a benchmark's methods on one lab) probe their oracle once
+    cache = res.memo(("probe-oracle", spec.oracle, spec.model.dtype, spec.model.device), dict) if oracle is not None else None
     results = run_probes(result.model, inputs.lm.tokenizer, inputs.forget, settings=s, oracle=oracle,
                          reference=inputs.reference, retain_members=inputs.retain_members,
-                         band=getattr(inputs, "band", None) or spec.band,
+                         band=getattr(inputs, "band", None) or spec.band, oracle_cache=cache,
                          progress=res.progress, log=res.log)
     images = write_results(results, folder)
     sections = report_sections(results, images)  # probes.html and the run's report.html show the same
