@@ -132,7 +132,8 @@ def plan_attacks(options, n_members: int, n_nonmembers: int, device_type: str, m
     The resolution never depends on ``has_original`` or ``refill_cached``, so the attacks before and
     after unlearning resolve to the same K and the same non-members. ``perturber`` names the refill that
     will run when it is known (``auto`` falls back to ``lm`` on some models, which costs more than the
-    ``lm-independent`` it is priced at otherwise).
+    ``lm-independent`` it is priced at otherwise): K depends on it, a costlier refill fitting fewer
+    neighbours, and it is the same refill before and after unlearning, so K still agrees between them.
     """
     from unmemorize.attacks.registry import ATTACKS
 
