@@ -339,7 +339,7 @@ def baseline_key(settings: ProbeSettings, name: str, forget: SequenceSet, plan: 
     parts = {"settings": settings.model_dump(mode="json"), "name": name, "index": plan.probes.index(name),
              "forget": _tokens_digest(forget), "data": _tokens_digest(data[0]) if data else None,
              "halves": [list(h) for h in plan.halves] if name == "relearn-forget" else None,
-             "band": [float(band.lo), float(band.hi)]}
+             "band": [str(band.lo), str(band.hi)]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
