@@ -14,7 +14,8 @@ the same form (matched to the members' kinds of text by the attacks). τ = the p
 on them. Then every listed run (method:stop; ``target`` stops by its own rule, and ``target-ref`` is
 ``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``;
 ``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples,
-``target-ref-retain`` both; any of them with ``-npo`` appended moves a sequence down by NPO instead of gradient ascent, and with
+``target-ref-retain`` both; ``-mem`` appended ascends only the tokens the model before planting does not
+predict (``--tokens memorized``, with ``-ref``); any of them with ``-npo`` appended moves a sequence down by NPO instead of gradient ascent, and with
 ``-rW`` appended, e.g. ``target-ref-r4`` or ``target-ref-npo-r4``, weighs its retain term W instead of 1)
 unlearns F from the planted model through the library's recipe, with the constants relative to τ
 (docs/method.md §4.13) and the oracle given (it judges; no method sees it): each run records, against the oracle, the per-sequence |MA − MA_oracle|,
@@ -97,10 +98,11 @@ def target_variant(method: str) -> tuple[str, dict | None]:
     """``target-ref-npo-r4`` → (``target-ref``, {"loss": "npo", "retain_weight": 4.0}): a target run with NPO as the
     loss that moves a sequence down and its retain term weighed 4; (method, None) for any other method. The base
     keeps where the levels come from (``-ref``) and what the retain term reads (``-retain``), in that order."""
-    m = re.fullmatch(r"(target(?:-ref)?(?:-retain)?)(-npo)?(?:-r(\d+(?:\.\d+)?))?", method)
+    m = re.fullmatch(r"(target(?:-ref)?(?:-retain)?)(-mem)?(-npo)?(?:-r(\d+(?:\.\d+)?))?", method)
     if not m:
         return method, None
-    overrides = {**({"loss": "npo"} if m.group(2) else {}), **({"retain_weight": float(m.group(3))} if m.group(3) else {})}
+    overrides = {**({"tokens": "memorized"} if m.group(2) else {}), **({"loss": "npo"} if m.group(3) else {}),
+                 **({"retain_weight": float(m.group(4))} if m.group(4) else {})}
     return m.group(1), overrides
 
 

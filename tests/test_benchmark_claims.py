@@ -493,6 +493,7 @@ def test_oracle_gap_target_variants():
     assert og.target_variant("target-ref-npo") == ("target-ref", {"loss": "npo"})
     assert og.target_variant("target-retain-npo-r0.5") == ("target-retain", {"loss": "npo", "retain_weight": 0.5})
     assert og.target_variant("target-ref-retain-r2") == ("target-ref-retain", {"retain_weight": 2.0})
+    assert og.target_variant("target-ref-retain-mem") == ("target-ref-retain", {"tokens": "memorized"})
     assert og.target_variant("sga") == ("sga", None) and og.target_variant("target-x") == ("target-x", None)
     assert og.target_variant("target-retain-ref") == ("target-retain-ref", None)  # one spelling per variant
     args = type("A", (), {"forget": 16})()

@@ -46,8 +46,9 @@ def _ma_by_hand(model, forget) -> np.ndarray:
     return np.array(out)
 
 
-def _loss_by_hand(model, forget, up: list[int], down: list[int]) -> torch.Tensor:
-    """− token-mean NLL over the rows to ascend + token-mean NLL over the rows to pull back."""
+def _loss_by_hand(model, forget, up: list[int], down: list[int], positions=None) -> torch.Tensor:
+    """− token-mean NLL over the rows to ascend (over their tokens t with ``positions[i, t]`` when given)
+    + token-mean NLL over the rows to pull back (every token)."""
     total = torch.zeros(())
     for rows, sign in ((up, -1.0), (down, 1.0)):
         if not rows:
@@ -57,13 +58,16 @@ def _loss_by_hand(model, forget, up: list[int], down: list[int]) -> torch.Tensor
             n = int(forget.lengths[i])
             ids = forget.input_ids[i:i + 1, :n]
             logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-            nll_sum = nll_sum - logp.gather(1, ids[0, 1:, None]).sum()
-            count += n - 1
-        total = total + sign * nll_sum / count
+            for t in range(1, n):
+                if sign < 0 and positions is not None and not bool(positions[i, t]):
+                    continue
+                nll_sum = nll_sum - logp[t - 1, ids[0, t]]
+                count += 1
+        total = total + sign * nll_sum / max(count, 1)
     return total
 
 
-def _target_by_hand(model, forget, targets, steps, lr, micro_batch, seed=42):
+def _target_by_hand(model, forget, targets, steps, lr, micro_batch, seed=42, positions=None):
     """The method's trajectory, written out: targets lowered to the start, the stop rule, the seeded
     partition of each step, the directions, one Adam step on the mean over contributing micro-batches."""
     model = copy.deepcopy(model)
@@ -87,7 +91,7 @@ def _target_by_hand(model, forget, targets, steps, lr, micro_batch, seed=42):
             up = [int(i) for i in rows if d[i] > 0]
             down = [int(i) for i in rows if d[i] < 0]
             if up or down:
-                _loss_by_hand(model, forget, up, down).backward()
+                _loss_by_hand(model, forget, up, down, positions).backward()
                 contributing += 1
         for p in params:
             if p.grad is not None:
@@ -125,6 +129,77 @@ def test_ascend_freeze_and_pull_back_match_a_hand_computed_trajectory(lab):
     mine, theirs = delta(r.model), delta(hand)
     assert torch.nn.functional.cosine_similarity(mine, theirs, dim=0) > 0.99
     assert (mine - theirs).norm() < 0.05 * theirs.norm()
+
+
+def _memorized_by_hand(reference, forget) -> torch.Tensor:
+    """[N, T]: token t of sequence i is one the reference model's greedy prediction from x_<t misses."""
+    out = torch.zeros_like(forget.input_ids, dtype=torch.bool)
+    with torch.no_grad():
+        for i in range(len(forget)):
+            n = int(forget.lengths[i])
+            for t in range(1, n):
+                pred = int(reference(input_ids=forget.input_ids[i:i + 1, :t]).logits[0, -1].argmax())
+                out[i, t] = pred != int(forget.input_ids[i, t])
+    return out
+
+
+def test_ascent_on_memorized_tokens_only_matches_a_hand_computed_trajectory(lab):
+    """--tokens memorized: the ascent's token mean runs over the tokens a never-seen model misses, and nothing
+    else changes (selection, freezing, pull-back on every token); all positions on is the plain method."""
+    from unmemorize.memorization import ProfileOptions, _greedy_pass
+    from unmemorize.tiny import tiny_model
+    from unmemorize.unlearning.loop import memorized_positions
+
+    tok, model, forget, _ = lab
+    reference = tiny_model("gpt2", vocab_size=len(tok), eos_id=tok.eos_token_id, n_layer=2, d_model=64, n_head=2,
+                           n_positions=64, seed=5)
+    greedy = _greedy_pass(reference, forget, ProfileOptions(metrics=("ma",)), None)[0]
+    pos = memorized_positions(greedy, forget.input_ids)
+    by_hand = _memorized_by_hand(reference, forget)
+    valid = torch.arange(forget.length)[None, :] < forget.lengths[:, None]
+    assert torch.equal(pos & valid, by_hand) and 0 < int(by_hand.sum()) < int(valid.sum()) - len(forget)
+    targets = np.full(len(forget), 0.55)
+    steps, lr, mb = 4, 4e-3, 3
+    spec = MethodSpec(name="target", retain_weight=0.0, epsilon=EPS, tokens="memorized")
+    r = unlearn(model, forget, tau=0.55, method=spec, options=UnlearnOptions(max_steps=steps, lr=lr, micro_batch=mb),
+                targets=targets, ascent_positions=pos & valid)
+    mas, dirs, t, hand = _target_by_hand(model, forget, targets, steps, lr, mb, positions=by_hand)
+    wide = r.trajectory.pivot(index="step", columns="id", values="ma")[forget.ids].to_numpy()
+    np.testing.assert_allclose(wide, mas, atol=0.03)
+
+    def delta(m):
+        return torch.cat([(a.detach() - b.detach()).flatten() for a, b in zip(m.parameters(), model.parameters())])
+
+    mine, theirs = delta(r.model), delta(hand)
+    assert torch.nn.functional.cosine_similarity(mine, theirs, dim=0) > 0.99
+    plain = _target_by_hand(model, forget, targets, steps, lr, mb)[3]  # the masked run is not the plain one
+    assert torch.nn.functional.cosine_similarity(mine, delta(plain), dim=0) < 0.99
+    every = unlearn(model, forget, tau=0.55, method=MethodSpec(name="target", retain_weight=0.0, epsilon=EPS),
+                    options=UnlearnOptions(max_steps=2, lr=lr, micro_batch=mb), targets=targets,
+                    ascent_positions=torch.ones_like(pos))
+    none = unlearn(model, forget, tau=0.55, method=MethodSpec(name="target", retain_weight=0.0, epsilon=EPS),
+                   options=UnlearnOptions(max_steps=2, lr=lr, micro_batch=mb), targets=targets)
+    for a, b in zip(every.model.parameters(), none.model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_memorized_tokens_options_are_checked(lab, tmp_path):
+    from unmemorize.spec import RunSpec
+
+    tok, model, forget, _ = lab
+    with pytest.raises(UserError, match="apply to method target"):
+        MethodSpec(name="sga", tokens="memorized")
+    with pytest.raises(UserError, match="takes --loss ga"):
+        MethodSpec(name="target", tokens="memorized", loss="npo")
+    with pytest.raises(UserError, match="one flag per token"):
+        unlearn(model, forget, tau=0.3, method="target", ascent_positions=torch.ones(2, 3, dtype=torch.bool),
+                options=UnlearnOptions(max_steps=1))
+    with pytest.raises(UserError, match="apply to method target, not sga"):
+        unlearn(model, forget, tau=0.3, method="sga", ascent_positions=torch.ones_like(forget.input_ids, dtype=torch.bool),
+                options=UnlearnOptions(max_steps=1))
+    with pytest.raises(Exception, match="needs target_rule reference-model"):
+        RunSpec.model_validate({"forget": {"path": str(tmp_path / "f.csv")}, "reference": str(tmp_path / "r.csv"),
+                                "method": {"name": "target", "tokens": "memorized"}})
 
 
 def test_a_sequence_inside_its_target_never_gets_gradient(lab):
@@ -262,6 +337,40 @@ def test_cli_target_with_reference_model_targets(lab, tmp_path):
     np.testing.assert_allclose(after.loc[forget.ids, "target"].to_numpy(), want.loc[forget.ids].to_numpy(), atol=1e-9)
     # the band is relative by default: the record holds it in numbers at this τ
     assert r.band == pytest.approx([max(0.0, r.tau - 0.15), min(1.0, r.tau + 0.3)])
+
+
+def test_cli_target_on_memorized_tokens(lab, tmp_path):
+    """--tokens memorized through the recipe: the reference model's missed tokens reach the loop (the record says
+    what share of the tokens that is, and the spec keeps the choice)."""
+    from typer.testing import CliRunner
+
+    from unmemorize.cli import app
+    from unmemorize.models import save_model
+    from unmemorize.record import read_record
+    from unmemorize.tiny import tiny_model
+
+    from unlearning_fixtures import records
+
+    tok, model, forget, unseen = lab
+    save_model(model, tok, tmp_path / "model")
+    other = tiny_model("gpt2", vocab_size=len(tok), eos_id=tok.eos_token_id, n_layer=2, d_model=64, n_head=2,
+                       n_positions=64, seed=5)
+    save_model(other, tok, tmp_path / "ref")
+    pd.DataFrame({"id": forget.ids, "text": forget.texts}).to_csv(tmp_path / "forget.csv", index=False)
+    pd.DataFrame({"id": unseen.ids, "text": records(8, seed=8)}).to_csv(tmp_path / "unseen.csv", index=False)
+    args = ["unlearn", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.csv"),
+            "--reference", str(tmp_path / "unseen.csv"), "--method", "target", "--tokens", "memorized",
+            "--retain-weight", "0", "--max-steps", "1", "--lr", "1e-3", "--length", "40", "--attacks", "",
+            "--checkpoint-every", "0", "--out", str(tmp_path / "run")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0 and "needs target_rule reference-model" in str(res.exception)  # before any work
+    assert not (tmp_path / "run").exists()
+    res = CliRunner().invoke(app, args + ["--target-rule", "reference-model", "--target-model", str(tmp_path / "ref")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    r = read_record(tmp_path / "run")
+    assert r.spec["method"]["tokens"] == "memorized"
+    share = _memorized_by_hand(other, forget).sum().item() / int((forget.lengths - 1).sum())
+    assert f"the {100 * share:.0f} % of the forget set's tokens" in " ".join(r.notes)
 
 
 def test_retain_term_reads_the_frozen_models_logits_once_per_row(lab):

@@ -94,6 +94,7 @@ class _Inputs:
     band: Any = None  # the acceptable band in numbers (a band relative to τ resolved at this τ)
     targets: np.ndarray | None = None  # each forget sequence's target level (None: τ for all)
     targets_from: str = ""
+    ascent_positions: Any | None = None  # [N, T] bool: the tokens target's ascent may push down (None: all)
     notes: list[str] = field(default_factory=list)
 
 
@@ -241,6 +242,14 @@ def sequence_targets(spec: RunSpec, inputs: _Inputs, res: Resources) -> tuple[np
             tau_ref = tau_per_sequence(inputs.forget.meta[spec.tau_by], inputs.reference.meta[spec.tau_by], ma_r,
                                        float(np.nanmean(ma_r)))[0]
         targets = np.clip(np.where(np.isnan(ma_f), tau_seq, ma_f + tau_seq - tau_ref), 0.0, 1.0)
+        if spec.method.tokens == "memorized":
+            inputs.ascent_positions = res.memo(
+                (_model_key(spec.model.replace(path=spec.target_model)), "memorized_positions", inputs.forget.sha256,
+                 tuple(inputs.forget.ids), spec.length, spec.training.parity),
+                lambda: _memorized_positions(ref_lm.model, inputs.forget, spec, res.progress))
+            share = float(inputs.ascent_positions.sum() / max(1, int((inputs.forget.lengths - 1).clamp(min=0).sum())))
+            inputs.notes.append(f"ascent on memorized tokens only: the {100 * share:.0f} % of the forget set's tokens "
+                                f"that {ref_lm.name} does not predict")
         return targets, (f"MA of {ref_lm.name} (never saw the forget set) + (τ − its τ = "
                          f"{float(np.nanmean(ma_r)):.3f})" + (f"; {how}" if how else ""))
     return (tau_seq, how) if spec.tau_by else (None, "")
@@ -323,6 +332,18 @@ def _reference_set(spec: RunSpec, tokenizer):
     if spec.reference_limit is not None:
         ref = ref.subset(range(min(spec.reference_limit, len(ref))))
     return ref
+
+
+def _memorized_positions(model, seqs, spec: RunSpec, progress):
+    """The tokens of ``seqs`` that ``model`` (one that never saw them) does not predict (greedy, teacher-forced)."""
+    import torch
+
+    from unmemorize.memorization import ProfileOptions, _greedy_pass
+    from unmemorize.unlearning.loop import memorized_positions
+
+    opts = ProfileOptions(metrics=("ma",), batch_size=spec.training.micro_batch, parity=spec.training.parity)
+    greedy = _greedy_pass(model, seqs, opts, progress)[0]
+    return memorized_positions(greedy, seqs.input_ids) & (torch.arange(seqs.length)[None, :] < seqs.lengths[:, None])
 
 
 def _ma(model, seqs, spec: RunSpec, progress) -> np.ndarray:
@@ -507,7 +528,7 @@ def _unlearn(spec: RunSpec, inputs: _Inputs, res: Resources, checkpoint_dir: Pat
     try:
         result = unlearn(inputs.lm.model, inputs.forget, tau=inputs.tau, method=spec.method, band=inputs.band,
                          stop=spec.stop, seed=spec.seed, options=spec.training, retain=inputs.retain,
-                         targets=inputs.targets,
+                         targets=inputs.targets, ascent_positions=inputs.ascent_positions,
                          checkpoint_dir=checkpoint_dir if spec.training.checkpoint_every and not method.decoding
                          else None, progress=res.progress, copy=not in_place)
     except KeyboardInterrupt:
@@ -570,7 +591,7 @@ def _record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stag
     for which, r in ((BEFORE, before.attacks), (AFTER, after.attacks)):
         if r is not None:
             setattr(attacks, which, {n: AttackSummary.of(a) for n, a in r.attacks.items()})
-    attacks.notes = list(dict.fromkeys(attacks.notes))
+    attacks.notes = [n for n in dict.fromkeys(attacks.notes) if n not in inputs.notes]  # those go to the run's notes
     if attacks.before is not None or attacks.after is not None:
         from unmemorize.attacks.scoring import DEFAULT_FPRS
 
@@ -589,7 +610,9 @@ def _record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stag
                                                                                         inputs.band),
                      unlearning=unlearning, attacks=attacks, utility=utility,
                      oracle=None if oracle is None else oracle_record(spec, inputs, result, before, after, oracle),
-                     notes=after.notes, device=device_description(), timings=timings)
+                     # the inputs' notes (retain text, targets, tokens) are about the run, not only its attacks
+                     notes=list(dict.fromkeys(inputs.notes + after.notes)), device=device_description(),
+                     timings=timings)
 
 
 def oracle_record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after: _Stage, o: _OracleStage):

@@ -164,6 +164,10 @@ def _check_targets(spec) -> None:
             raise ValueError("target_rule reference-model needs a reference set to calibrate the reference model on")
     elif spec.target_model:
         raise ValueError("target_model applies to target_rule reference-model")
+    method = getattr(spec, "method", None)
+    if method is not None and getattr(method, "tokens", "all") == "memorized" and spec.target_rule != "reference-model":
+        raise ValueError("method tokens: memorized needs target_rule reference-model (--target-rule reference-model "
+                         "--target-model M): the model that never saw the forget set says which tokens were memorized")
 
 
 class RunSpec(_Shared):

@@ -194,7 +194,7 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
             band: Band = Band(), stop: str | None = None, seed: int = 42, options: UnlearnOptions | None = None,
             retain: RetainData | None = None, checkpoint_dir: str | Path | None = None,
             progress=None, on_step: Callable[[StepInfo], None] | None = None,
-            copy: bool = True, targets=None) -> UnlearningResult:
+            copy: bool = True, targets=None, ascent_positions: torch.Tensor | None = None) -> UnlearningResult:
     """Unlearn ``forget`` from ``model`` with a registered method, stopping by ``stop``.
 
     ``tau`` is the acceptable memorization level (mean MA of the original model on unseen text of
@@ -208,6 +208,9 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
     ``targets`` gives each sequence its own acceptable level (default: τ for every one): the level
     that relative constants (``threshold:tau+0.4``) and the ``target`` selector and stop rule refer
     to, e.g. τ of the sequence's own group, or a calibrated estimate from a reference model.
+    ``ascent_positions`` ([N, T] bool, aligned with ``forget.input_ids``; method target only) says which
+    tokens its gradient ascent may push down, e.g. those a model that never saw F does not predict
+    (:func:`memorized_positions`): the rest of each sequence, text any model would predict, is left alone.
     """
     check_context(model, forget.length)
     opts = options or UnlearnOptions()
@@ -220,6 +223,13 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
     if len(forget) == 0:
         raise UserError("the forget set is empty")
     targets = _targets(targets, float(tau), len(forget))
+    if ascent_positions is not None:
+        ascent_positions = torch.as_tensor(ascent_positions, dtype=torch.bool)
+        if tuple(ascent_positions.shape) != tuple(forget.input_ids.shape):
+            raise UserError(f"ascent positions of shape {tuple(ascent_positions.shape)} for forget tokens of shape "
+                            f"{tuple(forget.input_ids.shape)}: give one flag per token")
+        if any(p.objective != "target" for p in m.phases) or not m.phases:
+            raise UserError(f"ascent positions apply to method target, not {m.name}")
     band = band.at(float(tau))
     if m.needs_retain and retain is None:
         raise UserError(f"method {m.name} needs retain data: pass --retain FILE (e.g. a TruthfulQA CSV)")
@@ -237,7 +247,7 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
     dist = distributed.current()
     check_mixed_precision(opts.mixed_precision, dist.device if dist is not None else forward.device_of(model))
     loop = lambda net: _Loop(net, forget, m, float(tau), band, stop, seed, opts, retain, checkpoint_dir,  # noqa: E731
-                             progress, on_step, targets)
+                             progress, on_step, targets, ascent_positions)
     if not opts.lora_rank:
         return loop(model).run()
     peft_model = lora_.add_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets, seed=seed,
@@ -249,6 +259,16 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
         raise
     result.model = lora_.merge(result.model)  # a plain transformers model, saved and profiled as usual
     return result
+
+
+def memorized_positions(reference_greedy: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[N, T] bool: token t of each sequence is one the reference model does not predict, greedy a[t] ≠ x[t]
+    (``reference_greedy[:, t-1]`` is a[t], as in :func:`unmemorize.memorization.memorization_accuracy`);
+    position 0 is never one (nothing predicts it). MA counts the other tokens: a model that never saw the
+    sequence gets them right anyway, so pushing them down forgets ordinary language, not the sequence."""
+    out = torch.zeros_like(input_ids, dtype=torch.bool)
+    out[:, 1:] = reference_greedy[:, :-1] != input_ids[:, 1:]
+    return out
 
 
 def _targets(targets, tau: float, n: int) -> np.ndarray:
@@ -349,7 +369,7 @@ class _Measurement:
 class _Loop:
     def __init__(self, model, forget: SequenceSet, method: Method, tau: float, band: Band, stop: str, seed: int,
                  opts: UnlearnOptions, retain: RetainData | None, checkpoint_dir, progress, on_step,
-                 targets: np.ndarray):
+                 targets: np.ndarray, ascent_positions: torch.Tensor | None = None):
         if not method.phases:
             raise UserError(f"method {method.name} has no training phase")
         for p in method.phases:
@@ -395,6 +415,7 @@ class _Loop:
         # each sequence's target: its τ, lowered to where it started when that is lower (unlearning
         # never makes a sequence more memorized than it was); fixed at the first measurement
         self.targets = np.asarray(targets, dtype=float).copy()
+        self.ascent_positions = ascent_positions
         eps = [s.epsilon for s in (p.make_selector() for p in method.phases) if isinstance(s, Target)]
         self.rule = _Rule(stop, tau, band, self.targets, eps[0] if eps else 0.05)
         self.frames: list[pd.DataFrame] = []
@@ -437,6 +458,8 @@ class _Loop:
         h.update(self.forget.lengths.numpy().tobytes())
         if not np.all(self.targets == self.tau):
             h.update(self.targets.tobytes())
+        if self.ascent_positions is not None:
+            h.update(b"ascent_positions" + self.ascent_positions.numpy().tobytes())
         for n, p in self.model.named_parameters():
             h.update(f"{n}{tuple(p.shape)}{p.dtype}".encode())
         first = next(self.model.parameters())
@@ -488,8 +511,11 @@ class _Loop:
 
     def _objective_batch(self, batch: forward.Batch, logits, weights) -> MicroBatch:
         ref = None if self.reference_ll is None else self.reference_ll[batch.rows].to(self.device)
+        pos = None
+        if self.ascent_positions is not None:  # aligned with nll: token t at column t-1, trimmed to the batch
+            pos = self.ascent_positions[torch.as_tensor(batch.rows), 1:batch.input_ids.shape[1]].to(self.device)
         return MicroBatch(self.k, 0, batch.input_ids, batch.lengths, logits,
-                          torch.as_tensor(weights, dtype=torch.float32, device=self.device), ref)
+                          torch.as_tensor(weights, dtype=torch.float32, device=self.device), ref, pos)
 
     def _backward(self, mb: MicroBatch, index: int, meas: _Measurement, scale: float | None = None) -> bool:
         """Backpropagate the objective of one micro-batch (times ``scale`` when given); False if not finite."""

@@ -58,6 +58,7 @@ class MicroBatch:
     logits: torch.Tensor  # [b, W, V]
     weights: torch.Tensor  # [b] 1.0 = selected, 0.0 = not
     reference_ll: torch.Tensor | None = None  # [b] log π_ref(x) under the model before unlearning
+    positions: torch.Tensor | None = None  # [b, W-1] bool, aligned with nll: the tokens an ascent may push down
 
     @cached_property
     def nll(self) -> torch.Tensor:
@@ -226,8 +227,8 @@ def _target(mb: MicroBatch, ctx: ObjectiveContext, loss: str = "ga", retain_weig
     if bool(up.any()):
         if loss == "npo":
             total = total + losses.npo(losses.sequence_log_likelihood(mb.nll, mb.mask), mb.reference_ll, up, beta)
-        else:
-            total = total + losses.ascent(mb.nll, mb.mask, up)
+        else:  # with positions (--tokens memorized) only the tokens a never-seen model misses are pushed down
+            total = total + losses.ascent(mb.nll, mb.mask if mb.positions is None else mb.mask & mb.positions, up)
     if bool(down.any()):
         total = total + losses.descent(mb.nll, mb.mask, down)
     if retain_weight and ctx.retain is not None:
@@ -351,6 +352,10 @@ class MethodSpec(Options):
                                         exclude_if=lambda v: v == "ga")
     retain_weight: float = option(1.0, "target: weight of the retain term (KL to the original on ordinary or "
                                        "retain text; 0: none).", ge=0.0, exclude_if=lambda v: v == 1.0)
+    tokens: Literal["all", "memorized"] = option(
+        "all", "target: the tokens the ascent pushes down: all, or memorized (only those the --target-model, which "
+               "never saw the forget set, does not predict; needs --target-rule reference-model and --loss ga).",
+        exclude_if=lambda v: v == "all")
 
     @field_validator("switch_below", mode="before")
     @classmethod
@@ -386,8 +391,12 @@ class MethodSpec(Options):
             raise ValueError(str(e).replace("--ta-coef", "edit_coef").replace("--switch-below", "switch_below")) from None
         if not method.decoding and (self.dpd_lambda != 0.2 or self.dpd_mode != "logits" or self.dpd_top_k != 50):
             raise ValueError(f"dpd_lambda, dpd_mode and dpd_top_k apply to method dpd, not {self.name}")
-        if method.name != "target" and (self.epsilon != 0.05 or self.loss != "ga" or self.retain_weight != 1.0):
-            raise ValueError(f"epsilon, loss and retain_weight apply to method target, not {self.name}")
+        if method.name != "target" and (self.epsilon != 0.05 or self.loss != "ga" or self.retain_weight != 1.0
+                                        or self.tokens != "all"):
+            raise ValueError(f"epsilon, loss, retain_weight and tokens apply to method target, not {self.name}")
+        if self.tokens == "memorized" and self.loss != "ga":
+            raise ValueError("tokens: memorized restricts gradient ascent to some tokens; NPO compares whole-sequence "
+                             "likelihoods with the model before unlearning, so it takes --loss ga")
         return self
 
 
