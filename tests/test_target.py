@@ -299,15 +299,10 @@ def test_target_options_are_checked(lab):
 
 # ---------------------------------------------------------------- the recipe's targets
 
-def test_cli_target_with_reference_model_targets(lab, tmp_path):
-    """--target-rule reference-model: each target is the reference model's MA + (τ − its τ)."""
-    from typer.testing import CliRunner
-
-    from unmemorize.cli import app
-    from unmemorize.memorization import ProfileOptions, profile
+def _saved_lab(lab, tmp_path):
+    """The lab's model, a reference model that never saw F (another seed) and the forget / unseen files, on disk
+    for the CLI: (model, reference, forget, unseen)."""
     from unmemorize.models import save_model
-    from unmemorize.record import read_record
-    from unmemorize.thresholds import acceptable_level
     from unmemorize.tiny import tiny_model
 
     from unlearning_fixtures import records
@@ -319,6 +314,19 @@ def test_cli_target_with_reference_model_targets(lab, tmp_path):
     save_model(other, tok, tmp_path / "ref")
     pd.DataFrame({"id": forget.ids, "text": forget.texts}).to_csv(tmp_path / "forget.csv", index=False)
     pd.DataFrame({"id": unseen.ids, "text": records(8, seed=8)}).to_csv(tmp_path / "unseen.csv", index=False)
+    return model, other, forget, unseen
+
+
+def test_cli_target_with_reference_model_targets(lab, tmp_path):
+    """--target-rule reference-model: each target is the reference model's MA + (τ − its τ)."""
+    from typer.testing import CliRunner
+
+    from unmemorize.cli import app
+    from unmemorize.memorization import ProfileOptions, profile
+    from unmemorize.record import read_record
+    from unmemorize.thresholds import acceptable_level
+
+    model, other, forget, unseen = _saved_lab(lab, tmp_path)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["unlearn", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.csv"),
                                    "--reference", str(tmp_path / "unseen.csv"), "--method", "target",
@@ -345,19 +353,9 @@ def test_cli_target_on_memorized_tokens(lab, tmp_path):
     from typer.testing import CliRunner
 
     from unmemorize.cli import app
-    from unmemorize.models import save_model
     from unmemorize.record import read_record
-    from unmemorize.tiny import tiny_model
 
-    from unlearning_fixtures import records
-
-    tok, model, forget, unseen = lab
-    save_model(model, tok, tmp_path / "model")
-    other = tiny_model("gpt2", vocab_size=len(tok), eos_id=tok.eos_token_id, n_layer=2, d_model=64, n_head=2,
-                       n_positions=64, seed=5)
-    save_model(other, tok, tmp_path / "ref")
-    pd.DataFrame({"id": forget.ids, "text": forget.texts}).to_csv(tmp_path / "forget.csv", index=False)
-    pd.DataFrame({"id": unseen.ids, "text": records(8, seed=8)}).to_csv(tmp_path / "unseen.csv", index=False)
+    model, other, forget, unseen = _saved_lab(lab, tmp_path)
     args = ["unlearn", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.csv"),
             "--reference", str(tmp_path / "unseen.csv"), "--method", "target", "--tokens", "memorized",
             "--retain-weight", "0", "--max-steps", "1", "--lr", "1e-3", "--length", "40", "--attacks", "",
