@@ -154,15 +154,15 @@ def test_ascent_on_memorized_tokens_only_matches_a_hand_computed_trajectory(lab)
     reference = tiny_model("gpt2", vocab_size=len(tok), eos_id=tok.eos_token_id, n_layer=2, d_model=64, n_head=2,
                            n_positions=64, seed=5)
     greedy = _greedy_pass(reference, forget, ProfileOptions(metrics=("ma",)), None)[0]
-    pos = memorized_positions(greedy, forget.input_ids)
+    pos = memorized_positions(greedy, forget.input_ids, forget.lengths)
     by_hand = _memorized_by_hand(reference, forget)
     valid = torch.arange(forget.length)[None, :] < forget.lengths[:, None]
-    assert torch.equal(pos & valid, by_hand) and 0 < int(by_hand.sum()) < int(valid.sum()) - len(forget)
+    assert torch.equal(pos, by_hand) and 0 < int(by_hand.sum()) < int(valid.sum()) - len(forget)
     targets = np.full(len(forget), 0.55)
     steps, lr, mb = 4, 4e-3, 3
     spec = MethodSpec(name="target", retain_weight=0.0, epsilon=EPS, tokens="memorized")
     r = unlearn(model, forget, tau=0.55, method=spec, options=UnlearnOptions(max_steps=steps, lr=lr, micro_batch=mb),
-                targets=targets, ascent_positions=pos & valid)
+                targets=targets, ascent_positions=pos)
     mas, dirs, t, hand = _target_by_hand(model, forget, targets, steps, lr, mb, positions=by_hand)
     wide = r.trajectory.pivot(index="step", columns="id", values="ma")[forget.ids].to_numpy()
     np.testing.assert_allclose(wide, mas, atol=0.03)

@@ -231,9 +231,18 @@ def sequence_targets(spec: RunSpec, inputs: _Inputs, res: Resources) -> tuple[np
         if not same_tokenizer(inputs.lm.tokenizer, ref_lm.tokenizer):
             raise UserError(f"the reference model {ref_lm.path} has another tokenizer than {inputs.lm.path}: its MA "
                             "on the same text is not on the same tokens")
-        ma_f = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "forget_ma", str(spec.forget.path),
-                         spec.forget.sample, spec.forget.sample_seed, spec.length, spec.training.parity),
-                        lambda: _ma(ref_lm.model, inputs.forget, spec, res.progress))
+        ref_key = _model_key(spec.model.replace(path=spec.target_model))
+        if spec.method.tokens == "memorized":  # one teacher-forced pass gives its MA and the tokens it misses
+            ma_f, inputs.ascent_positions = res.memo(
+                (ref_key, "forget_ma_positions", inputs.forget.sha256, tuple(inputs.forget.ids), spec.length,
+                 spec.training.parity), lambda: _ma_and_missed(ref_lm.model, inputs.forget, spec, res.progress))
+            share = float(inputs.ascent_positions.sum() / max(1, int((inputs.forget.lengths - 1).clamp(min=0).sum())))
+            inputs.notes.append(f"ascent on memorized tokens only: the {100 * share:.0f} % of the forget set's tokens "
+                                f"that {ref_lm.name} does not predict")
+        else:
+            ma_f = res.memo((ref_key, "forget_ma", str(spec.forget.path), spec.forget.sample, spec.forget.sample_seed,
+                             spec.length, spec.training.parity),
+                            lambda: _ma(ref_lm.model, inputs.forget, spec, res.progress))
         ma_r = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "reference_ma", str(spec.reference),
                          spec.reference_limit, spec.length, spec.training.parity),
                         lambda: _ma(ref_lm.model, inputs.reference, spec, res.progress))
@@ -242,14 +251,6 @@ def sequence_targets(spec: RunSpec, inputs: _Inputs, res: Resources) -> tuple[np
             tau_ref = tau_per_sequence(inputs.forget.meta[spec.tau_by], inputs.reference.meta[spec.tau_by], ma_r,
                                        float(np.nanmean(ma_r)))[0]
         targets = np.clip(np.where(np.isnan(ma_f), tau_seq, ma_f + tau_seq - tau_ref), 0.0, 1.0)
-        if spec.method.tokens == "memorized":
-            inputs.ascent_positions = res.memo(
-                (_model_key(spec.model.replace(path=spec.target_model)), "memorized_positions", inputs.forget.sha256,
-                 tuple(inputs.forget.ids), spec.length, spec.training.parity),
-                lambda: _memorized_positions(ref_lm.model, inputs.forget, spec, res.progress))
-            share = float(inputs.ascent_positions.sum() / max(1, int((inputs.forget.lengths - 1).clamp(min=0).sum())))
-            inputs.notes.append(f"ascent on memorized tokens only: the {100 * share:.0f} % of the forget set's tokens "
-                                f"that {ref_lm.name} does not predict")
         return targets, (f"MA of {ref_lm.name} (never saw the forget set) + (τ − its τ = "
                          f"{float(np.nanmean(ma_r)):.3f})" + (f"; {how}" if how else ""))
     return (tau_seq, how) if spec.tau_by else (None, "")
@@ -334,16 +335,14 @@ def _reference_set(spec: RunSpec, tokenizer):
     return ref
 
 
-def _memorized_positions(model, seqs, spec: RunSpec, progress):
-    """The tokens of ``seqs`` that ``model`` (one that never saw them) does not predict (greedy, teacher-forced)."""
-    import torch
-
+def _ma_and_missed(model, seqs, spec: RunSpec, progress):
+    """MA of ``model`` (one that never saw ``seqs``) on each sequence, and the tokens it does not predict."""
     from unmemorize.memorization import ProfileOptions, _greedy_pass
     from unmemorize.unlearning.loop import memorized_positions
 
     opts = ProfileOptions(metrics=("ma",), batch_size=spec.training.micro_batch, parity=spec.training.parity)
-    greedy = _greedy_pass(model, seqs, opts, progress)[0]
-    return memorized_positions(greedy, seqs.input_ids) & (torch.arange(seqs.length)[None, :] < seqs.lengths[:, None])
+    greedy, ma, _ = _greedy_pass(model, seqs, opts, progress)
+    return ma.numpy(), memorized_positions(greedy, seqs.input_ids, seqs.lengths)
 
 
 def _ma(model, seqs, spec: RunSpec, progress) -> np.ndarray:

@@ -261,14 +261,14 @@ def unlearn(model, forget: SequenceSet, *, tau: float, method: str | MethodSpec 
     return result
 
 
-def memorized_positions(reference_greedy: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def memorized_positions(reference_greedy: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """[N, T] bool: token t of each sequence is one the reference model does not predict, greedy a[t] ≠ x[t]
     (``reference_greedy[:, t-1]`` is a[t], as in :func:`unmemorize.memorization.memorization_accuracy`);
-    position 0 is never one (nothing predicts it). MA counts the other tokens: a model that never saw the
-    sequence gets them right anyway, so pushing them down forgets ordinary language, not the sequence."""
+    position 0 and padding (t ≥ length) are never one. MA counts the other tokens: a model that never saw
+    the sequence gets them right anyway, so pushing them down forgets ordinary language, not the sequence."""
     out = torch.zeros_like(input_ids, dtype=torch.bool)
     out[:, 1:] = reference_greedy[:, :-1] != input_ids[:, 1:]
-    return out
+    return out & (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None])
 
 
 def _targets(targets, tau: float, n: int) -> np.ndarray:
