@@ -196,16 +196,25 @@ def table(df: pd.DataFrame) -> str:
 
 
 def reading(df: pd.DataFrame) -> list[str]:
-    """What the runs say, computed from them."""
+    """What the runs say, computed from them.
+
+    Methods are ranked by the share of probed sequences *held*: at the oracle's level before the probe and
+    still there after it. Ranking by resurfaced sequences alone would reward a method that forgot little: a
+    sequence above the oracle before any probe cannot resurface.
+    """
     out = []
+    df = df.assign(held=df["measured"] - df["resurfaced"] - df["not_forgotten"],
+                   forgotten_before=df["measured"] - df["not_forgotten"])
     by = df.groupby(["method", "stop"], sort=False)
-    share = (by["resurfaced"].sum() / by["measured"].sum().clip(lower=1)).sort_values()
-    (m0, s0), v0 = share.index[0], share.iloc[0]
-    (m1, s1), v1 = share.index[-1], share.iloc[-1]
-    out.append(f"Fewest sequences resurfaced over every probe: {m0} ({s0}), {100 * v0:.0f}% of the probed sequences; "
-               f"most: {m1} ({s1}), {100 * v1:.0f}%.")
-    # a sequence above the oracle before any probe was never forgotten: it cannot resurface, so few
-    # resurfaced sequences can mean little forgetting rather than robust forgetting
+    sums = by[["held", "measured", "resurfaced", "forgotten_before"]].sum()
+    held = (sums["held"] / sums["measured"].clip(lower=1)).sort_values(ascending=False, kind="stable")
+    out.append("Sequences held at the oracle's level through the probes (at it before the probe and after), over "
+               "every probe and split: " + ", ".join(f"{m} ({s}) {100 * v:.0f}%" for (m, s), v in held.items())
+               + ".")
+    lost = sums["resurfaced"] / sums["forgotten_before"].clip(lower=1)
+    out.append("Of the sequences at the oracle's level before a probe, resurfaced after it: "
+               + ", ".join(f"{m} ({s}) {100 * lost[(m, s)]:.0f}% ({int(sums.loc[(m, s), 'resurfaced'])} of "
+                           f"{int(sums.loc[(m, s), 'forgotten_before'])})" for m, s in held.index) + ".")
     weights = df[df["measure"] == "ma"]
     if not weights.empty:
         before = weights.groupby(["method", "stop"], sort=False).apply(
@@ -216,7 +225,7 @@ def reading(df: pd.DataFrame) -> list[str]:
         robust = [f"{m} ({s})" for (m, s), h in g.groupby(["method", "stop"], sort=False) if h["resurfaced"].sum() == 0]
         total = int(g["resurfaced"].sum())
         out.append(f"{p}: {total} of {int(g['measured'].sum())} sequences resurfaced over all runs; "
-                   + (f"survived by {', '.join(robust)}." if robust else "no method's forgetting survived it entirely."))
+                   + (f"none after {', '.join(robust)}." if robust else "every method had some resurface."))
     return out
 
 

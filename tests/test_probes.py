@@ -529,3 +529,29 @@ def test_the_benchmark_probes_saved_and_recreated_runs(lab, tmp_path):
         assert len(store.read_text().splitlines()) == 2
     finally:
         common.RESULTS = kept
+
+
+def test_the_benchmark_ranks_methods_by_what_held_not_by_what_resurfaced():
+    """A method that forgot little cannot resurface much: the reading ranks by sequences held at the oracle's level
+    (measured − resurfaced − not forgotten), and gives the resurfaced share among those forgotten before."""
+    import importlib
+
+    import pandas as pd
+
+    bench = importlib.import_module("benchmarks.bench_probes")
+    rows = [  # little forgotten, nothing resurfaced: 2 held of 16 on each probe
+        {"split": "0", "method": "lazy", "stop": "mean", "probe": "quant-4bit", "measure": "ma", "measured": 16,
+         "resurfaced": 0, "not_forgotten": 14},
+        {"split": "0", "method": "lazy", "stop": "mean", "probe": "prompt-case", "measure": "matched", "measured": 16,
+         "resurfaced": 0, "not_forgotten": 14},
+        # everything forgotten, 3 + 1 resurfaced: 13 and 15 held of 16
+        {"split": "0", "method": "deep", "stop": "target", "probe": "quant-4bit", "measure": "ma", "measured": 16,
+         "resurfaced": 3, "not_forgotten": 0},
+        {"split": "0", "method": "deep", "stop": "target", "probe": "prompt-case", "measure": "matched",
+         "measured": 16, "resurfaced": 1, "not_forgotten": 0},
+    ]
+    lines = bench.reading(pd.DataFrame(rows))
+    assert lines[0].endswith("deep (target) 88%, lazy (mean) 12%.")  # 28/32 and 4/32
+    assert "deep (target) 12% (4 of 32), lazy (mean) 0% (0 of 4)" in lines[1]
+    assert "lazy (mean) 14 of 16, deep (target) 0 of 16" in lines[2]
+    assert lines[3] == "quant-4bit: 3 of 32 sequences resurfaced over all runs; none after lazy (mean)."

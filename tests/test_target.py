@@ -146,14 +146,14 @@ def _memorized_by_hand(reference, forget) -> torch.Tensor:
 def test_ascent_on_memorized_tokens_only_matches_a_hand_computed_trajectory(lab):
     """--tokens memorized: the ascent's token mean runs over the tokens a never-seen model misses, and nothing
     else changes (selection, freezing, pull-back on every token); all positions on is the plain method."""
-    from unmemorize.memorization import ProfileOptions, _greedy_pass
+    from unmemorize.memorization import ProfileOptions, greedy_pass
     from unmemorize.tiny import tiny_model
     from unmemorize.unlearning.loop import memorized_positions
 
     tok, model, forget, _ = lab
     reference = tiny_model("gpt2", vocab_size=len(tok), eos_id=tok.eos_token_id, n_layer=2, d_model=64, n_head=2,
                            n_positions=64, seed=5)
-    greedy = _greedy_pass(reference, forget, ProfileOptions(metrics=("ma",)), None)[0]
+    greedy = greedy_pass(reference, forget, ProfileOptions(metrics=("ma",)), None)[0]
     pos = memorized_positions(greedy, forget.input_ids, forget.lengths)
     by_hand = _memorized_by_hand(reference, forget)
     valid = torch.arange(forget.length)[None, :] < forget.lengths[:, None]

@@ -260,8 +260,12 @@ class ProfileOptions(Options):
     _metrics = field_validator("metrics", mode="before")(known_metrics)
 
 
-def _greedy_pass(model, seqs: SequenceSet, opts: ProfileOptions, progress):
-    """One teacher-forced pass per batch: a[t] for every position, per-sequence MA and loss."""
+def greedy_pass(model, seqs: SequenceSet, opts: ProfileOptions, progress):
+    """One teacher-forced pass per batch: a[t] for every position, per-sequence MA and loss.
+
+    Public because the target method's ``--tokens memorized`` needs the greedy tokens themselves (which
+    positions a reference model predicts), not only the MA that :func:`profile` keeps.
+    """
     greedy = torch.full_like(seqs.input_ids, -1)
     ma = torch.empty(len(seqs), dtype=torch.float64)
     loss = torch.full((len(seqs),), math.nan, dtype=torch.float64)
@@ -313,7 +317,7 @@ def _profile(model, seqs: SequenceSet, opts: ProfileOptions | None, progress, ba
     was_training = model.training
     model.eval()
     try:
-        greedy, ma, loss = _greedy_pass(model, seqs, opts, progress)
+        greedy, ma, loss = greedy_pass(model, seqs, opts, progress)
         rows = pd.DataFrame({"id": seqs.ids, "length": seqs.lengths.numpy()})
         if "ma" in opts.metrics:
             rows["ma"] = ma.numpy()

@@ -337,11 +337,11 @@ def _reference_set(spec: RunSpec, tokenizer):
 
 def _ma_and_missed(model, seqs, spec: RunSpec, progress):
     """MA of ``model`` (one that never saw ``seqs``) on each sequence, and the tokens it does not predict."""
-    from unmemorize.memorization import ProfileOptions, _greedy_pass
+    from unmemorize.memorization import ProfileOptions, greedy_pass
     from unmemorize.unlearning.loop import memorized_positions
 
     opts = ProfileOptions(metrics=("ma",), batch_size=spec.training.micro_batch, parity=spec.training.parity)
-    greedy, ma, _ = _greedy_pass(model, seqs, opts, progress)
+    greedy, ma, _ = greedy_pass(model, seqs, opts, progress)
     return ma.numpy(), memorized_positions(greedy, seqs.input_ids, seqs.lengths)
 
 
