@@ -14,7 +14,8 @@ the same form (matched to the members' kinds of text by the attacks). τ = the p
 on them. Then every listed run (method:stop; ``target`` stops by its own rule, and ``target-ref`` is
 ``target`` with each sequence's level from the model before planting, ``--target-rule reference-model``;
 ``target-retain`` is ``target`` whose retain term reads the retain members R instead of model samples,
-``target-ref-retain`` both; ``-mem`` appended ascends only the tokens the model before planting does not
+``target-ref-retain`` both; ``-mix`` in place of ``-retain`` reads R and as many rows of unseen Pile text
+(``eval/pile.csv``, never planted, not the non-members); ``-mem`` appended ascends only the tokens the model before planting does not
 predict (``--tokens memorized``, with ``-ref``); any of them with ``-npo`` appended moves a sequence down by NPO instead of gradient ascent, and with
 ``-rW`` appended, e.g. ``target-ref-r4`` or ``target-ref-npo-r4``, weighs its retain term W instead of 1)
 unlearns F from the planted model through the library's recipe, with the constants relative to τ
@@ -71,7 +72,13 @@ def lab(split: int, args, log, progress=None):
     forget_file = folder.parent / f"{folder.name}.forget{args.forget}.csv"
     members[members["doc_id"].isin(forget)].to_csv(forget_file, index=False)
     # R = M \ F: the members the user keeps (a method may train on them; only the oracle is off limits)
-    members[~members["doc_id"].isin(forget)].to_csv(retain_file(folder, args), index=False)
+    retain = members[~members["doc_id"].isin(forget)]
+    retain.to_csv(retain_file(folder, args), index=False)
+    # R plus as many rows of unseen Pile text (never planted, not the non-members the runs are judged on): the
+    # retain text of the -mix variants, ordinary text beside the members the user keeps
+    pile = pd.read_csv(data("eval", "pile.csv"), dtype=str, keep_default_na=False).head(len(retain))
+    pile = pile.assign(doc_id="pile-" + pile["doc_id"])[list(retain.columns)]
+    pd.concat([retain, pile], ignore_index=True).to_csv(mix_file(folder, args), index=False)
     lm = load_model("default", log=log)
     folder, manifest = plant_into(lm, members_file, exposures, folder, forget=forget, seed=args.seed, log=log,
                                   progress=progress)
@@ -97,8 +104,9 @@ def utility_delta(row: dict, settings: dict | None, of: str = "after", against: 
 def target_variant(method: str) -> tuple[str, dict | None]:
     """``target-ref-npo-r4`` → (``target-ref``, {"loss": "npo", "retain_weight": 4.0}): a target run with NPO as the
     loss that moves a sequence down and its retain term weighed 4; (method, None) for any other method. The base
-    keeps where the levels come from (``-ref``) and what the retain term reads (``-retain``), in that order."""
-    m = re.fullmatch(r"(target(?:-ref)?(?:-retain)?)(-mem)?(-npo)?(?:-r(\d+(?:\.\d+)?))?", method)
+    keeps where the levels come from (``-ref``) and what the retain term reads (``-retain``: the retain members;
+    ``-mix``: those and as many rows of unseen Pile text), in that order."""
+    m = re.fullmatch(r"(target(?:-ref)?(?:-retain|-mix)?)(-mem)?(-npo)?(?:-r(\d+(?:\.\d+)?))?", method)
     if not m:
         return method, None
     overrides = {**({"tokens": "memorized"} if m.group(2) else {}), **({"loss": "npo"} if m.group(3) else {}),
@@ -108,14 +116,20 @@ def target_variant(method: str) -> tuple[str, dict | None]:
 
 def target_inputs(base: str, folder: Path, args) -> dict:
     """What a target base adds to the run: each sequence's level from the model before planting (``-ref``), the
-    retain members R as the retain term's text (``-retain``); both for ``target-ref-retain``."""
+    retain members R as the retain term's text (``-retain``), R and unseen Pile text (``-mix``); levels and retain
+    text both for ``target-ref-retain``."""
     parts = base.split("-")[1:] if base.startswith("target") else []
+    text = retain_file(folder, args) if "retain" in parts else mix_file(folder, args) if "mix" in parts else None
     return {**({"target_rule": "reference-model", "target_model": "default"} if "ref" in parts else {}),
-            **({"retain": str(retain_file(folder, args))} if "retain" in parts else {})}
+            **({"retain": str(text)} if text else {})}
 
 
 def retain_file(folder: Path, args) -> Path:
     return folder.parent / f"{folder.name}.retain{args.forget}.csv"
+
+
+def mix_file(folder: Path, args) -> Path:
+    return folder.parent / f"{folder.name}.mix{args.forget}.csv"
 
 
 def row_of(r, split: int, key: dict, wall: float, utility: dict | None = None) -> dict:
@@ -256,10 +270,17 @@ def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     """What the runs say, computed from them: who lands closest to the oracle, paired over splits."""
     out = []
     by = df.groupby(["method", "stop"], sort=False)
-    gap = by["ma_gap"].mean().sort_values()
+    # ranked among the methods run on the most splits: a one-split mean is not comparable with a three-split one
+    # (and could not be paired with the others below)
+    n = by["split"].nunique()
+    gap = by["ma_gap"].mean()[n == n.max()].sort_values()
     (best_m, best_s), best = gap.index[0], gap.iloc[0]
-    out.append(f"Closest to the oracle per sequence: {best_m} ({best_s} rule), mean |MA − MA_oracle| {best:.3f}; "
+    out.append(f"Closest to the oracle per sequence, among the runs on {n.max()} split{'s' if n.max() > 1 else ''}: "
+               f"{best_m} ({best_s} rule), mean |MA − MA_oracle| {best:.3f}; "
                "farthest: " + f"{gap.index[-1][0]} ({gap.index[-1][1]}) {gap.iloc[-1]:.3f}.")
+    if fewer := [f"{m} ({s}) {v:.3f} ({n[(m, s)]} split{'s' if n[(m, s)] > 1 else ''})"
+                 for (m, s), v in by["ma_gap"].mean()[n < n.max()].items()]:
+        out.append("On fewer splits, not ranked: " + ", ".join(fewer) + ".")
     if line := direction(df):
         out.append(line)
     for (m, s), g in by:

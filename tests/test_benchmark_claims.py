@@ -494,6 +494,8 @@ def test_oracle_gap_target_variants():
     assert og.target_variant("target-retain-npo-r0.5") == ("target-retain", {"loss": "npo", "retain_weight": 0.5})
     assert og.target_variant("target-ref-retain-r2") == ("target-ref-retain", {"retain_weight": 2.0})
     assert og.target_variant("target-ref-retain-mem") == ("target-ref-retain", {"tokens": "memorized"})
+    assert og.target_variant("target-ref-mix-r2") == ("target-ref-mix", {"retain_weight": 2.0})
+    assert og.target_variant("target-retain-mix") == ("target-retain-mix", None)  # one retain text at a time
     assert og.target_variant("sga") == ("sga", None) and og.target_variant("target-x") == ("target-x", None)
     assert og.target_variant("target-retain-ref") == ("target-retain-ref", None)  # one spelling per variant
     args = type("A", (), {"forget": 16})()
@@ -503,6 +505,8 @@ def test_oracle_gap_target_variants():
     assert og.target_inputs("target-retain", Path("/lab/x"), args) == {"retain": "/lab/x.retain16.csv"}
     assert og.target_inputs("target-ref-retain", Path("/lab/x"), args) == {
         "target_rule": "reference-model", "target_model": "default", "retain": "/lab/x.retain16.csv"}
+    assert og.target_inputs("target-ref-mix", Path("/lab/x"), args) == {
+        "target_rule": "reference-model", "target_model": "default", "retain": "/lab/x.mix16.csv"}
 
 
 def test_oracle_gap_signed_gap_says_which_way():
@@ -528,3 +532,23 @@ def test_oracle_gap_signed_gap_says_which_way():
     assert "above it (forgot too little) ga (mean) +0.150" in line
     assert "at or below it (forgot as much or more) sga (mean) -0.025" in line
     assert og.direction(df.drop(columns=["mean_ma"])) == ""
+
+
+def test_oracle_gap_ranks_only_runs_on_as_many_splits():
+    """A method run on one split has no interval and no pairing: the reading ranks the methods run on the most splits
+    and lists the others apart, however close their single split came."""
+    og = _load("oracle_gap")
+
+    def row(split, method, gap):
+        return {"split": split, "method": method, "stop": "target", "c": 0, "oracle_c": 1, "ma_gap": gap,
+                "ma_gap_max": 0.3, "ks_p": 0.5, "attacks": {}, "retain_before": 0.8, "retain_after": 0.7,
+                "retain_oracle": 0.8, "unseen_before": 0.5, "unseen_after": 0.45, "steps": 5, "converged": True, "mean_ma": 0.6,
+                "oracle_ma": 0.5}
+
+    df = pd.DataFrame([row(0, "a", 0.05), row(1, "a", 0.07), row(0, "b", 0.10), row(1, "b", 0.14),
+                       row(0, "lucky", 0.01)])
+    lines = og.reading(df, [])
+    assert lines[0] == ("Closest to the oracle per sequence, among the runs on 2 splits: a (target rule), mean "
+                        "|MA − MA_oracle| 0.060; farthest: b (target) 0.120.")
+    assert lines[1] == "On fewer splits, not ranked: lucky (target) 0.010 (1 split)."
+    assert any(line.startswith("b (target) − a (target), mean |MA − oracle|: +0.060") for line in lines)
