@@ -225,7 +225,7 @@ def reading(df: pd.DataFrame) -> list[str]:
         robust = [f"{m} ({s})" for (m, s), h in g.groupby(["method", "stop"], sort=False) if h["resurfaced"].sum() == 0]
         total = int(g["resurfaced"].sum())
         out.append(f"{p}: {total} of {int(g['measured'].sum())} sequences resurfaced over all runs; "
-                   + (f"none after {', '.join(robust)}." if robust else "every method had some resurface."))
+                   + (f"none after {', '.join(robust)}." if robust else "some resurfaced after every method."))
     return out
 
 
