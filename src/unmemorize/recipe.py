@@ -231,18 +231,15 @@ def sequence_targets(spec: RunSpec, inputs: _Inputs, res: Resources) -> tuple[np
         if not same_tokenizer(inputs.lm.tokenizer, ref_lm.tokenizer):
             raise UserError(f"the reference model {ref_lm.path} has another tokenizer than {inputs.lm.path}: its MA "
                             "on the same text is not on the same tokens")
-        ref_key = _model_key(spec.model.replace(path=spec.target_model))
-        if spec.method.tokens == "memorized":  # one teacher-forced pass gives its MA and the tokens it misses
-            ma_f, inputs.ascent_positions = res.memo(
-                (ref_key, "forget_ma_positions", inputs.forget.sha256, tuple(inputs.forget.ids), spec.length,
-                 spec.training.parity), lambda: _ma_and_missed(ref_lm.model, inputs.forget, spec, res.progress))
-            share = float(inputs.ascent_positions.sum() / max(1, int((inputs.forget.lengths - 1).clamp(min=0).sum())))
+        # one teacher-forced pass gives its MA on F and the tokens it misses (used under --tokens memorized)
+        ma_f, missed = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "forget_ma_missed",
+                                 inputs.forget.sha256, tuple(inputs.forget.ids), spec.length, spec.training.parity),
+                                lambda: _ma_and_missed(ref_lm.model, inputs.forget, spec, res.progress))
+        if spec.method.tokens == "memorized":
+            inputs.ascent_positions = missed
+            share = float(missed.sum() / max(1, int((inputs.forget.lengths - 1).clamp(min=0).sum())))
             inputs.notes.append(f"ascent on memorized tokens only: the {100 * share:.0f} % of the forget set's tokens "
                                 f"that {ref_lm.name} does not predict")
-        else:
-            ma_f = res.memo((ref_key, "forget_ma", str(spec.forget.path), spec.forget.sample, spec.forget.sample_seed,
-                             spec.length, spec.training.parity),
-                            lambda: _ma(ref_lm.model, inputs.forget, spec, res.progress))
         ma_r = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "reference_ma", str(spec.reference),
                          spec.reference_limit, spec.length, spec.training.parity),
                         lambda: _ma(ref_lm.model, inputs.reference, spec, res.progress))
@@ -338,8 +335,10 @@ def _reference_set(spec: RunSpec, tokenizer):
 def _ma_and_missed(model, seqs, spec: RunSpec, progress):
     """MA of ``model`` (one that never saw ``seqs``) on each sequence, and the tokens it does not predict."""
     from unmemorize.memorization import ProfileOptions, greedy_pass
+    from unmemorize.models import check_context
     from unmemorize.unlearning.loop import memorized_positions
 
+    check_context(model, seqs.length)  # as profile() does: a clear error, not an index error, on a short context
     opts = ProfileOptions(metrics=("ma",), batch_size=spec.training.micro_batch, parity=spec.training.parity)
     greedy, ma, _ = greedy_pass(model, seqs, opts, progress)
     return ma.numpy(), memorized_positions(greedy, seqs.input_ids, seqs.lengths)
