@@ -552,3 +552,33 @@ def test_oracle_gap_ranks_only_runs_on_as_many_splits():
                         "|MA − MA_oracle| 0.060; farthest: b (target) 0.120.")
     assert lines[1] == "On fewer splits, not ranked: lucky (target) 0.010 (1 split)."
     assert any(line.startswith("b (target) − a (target), mean |MA − oracle|: +0.060") for line in lines)
+
+
+def test_oracle_gap_k_comparison_pairs_the_same_run_at_the_main_k():
+    """A rerun at the paper's K = 25 sits beside the run of the same split and method at K = 5 (all else equal),
+    and says whether what K cannot change (the unlearning, the attacks without neighbours) came out the same."""
+    og = _load("oracle_gap")
+    base = {"members": 32, "max_steps": 40, "neighbours": og.NEIGHBOURS, "attacks": ["miau", "loss"]}
+    key = {**base, "neighbours": 25}
+
+    def row(split, method, settings, miau, loss, ma_gap):
+        return {"split": split, "method": method, "stop": "target", "settings": settings, "ma_gap": ma_gap,
+                "attacks": {"miau": {"auc": miau, "oracle_auc": 0.6, "gap": miau - 0.6, "low": miau - 0.7,
+                                     "high": miau - 0.5},
+                            "loss": {"auc": loss, "oracle_auc": 0.5, "gap": loss - 0.5, "low": 0, "high": 0}}}
+
+    recorded = [row(0, "a", base, 0.5, 0.55, 0.04), row(0, "b", base, 0.5, 0.55, 0.04),
+                row(0, "a", {**base, "max_steps": 20}, 0.9, 0.9, 0.2),  # other settings: never paired
+                row(1, "a", base, 0.5, 0.55, 0.04)]
+    df = pd.DataFrame([row(0, "a", key, 0.62, 0.55, 0.04), row(0, "b", key, 0.58, 0.60, 0.04),
+                       row(2, "a", key, 0.6, 0.5, 0.1)])  # split 2 has no K = 5 run
+    out = og.k_comparison(df, key, recorded)
+    assert out == [
+        "Split 0, a (target): MIAU AUC 0.620 vs the oracle's 0.600, gap +0.020 [-0.080, +0.120] at K = 25; at K = 5 "
+        "0.500 vs 0.600, gap -0.100 [-0.200, +0.000]; the unlearning and the attacks without neighbours came out the "
+        "same as at K = 5.",
+        "Split 0, b (target): MIAU AUC 0.580 vs the oracle's 0.600, gap -0.020 [-0.120, +0.080] at K = 25; at K = 5 "
+        "0.500 vs 0.600, gap -0.100 [-0.200, +0.000]; |MA − oracle| and the attacks without neighbours moved by up "
+        "to 0.050 from the K = 5 run (the unlearning did not repeat exactly)."]
+    assert og.section_title(SimpleNamespace(neighbours=og.NEIGHBOURS)) == og.TITLE
+    assert og.section_title(SimpleNamespace(neighbours=25)).endswith("MIAU K = 25")
