@@ -231,17 +231,18 @@ def sequence_targets(spec: RunSpec, inputs: _Inputs, res: Resources) -> tuple[np
         if not same_tokenizer(inputs.lm.tokenizer, ref_lm.tokenizer):
             raise UserError(f"the reference model {ref_lm.path} has another tokenizer than {inputs.lm.path}: its MA "
                             "on the same text is not on the same tokens")
+        ref_key = _model_key(spec.model.replace(path=spec.target_model))
         # one teacher-forced pass gives its MA on F and the tokens it misses (used under --tokens memorized)
-        ma_f, missed = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "forget_ma_missed",
-                                 inputs.forget.sha256, tuple(inputs.forget.ids), spec.length, spec.training.parity),
+        ma_f, missed = res.memo((ref_key, "forget_ma_missed", inputs.forget.sha256, tuple(inputs.forget.ids),
+                                 spec.length, spec.training.parity),
                                 lambda: _ma_and_missed(ref_lm.model, inputs.forget, spec, res.progress))
         if spec.method.tokens == "memorized":
             inputs.ascent_positions = missed
             share = float(missed.sum() / max(1, int((inputs.forget.lengths - 1).clamp(min=0).sum())))
             inputs.notes.append(f"ascent on memorized tokens only: the {100 * share:.0f} % of the forget set's tokens "
                                 f"that {ref_lm.name} does not predict")
-        ma_r = res.memo((_model_key(spec.model.replace(path=spec.target_model)), "reference_ma", str(spec.reference),
-                         spec.reference_limit, spec.length, spec.training.parity),
+        ma_r = res.memo((ref_key, "reference_ma", str(spec.reference), spec.reference_limit, spec.length,
+                         spec.training.parity),
                         lambda: _ma(ref_lm.model, inputs.reference, spec, res.progress))
         tau_ref = np.full(n, float(np.nanmean(ma_r)))
         if spec.tau_by:
