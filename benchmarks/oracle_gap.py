@@ -328,19 +328,27 @@ def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     return out
 
 
-def k_comparison(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]:
-    """Each run at another MIAU K beside the run of the same split and method at K = NEIGHBOURS (every other
-    setting equal): MIAU's AUC gap to the oracle at both K, and whether what K cannot change (the unlearning, so
-    |MA − oracle|, and the attacks without neighbours) came out the same, which says the rerun repeated the run."""
+def k_pairs(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[tuple[dict, dict]]:
+    """Each run at another MIAU K with the run of the same split and method at K = NEIGHBOURS (every other setting
+    equal), both with MIAU; runs without such a partner are left out."""
     same = {k: v for k, v in key.items() if k != "neighbours"}
     main = {(r["split"], r["method"], r["stop"]): r for r in recorded
             if r["settings"].get("neighbours") == NEIGHBOURS
             and {k: v for k, v in r["settings"].items() if k != "neighbours"} == same}
-    out = []
+    pairs = []
     for r in df.to_dict("records"):
         o = main.get((r["split"], r["method"], r["stop"]))
-        if o is None or "miau" not in r["attacks"] or "miau" not in o["attacks"]:
-            continue
+        if o is not None and "miau" in r["attacks"] and "miau" in o["attacks"]:
+            pairs.append((r, o))
+    return pairs
+
+
+def k_comparison(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]:
+    """Each run at another MIAU K beside the run of the same split and method at K = NEIGHBOURS: MIAU's AUC gap to
+    the oracle at both K, and whether what K cannot change (the unlearning, so |MA − oracle|, and the attacks
+    without neighbours) came out the same, which says the rerun repeated the run."""
+    out = []
+    for r, o in k_pairs(df, key, recorded):
         a, b = r["attacks"]["miau"], o["attacks"]["miau"]
         rest = [n for n in r["attacks"] if n != "miau" and n in o["attacks"]]
         moved = max([abs(r["attacks"][n]["auc"] - o["attacks"][n]["auc"]) for n in rest]
@@ -355,6 +363,32 @@ def k_comparison(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]
                    f"{a['oracle_auc']:.3f}, gap {a['gap']:+.3f} [{a['low']:+.3f}, {a['high']:+.3f}] at K = "
                    f"{r['settings']['neighbours']}; at K = {NEIGHBOURS} {b['auc']:.3f} vs {b['oracle_auc']:.3f}, gap "
                    f"{b['gap']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}]; {same_run}.")
+    return out
+
+
+def k_summary(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]:
+    """Over the splits run at both K: the oracle's MIAU AUC at each K, and for each method MIAU's mean gap to the
+    oracle at each K with the number of splits whose bootstrap interval of the gap holds 0, so that a verdict
+    (forgot like the oracle or not, by MIAU) can be read across splits, not one split at a time."""
+    pairs = k_pairs(df, key, recorded)
+    if not pairs:
+        return []
+    k = key["neighbours"]
+
+    def holds(a: dict) -> bool:
+        return a["low"] <= 0 <= a["high"]
+
+    oracle = {r["split"]: (r["attacks"]["miau"]["oracle_auc"], o["attacks"]["miau"]["oracle_auc"]) for r, o in pairs}
+    out = ["The oracle's MIAU AUC at K = " + f"{k} vs K = {NEIGHBOURS}: "
+           + ", ".join(f"split {s} {a:.3f} vs {b:.3f}" for s, (a, b) in sorted(oracle.items())) + "."]
+    runs: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    for r, o in pairs:
+        runs.setdefault((r["method"], r["stop"]), []).append((r["attacks"]["miau"], o["attacks"]["miau"]))
+    out.append(f"MIAU's gap to the oracle, mean over the splits run at both K, at K = {k} vs K = {NEIGHBOURS} (splits "
+               "whose interval holds 0): "
+               + ", ".join(f"{m} ({s}) {np.mean([a['gap'] for a, _ in v]):+.3f} ({sum(map(holds, (a for a, _ in v)))}"
+                           f"/{len(v)}) vs {np.mean([b['gap'] for _, b in v]):+.3f} "
+                           f"({sum(map(holds, (b for _, b in v)))}/{len(v)})" for (m, s), v in runs.items()) + ".")
     return out
 
 
@@ -385,7 +419,8 @@ def write_results(args) -> None:
            f"{args.neighbours} --attacks {','.join(args.attacks)}"
            + (f" --utility-tasks {','.join(utility['tasks'])} --utility-limit {utility['limit']}" if utility else ""))
     start = df.drop_duplicates("split")
-    k_lines = k_comparison(df, settings_key(args), STORE.rows()) if args.neighbours != NEIGHBOURS else []
+    k_lines = (k_summary(df, settings_key(args), STORE.rows()) + k_comparison(df, settings_key(args), STORE.rows())
+               if args.neighbours != NEIGHBOURS else [])
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {torch.get_num_threads()} threads).
 
 Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at

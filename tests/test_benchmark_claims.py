@@ -584,5 +584,14 @@ def test_oracle_gap_k_comparison_pairs_the_same_run_at_the_main_k():
         "Split 0, c (target): MIAU AUC 0.600 vs the oracle's 0.600, gap +0.000 [-0.100, +0.100] at K = 25; at K = 5 "
         "0.500 vs 0.600, gap -0.100 [-0.200, +0.000]; |MA − oracle| and the attacks without neighbours came out "
         "within 0.0003 of the K = 5 run."]
+    # Over the splits run at both K: split 2 has no partner, so a is summed over split 0 alone here.
+    recorded.append(row(1, "b", base, 0.7, 0.6, 0.04))
+    df = pd.concat([df, pd.DataFrame([row(1, "b", key, 0.75, 0.6, 0.04)])], ignore_index=True)
+    assert og.k_summary(df, key, recorded) == [
+        "The oracle's MIAU AUC at K = 25 vs K = 5: split 0 0.600 vs 0.600, split 1 0.600 vs 0.600.",
+        "MIAU's gap to the oracle, mean over the splits run at both K, at K = 25 vs K = 5 (splits whose interval "
+        "holds 0): a (target) +0.020 (1/1) vs -0.100 (1/1), b (target) +0.065 (1/2) vs +0.000 (2/2), "
+        "c (target) +0.000 (1/1) vs -0.100 (1/1)."]
+    assert og.k_summary(df[df["split"] == 2], key, recorded) == []
     assert og.section_title(SimpleNamespace(neighbours=og.NEIGHBOURS)) == og.TITLE
     assert og.section_title(SimpleNamespace(neighbours=25)).endswith("MIAU K = 25")
