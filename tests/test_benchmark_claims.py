@@ -564,7 +564,7 @@ def test_oracle_gap_k_comparison_pairs_the_same_run_at_the_main_k():
     def row(split, method, settings, miau, loss, ma_gap):
         return {"split": split, "method": method, "stop": "target", "settings": settings, "ma_gap": ma_gap,
                 "attacks": {"miau": {"auc": miau, "oracle_auc": 0.6, "gap": miau - 0.6, "low": miau - 0.7,
-                                     "high": miau - 0.5},
+                                     "high": miau - 0.5, "indistinguishable": miau - 0.7 <= 0 <= miau - 0.5},
                             "loss": {"auc": loss, "oracle_auc": 0.5, "gap": loss - 0.5, "low": 0, "high": 0}}}
 
     recorded = [row(0, "a", base, 0.5, 0.55, 0.04), row(0, "b", base, 0.5, 0.55, 0.04),
