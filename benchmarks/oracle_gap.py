@@ -419,9 +419,10 @@ def write_results(args) -> None:
            f"{args.neighbours} --attacks {','.join(args.attacks)}"
            + (f" --utility-tasks {','.join(utility['tasks'])} --utility-limit {utility['limit']}" if utility else ""))
     start = df.drop_duplicates("split")
-    every = STORE.rows() if args.neighbours != NEIGHBOURS else []  # read once: the K = 5 partners of both readings
-    k_lines = (k_summary(df, settings_key(args), every) + k_comparison(df, settings_key(args), every)
-               if args.neighbours != NEIGHBOURS else [])
+    k_lines = []
+    if args.neighbours != NEIGHBOURS:
+        every = STORE.rows()  # read once: the K = 5 partners of both readings
+        k_lines = k_summary(df, settings_key(args), every) + k_comparison(df, settings_key(args), every)
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {torch.get_num_threads()} threads).
 
 Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at
