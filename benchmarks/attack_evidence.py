@@ -23,6 +23,8 @@ members, as Mattern et al.'s separate mask filler — and records its runs under
 their own RESULTS.md section. Each finished run is appended to ``benchmarks/results/attack_evidence_runs.jsonl``
 and skipped when the script is run again with the same settings; the ``## Attack evidence (issue 4)``
 section of ``benchmarks/RESULTS.md`` is rewritten from every run recorded with the current settings.
+Those sections hold MIAU at K = 5 (the runs recorded first); a rerun at another ``--neighbours`` (the paper's
+25) writes a section of its own beside them, each stage set beside the same stage at K = 5.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from unmemorize.stats import leakage, paired_difference
 STORE = RunStore(RESULTS_DIR / "attack_evidence_runs.jsonl")
 TITLE = "Attack evidence (issue 4)"
 BEFORE = "before"
+NEIGHBOURS = 5  # MIAU's K in the runs of the main sections; a rerun at another K writes beside them
 REFILL = {"planted": "planted model (the original, pre-unlearning model)",
           "base": "unplanted default model (never saw the members)"}
 
@@ -265,6 +268,63 @@ def _seconds(df: pd.DataFrame, rows) -> str:
     return f"{df.loc[rows, 'seconds'].mean():.0f} s" if rows.any() else "no run"
 
 
+def section_title(args) -> str:
+    """The main sections hold the runs at K = NEIGHBOURS; a rerun at another K writes beside them, never over them."""
+    title = TITLE if args.refill == "planted" else f"{TITLE}: MIAU neighbours refilled by the unplanted model"
+    return title if args.neighbours == NEIGHBOURS else f"{title}, MIAU K = {args.neighbours}"
+
+
+def k_pairs(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[tuple[dict, dict]]:
+    """Each stage run at another MIAU K with the same split, stage and stop rule run at K = NEIGHBOURS (every
+    other setting equal), both with MIAU; stages without such a partner are left out."""
+    same = {k: v for k, v in key.items() if k != "neighbours"}
+    main = {(r["split"], r["stage"], r["stop"]): r for r in recorded
+            if r["settings"].get("neighbours") == NEIGHBOURS
+            and {k: v for k, v in r["settings"].items() if k != "neighbours"} == same}
+    pairs = []
+    for r in df.to_dict("records"):
+        o = main.get((r["split"], r["stage"], r["stop"]))
+        if o is not None and "miau" in r["attacks"] and "miau" in o["attacks"]:
+            pairs.append((r, o))
+    return pairs
+
+
+def _stage(stage: str, stop: str) -> str:
+    return stage if stop == "-" else f"{stage} ({stop})"
+
+
+def k_comparison(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]:
+    """MIAU at this K beside K = NEIGHBOURS, stage by stage, and over the stages whether what K cannot change
+    (the unlearning and the attacks without neighbours) came out the same: that says the rerun repeated the run,
+    so a moved MIAU reading is the neighbours' doing."""
+    pairs = k_pairs(df, key, recorded)
+    if not pairs:
+        return []
+    k = key["neighbours"]
+    out, moved = [], 0.0
+    for r, o in pairs:
+        rest = [n for n in r["attacks"] if n != "miau" and n in o["attacks"]]
+        moved = max([moved] + [abs(r["attacks"][n]["auc"] - o["attacks"][n]["auc"]) for n in rest]
+                    + [abs(r[f] - o[f]) for f in ("mean_ma", "steps") if r.get(f) is not None and o.get(f) is not None])
+        a, b = r["attacks"]["miau"], o["attacks"]["miau"]
+        out.append(f"Split {r['split']}, {_stage(r['stage'], r['stop'])}: MIAU AUC {a['auc']:.3f} "
+                   f"[{a['auc_ci'][0]:.3f}, {a['auc_ci'][1]:.3f}] at K = {k} vs {b['auc']:.3f} "
+                   f"[{b['auc_ci'][0]:.3f}, {b['auc_ci'][1]:.3f}] at K = {NEIGHBOURS}; leakage {leakage(a['auc']):.3f} "
+                   f"vs {leakage(b['auc']):.3f}.")
+    by_stage: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r, o in pairs:
+        by_stage.setdefault((r["stage"], r["stop"]), []).append((r["attacks"]["miau"]["auc"], o["attacks"]["miau"]["auc"]))
+    head = [f"MIAU AUC, mean over the splits run at both K, at K = {k} vs K = {NEIGHBOURS}: "
+            + ", ".join(f"{_stage(st, sp)} {np.mean([a for a, _ in v]):.3f} vs "
+                        f"{np.mean([b for _, b in v]):.3f} ({len(v)} split{'s' if len(v) > 1 else ''})"
+                        for (st, sp), v in by_stage.items()) + ".",
+            (f"The unlearning and every attack without neighbours came out the same at both K in all {len(pairs)} "
+             "paired stages: only MIAU's neighbours differ between the readings." if moved < 1e-9 else
+             f"The unlearning or an attack without neighbours moved by up to {moved:.3g} between the K = {k} and the "
+             f"K = {NEIGHBOURS} run of a stage (the rerun did not exactly repeat the run).")]
+    return head + out
+
+
 def write_results(args) -> None:
     key = settings_key(args)
     rows = STORE.rows(key)
@@ -281,7 +341,9 @@ def write_results(args) -> None:
            + (f" --refill {args.refill}" if args.refill != "planted" else "")
            + (f" --attacks {','.join(args.attacks)}" if args.attacks else ""))
     stages = df.groupby("split")["stage"].apply(lambda s: len(set(s))).to_dict()
-    lines = claims(df, attacks) + (refill_comparison(df, key, STORE.rows()) if args.refill != "planted" else [])
+    every = STORE.rows()  # read once: the partners of the refill and the K readings
+    lines = claims(df, attacks) + (refill_comparison(df, key, every) if args.refill != "planted" else [])
+    k_lines = k_comparison(df, key, every) if args.neighbours != NEIGHBOURS else []
     body = f"""Command: `.venv/bin/python {cmd}` (CPU, {os.cpu_count()} cores shared with other work).
 
 Setup: SmolLM2-135M-Instruct with the first {args.members} sequences of Jang's `lm_extraction_32_k` planted at
@@ -301,8 +363,10 @@ What these runs say about the paper's claim (GA leaks more than SGA/TAU), comput
 
 {chr(10).join('- ' + c for c in lines) or '- not enough runs yet (needs GA, SGA and TAU under one stop rule).'}
 """
-    write_section(TITLE if args.refill == "planted" else f"{TITLE}: MIAU neighbours refilled by the unplanted model",
-                  body)
+    if k_lines:
+        body += (f"\nMIAU at K = {args.neighbours} beside the same runs at K = {NEIGHBOURS} (the main section), "
+                 "computed by the script:\n\n" + "\n".join("- " + c for c in k_lines) + "\n")
+    write_section(section_title(args), body)
 
 
 def main() -> None:

@@ -289,6 +289,43 @@ def test_refill_comparison_pairs_runs_that_differ_only_in_the_refill(ae):
                    "model refilling (same members, non-members, masks and seed; only the refills differ)."]
 
 
+def test_attack_evidence_k_comparison_pairs_the_same_stage_at_the_main_k(ae):
+    """A rerun at the paper's K = 25 sits beside the same split, stage and stop rule at K = 5 (all else equal;
+    never a run of other settings), and says whether what K cannot change came out the same."""
+    base = {"members": 16, "neighbours": ae.NEIGHBOURS, "attacks": []}
+    key = {**base, "neighbours": 25}
+
+    def row(split, stage, stop, settings, miau, loss, mean_ma=None):
+        return {"split": split, "stage": stage, "stop": stop, "settings": settings, "mean_ma": mean_ma, "steps": 4,
+                "attacks": {"miau": {"auc": miau, "auc_ci": [miau - 0.1, miau + 0.1], "below_chance": False},
+                            "loss": {"auc": loss, "auc_ci": [0, 1], "below_chance": False}}}
+
+    recorded = [row(0, "before", "-", base, 0.52, 0.8), row(0, "ga", "mean", base, 0.30, 0.6, 0.2),
+                row(1, "before", "-", base, 0.70, 0.9), row(0, "ga", "mean", {**base, "members": 32}, 0.9, 0.9, 0.1)]
+    df = pd.DataFrame([row(0, "before", "-", key, 0.60, 0.8), row(0, "ga", "mean", key, 0.25, 0.6, 0.2),
+                       row(1, "before", "-", key, 0.80, 0.9), row(2, "before", "-", key, 0.5, 0.5)])
+    out = ae.k_comparison(df, key, recorded)
+    assert out == [
+        "MIAU AUC, mean over the splits run at both K, at K = 25 vs K = 5: before 0.700 vs 0.610 (2 splits), "
+        "ga (mean) 0.250 vs 0.300 (1 split).",
+        "The unlearning and every attack without neighbours came out the same at both K in all 3 paired stages: "
+        "only MIAU's neighbours differ between the readings.",
+        "Split 0, before: MIAU AUC 0.600 [0.500, 0.700] at K = 25 vs 0.520 [0.420, 0.620] at K = 5; "
+        "leakage 0.600 vs 0.520.",
+        "Split 0, ga (mean): MIAU AUC 0.250 [0.150, 0.350] at K = 25 vs 0.300 [0.200, 0.400] at K = 5; "
+        "leakage 0.750 vs 0.700.",
+        "Split 1, before: MIAU AUC 0.800 [0.700, 0.900] at K = 25 vs 0.700 [0.600, 0.800] at K = 5; "
+        "leakage 0.800 vs 0.700."]
+    df.loc[1, "mean_ma"] = 0.23  # the unlearning did not repeat
+    assert ae.k_comparison(df, key, recorded)[1] == (
+        "The unlearning or an attack without neighbours moved by up to 0.03 between the K = 25 and the K = 5 run "
+        "of a stage (the rerun did not exactly repeat the run).")
+    assert ae.k_comparison(df[df["split"] == 2], key, recorded) == []
+    assert ae.section_title(SimpleNamespace(neighbours=ae.NEIGHBOURS, refill="planted")) == ae.TITLE
+    assert ae.section_title(SimpleNamespace(neighbours=25, refill="planted")) == f"{ae.TITLE}, MIAU K = 25"
+    assert ae.section_title(SimpleNamespace(neighbours=25, refill="base")).endswith("unplanted model, MIAU K = 25")
+
+
 def _runs_frame(summaries: list[dict]) -> pd.DataFrame:
     """The shape of the report's load_runs frame: a run's labels beside its flat metrics."""
     return pd.DataFrame([{**{k: v for k, v in s.items() if k != "metrics"}, **s["metrics"]} for s in summaries])
