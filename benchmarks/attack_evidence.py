@@ -102,7 +102,8 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
         print(f"split {split}: every run already recorded", flush=True)
         return
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log)
+    planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log,
+                                                  progress)
     nonmembers = unplanted_jang(split, set(pd.read_csv(members_file, dtype=str)["doc_id"]), args.nonmembers, "attack-evidence")
     # one model refills every stage's neighbours (cached on disk): the planted one, or the unplanted default
     attacks = {"names": args.attacks or None, "neighbours": args.neighbours, "perturber": args.perturber,

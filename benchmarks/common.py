@@ -141,9 +141,10 @@ def unplanted_jang(split: int, planted: set[str], n: int, name: str) -> Path:
     return path
 
 
-def planted_lab(split: int, members: int, exposures: str, seed: int, log=print):
+def planted_lab(split: int, members: int, exposures: str, seed: int, log=print, progress=None):
     """The first ``members`` sequences of Jang's ``lm_extraction_32_<split>`` planted into the default
-    model at ``exposures`` (cached by every input): (planted model folder, members file, plant manifest)."""
+    model at ``exposures`` (cached by every input): (planted model folder, members file, plant manifest).
+    ``progress`` shows the planting (minutes on a CPU when the cache does not hold it)."""
     import pandas as pd
 
     from unmemorize.lab.plant import plant_into
@@ -155,7 +156,8 @@ def planted_lab(split: int, members: int, exposures: str, seed: int, log=print):
     members_file = lab.parent / f"{lab.name}.members.csv"
     src.head(members).to_csv(members_file, index=False)
     lm = load_model("default", log=log)
-    folder, manifest = plant_into(lm, members_file, tuple(split_list(exposures, int)), lab, seed=seed, log=log)
+    folder, manifest = plant_into(lm, members_file, tuple(split_list(exposures, int)), lab, seed=seed, log=log,
+                                  progress=progress)
     return folder, members_file, manifest
 
 

@@ -71,7 +71,8 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
         return
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log)
+    planted, members_file, manifest = planted_lab(split, args.members, args.exposures, args.seed, log,
+                                                  progress)
     print(f"split {split}: planted in {time.perf_counter() - t0:.0f} s (or reused)", flush=True)
     resources = Resources(log=log, progress=progress)  # the planted model and τ on the reference, shared by the split's runs
     exposure = manifest["exposure"]
