@@ -44,8 +44,8 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, paper_method, planted_lab, t_interval,
-                               run_splits, unlearning_run, unplanted_jang, write_section)
+from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, pairs_at_k, paper_method,
+                               planted_lab, t_interval, run_splits, unlearning_run, unplanted_jang, write_section)
 from unmemorize.stats import leakage, paired_difference
 
 STORE = RunStore(RESULTS_DIR / "attack_evidence_runs.jsonl")
@@ -275,21 +275,6 @@ def section_title(args) -> str:
     return title if args.neighbours == NEIGHBOURS else f"{title}, MIAU K = {args.neighbours}"
 
 
-def k_pairs(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[tuple[dict, dict]]:
-    """Each stage run at another MIAU K with the same split, stage and stop rule run at K = NEIGHBOURS (every
-    other setting equal), both with MIAU; stages without such a partner are left out."""
-    same = {k: v for k, v in key.items() if k != "neighbours"}
-    main = {(r["split"], r["stage"], r["stop"]): r for r in recorded
-            if r["settings"].get("neighbours") == NEIGHBOURS
-            and {k: v for k, v in r["settings"].items() if k != "neighbours"} == same}
-    pairs = []
-    for r in df.to_dict("records"):
-        o = main.get((r["split"], r["stage"], r["stop"]))
-        if o is not None and "miau" in r["attacks"] and "miau" in o["attacks"]:
-            pairs.append((r, o))
-    return pairs
-
-
 def _stage(stage: str, stop: str) -> str:
     return stage if stop == "-" else f"{stage} ({stop})"
 
@@ -298,7 +283,7 @@ def k_comparison(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]
     """MIAU at this K beside K = NEIGHBOURS, stage by stage, and over the stages whether what K cannot change
     (the unlearning and the attacks without neighbours) came out the same: that says the rerun repeated the run,
     so a moved MIAU reading is the neighbours' doing."""
-    pairs = k_pairs(df, key, recorded)
+    pairs = pairs_at_k(df.to_dict("records"), key, recorded, ("split", "stage", "stop"), NEIGHBOURS)
     if not pairs:
         return []
     k = key["neighbours"]

@@ -45,6 +45,23 @@ def write_section(title: str, body: str) -> None:
     os.replace(tmp, RESULTS)
 
 
+def pairs_at_k(rows: list[dict], key: dict, recorded: list[dict], fields: tuple[str, ...],
+               k: int) -> list[tuple[dict, dict]]:
+    """Each of ``rows`` (runs at some MIAU K) with the recorded run of the same ``fields`` (split, method or
+    stage, stop rule) at MIAU K = ``k`` whose other settings equal ``key``'s, both with MIAU: a rerun at the
+    paper's K set beside the run it repeats. Rows without such a partner are left out."""
+    same = {n: v for n, v in key.items() if n != "neighbours"}
+    main = {tuple(r[f] for f in fields): r for r in recorded
+            if r["settings"].get("neighbours") == k
+            and {n: v for n, v in r["settings"].items() if n != "neighbours"} == same}
+    pairs = []
+    for r in rows:
+        o = main.get(tuple(r[f] for f in fields))
+        if o is not None and "miau" in r["attacks"] and "miau" in o["attacks"]:
+            pairs.append((r, o))
+    return pairs
+
+
 class RunStore:
     """Recorded runs of a benchmark, one JSON object per line, appended as they finish: a script can
     be stopped and run again, and skips what is recorded under the same settings."""

@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, split_list, t_interval,
-                               run_splits, unlearning_run, unplanted_jang, write_section)
+from benchmarks.common import (RESULTS_DIR, RUNS, RunStore, data, fmt, paired_caveat, pairs_at_k, split_list,
+                               t_interval, run_splits, unlearning_run, unplanted_jang, write_section)
 from unmemorize.stats import paired_difference
 
 STORE = RunStore(RESULTS_DIR / "oracle_gap_runs.jsonl")
@@ -328,27 +328,12 @@ def reading(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     return out
 
 
-def k_pairs(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[tuple[dict, dict]]:
-    """Each run at another MIAU K with the run of the same split and method at K = NEIGHBOURS (every other setting
-    equal), both with MIAU; runs without such a partner are left out."""
-    same = {k: v for k, v in key.items() if k != "neighbours"}
-    main = {(r["split"], r["method"], r["stop"]): r for r in recorded
-            if r["settings"].get("neighbours") == NEIGHBOURS
-            and {k: v for k, v in r["settings"].items() if k != "neighbours"} == same}
-    pairs = []
-    for r in df.to_dict("records"):
-        o = main.get((r["split"], r["method"], r["stop"]))
-        if o is not None and "miau" in r["attacks"] and "miau" in o["attacks"]:
-            pairs.append((r, o))
-    return pairs
-
-
 def k_comparison(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]:
     """Each run at another MIAU K beside the run of the same split and method at K = NEIGHBOURS: MIAU's AUC gap to
     the oracle at both K, and whether what K cannot change (the unlearning, so |MA − oracle|, and the attacks
     without neighbours) came out the same, which says the rerun repeated the run."""
     out = []
-    for r, o in k_pairs(df, key, recorded):
+    for r, o in pairs_at_k(df.to_dict("records"), key, recorded, ("split", "method", "stop"), NEIGHBOURS):
         a, b = r["attacks"]["miau"], o["attacks"]["miau"]
         rest = [n for n in r["attacks"] if n != "miau" and n in o["attacks"]]
         moved = max([abs(r["attacks"][n]["auc"] - o["attacks"][n]["auc"]) for n in rest]
@@ -370,7 +355,7 @@ def k_summary(df: pd.DataFrame, key: dict, recorded: list[dict]) -> list[str]:
     """Over the splits run at both K: the oracle's MIAU AUC at each K, and for each method MIAU's mean gap to the
     oracle at each K with the number of splits whose bootstrap interval of the gap holds 0, so that a verdict
     (forgot like the oracle or not, by MIAU) can be read across splits, not one split at a time."""
-    pairs = k_pairs(df, key, recorded)
+    pairs = pairs_at_k(df.to_dict("records"), key, recorded, ("split", "method", "stop"), NEIGHBOURS)
     if not pairs:
         return []
     k = key["neighbours"]
