@@ -316,10 +316,21 @@ def test_attack_evidence_k_comparison_pairs_the_same_stage_at_the_main_k(ae):
         "leakage 0.750 vs 0.700.",
         "Split 1, before: MIAU AUC 0.800 [0.700, 0.900] at K = 25 vs 0.700 [0.600, 0.800] at K = 5; "
         "leakage 0.800 vs 0.700."]
+    # a stage whose attacks compared fewer non-members (the notes say so) is flagged as more than a change of K
+    fewer = [{**row(0, "ga", "mean", key, 0.25, 0.6, 0.2), "notes": ["… the reference set has 16 sequences …"]}]
+    assert ae.k_comparison(pd.DataFrame(fewer), key, [{**recorded[1], "notes": [
+        "TPR at 0.1% FPR not reported: the reference set has 100 sequences (needs ≥ 1000)"]}])[-1].endswith(
+        "leakage 0.750 vs 0.700; the attacks compared 16 non-members at K = 25 against 100 at K = 5, so the readings "
+        "differ in more than K.")
+    # a stage without steps (before unlearning) reads NaN in a frame where other stages have them: not a difference
+    df.loc[0, "steps"] = math.nan
+    recorded[0] = {f: v for f, v in recorded[0].items() if f != "steps"}
+    assert ae.k_comparison(df, key, recorded)[1].startswith("The unlearning and every attack without neighbours")
     df.loc[1, "mean_ma"] = 0.23  # the unlearning did not repeat
     assert ae.k_comparison(df, key, recorded)[1] == (
-        "The unlearning or an attack without neighbours moved by up to 0.03 between the K = 25 and the K = 5 run "
-        "of a stage (the rerun did not exactly repeat the run).")
+        "Between the K = 25 and the K = 5 run of a stage, the unlearning took other steps in 0 of 3 stages and the "
+        "forget set's mean MA after it moved by up to 0.03; the attacks without neighbours moved by up to 0.000 in AUC "
+        "(the rerun did not exactly repeat the run).")
     assert ae.k_comparison(df[df["split"] == 2], key, recorded) == []
     assert ae.section_title(SimpleNamespace(neighbours=ae.NEIGHBOURS, refill="planted")) == ae.TITLE
     assert ae.section_title(SimpleNamespace(neighbours=25, refill="planted")) == f"{ae.TITLE}, MIAU K = 25"
