@@ -14,6 +14,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from sklearn.metrics import roc_auc_score
+
 from unmemorize.attacks import ATTACKS, AttackOptions, run_attacks
 from unmemorize.attacks.perturb import CausalRefill, Masking, T5Filler, mask_text, text_seed
 from unmemorize.attacks.tokens import mean_log_likelihood, token_statistics
@@ -325,6 +327,40 @@ def test_attack_command_refills_with_a_separate_model(command_inputs):
         res = _invoke([*base, *extra, "--out", str(bad)])
         assert isinstance(res.exception, UserError) and re.search(message, str(res.exception)), res.output
         assert not bad.exists()
+
+
+def test_attack_command_matches_non_members_by_kind_of_text(command_inputs, memorized, tokenizer):
+    """With a corpus column in both files the command compares the members with non-members in the members'
+    proportions of each kind (as `unlearn` does); τ stays the mean g over the whole reference set."""
+    root = command_inputs
+    _, members, others = memorized
+    kinds = {"forget": ["Github"] * 9 + ["Pile-CC"] * 3, "reference": ["github"] * 3 + ["pile-cc"] * 9}
+    for name, seqs in (("forget", members), ("reference", others)):
+        pd.DataFrame({"id": seqs.ids, "text": seqs.texts, "corpus": kinds[name]}).to_json(
+            root / f"{name}_kinds.jsonl", orient="records", lines=True)
+    base = ["--model", str(root / "model"), "--forget", str(root / "forget_kinds.jsonl"), "--reference",
+            str(root / "reference_kinds.jsonl"), "--length", "64", "--bootstrap", "20", "--attacks", "loss,threshold"]
+    tau_by_hand = float(np.mean(profile(memorized[0], others, ProfileOptions(metrics=("ma",)))["ma"]))
+    runs = {}
+    for match in ("auto", "none"):
+        out = root / f"match_{match}"
+        res = _invoke([*base, "--match-by", match, "--out", str(out)])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        runs[match] = (json.loads((out / "attacks.json").read_text()), pd.read_parquet(out / "attack_scores.parquet"))
+    data, scores = runs["auto"]
+    chosen = scores.loc[~scores["member"], "id"].tolist()
+    # 9:3 code:prose members; 3 code texts among the non-members allow 4 non-members, 3 of code and 1 of prose
+    assert data["inputs"]["reference"]["sequences"] == 4 == len(chosen)
+    kind_of = dict(zip(others.ids, kinds["reference"]))
+    assert sorted(kind_of[i] for i in chosen) == ["github", "github", "github", "pile-cc"]
+    assert any("matched to the members by corpus" in n for n in data["notes"])
+    loss = scores["loss"].to_numpy(float)
+    assert data["attacks"]["loss"]["auc"]["value"] == pytest.approx(roc_auc_score(scores["member"], loss))
+    calib = data["attacks"]["threshold"]["calibration"]
+    assert calib["tau"] == pytest.approx(tau_by_hand, abs=1e-6) and "all 12 reference sequences" in calib["tau_source"]
+    data, scores = runs["none"]  # no matching: every non-member, τ from the same 12
+    assert data["inputs"]["reference"]["sequences"] == 12 and not any("matched" in n for n in data["notes"])
+    assert data["attacks"]["threshold"]["calibration"]["tau"] == pytest.approx(tau_by_hand, abs=1e-6)
 
 
 def test_command_help_names_every_attack():

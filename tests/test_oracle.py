@@ -139,6 +139,43 @@ def test_unlearn_with_the_oracle_records_every_criterion(lab, tmp_path):
     assert not any("refilled by the original" in n for n in r.attacks.notes)
 
 
+def test_attack_command_judges_each_attack_against_the_oracle(lab, tmp_path):
+    """`unmemorize attack --oracle`: the same attacks on the oracle, on the same rows, with the same τ and
+    neighbours (refilled by the oracle); each gap is the difference of the two AUCs computed by hand."""
+    from typer.testing import CliRunner
+
+    from unmemorize.cli import app
+
+    root, folder, manifest, forget = lab
+    out = tmp_path / "attack"
+    res = CliRunner().invoke(app, ["attack", "--model", str(folder), "--oracle", str(folder / ORACLE), "--forget",
+                                   str(root / "forget.jsonl"), "--reference", str(root / "unseen.jsonl"), "--attacks",
+                                   "loss,threshold,miau", "--perturber", "lm", "-k", "2", "--bootstrap", "50",
+                                   "--no-neighbour-cache", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    data = json.loads((out / "attacks.json").read_text())
+    mine = pd.read_parquet(out / "attack_scores.parquet")
+    theirs = pd.read_parquet(out / "oracle_attack_scores.parquet")
+    assert list(zip(mine["set"], mine["id"])) == list(zip(theirs["set"], theirs["id"]))  # the same rows, paired
+    o = data["oracle"]
+    assert o["path"] == str(folder / ORACLE) and set(o["attacks"]) == {"loss", "threshold", "miau"}
+    for name, a in o["attacks"].items():
+        auc, auc_o = roc_auc_score(mine["member"], mine[name]), roc_auc_score(theirs["member"], theirs[name])
+        assert (a["auc"], a["oracle_auc"]) == (pytest.approx(auc), pytest.approx(auc_o))
+        assert a["gap"]["value"] == pytest.approx(auc - auc_o) and a["gap"]["low"] <= a["gap"]["value"] <= a["gap"]["high"]
+    assert len(o["verdicts"]) == 3 and all("against the oracle's" in v for v in o["verdicts"])
+    # the planted model memorized the forget members, the oracle never saw them: the loss attack tells them apart
+    # on the planted model more than on the oracle
+    assert o["attacks"]["loss"]["auc"] > o["attacks"]["loss"]["oracle_auc"]
+    theirs_json = json.loads((out / "oracle_attacks.json").read_text())
+    tau, tau_o = (d["attacks"]["threshold"]["calibration"] for d in (data, theirs_json))
+    assert tau["tau"] == tau_o["tau"] and "all 8 reference sequences" in tau["tau_source"]  # one τ for both
+    run_manifest = json.loads((out / "manifest.json").read_text())
+    assert run_manifest["oracle"]["path"] == run_manifest["refill_model"]["path"] == str(folder / ORACLE)
+    assert "judged against the retrain oracle" in (out / "report.html").read_text()
+    assert "Against the retrain oracle" in res.output
+
+
 def test_retain_members_survive_the_loss_of_the_file_they_were_planted_from(lab, tmp_path):
     """The planted folder keeps a copy of its members: a demo's temporary data folder, once gone, must
     not silently drop the retain criterion of every later run against a cached plant."""
@@ -188,6 +225,13 @@ def test_a_wrong_oracle_is_refused_before_any_work(lab, tmp_path, tokenizer):
             continue
         assert isinstance(res.exception, UserError) and message in str(res.exception), res.output
         assert not out.exists()
+    # `unmemorize attack` checks the oracle the same way, before any attack
+    out = tmp_path / "bad-attack"
+    res = CliRunner().invoke(app, ["attack", "--model", str(folder), "--forget", str(root / "forget.jsonl"),
+                                   "--reference", str(root / "unseen.jsonl"), "--oracle", str(other_arch), "--out",
+                                   str(out)])
+    assert isinstance(res.exception, UserError) and "another architecture" in str(res.exception), res.output
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- the criteria against slow references

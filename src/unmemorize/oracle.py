@@ -121,6 +121,23 @@ def attack_gap(members: np.ndarray, nonmembers: np.ndarray, oracle_members: np.n
 # ---------------------------------------------------------------- verdicts (computed, never fixed)
 
 
+def attack_gaps(scores, oracle_scores, bootstrap: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, Gap]]:
+    """:func:`attack_gap` for every attack scored on both models, from two per-sequence score frames
+    (``set``, ``id``, ``member`` and one column per attack, as ``AttackResults.scores``).
+
+    The pairing is row by row, so both frames must hold the same sequences in the same order (the same
+    members and non-members attacked): anything else is a caller's error, raised, never a silent gap."""
+    if list(zip(scores["set"], scores["id"])) != list(zip(oracle_scores["set"], oracle_scores["id"])):
+        raise ValueError("the model and the oracle were attacked on different sequences: the gaps are not paired")
+    member = scores["member"].to_numpy(bool)
+    names = [c for c in scores.columns if c not in ("set", "id", "member") and "." not in c and c in oracle_scores]
+    out = {}
+    for name in names:
+        u, o = scores[name].to_numpy(float), oracle_scores[name].to_numpy(float)
+        out[name] = attack_gap(u[member], u[~member], o[member], o[~member], bootstrap, seed)
+    return out
+
+
 def _iv(g: Gap, digits: int = 3) -> str:
     if math.isnan(g.low):
         return f"{g.value:+.{digits}f}"

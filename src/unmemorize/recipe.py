@@ -633,13 +633,7 @@ def oracle_record(spec: RunSpec, inputs: _Inputs, result, before: _Stage, after:
                        loss_oracle_mean=_num(np.nanmean(o.loss)), oracle_c=sum(outlier_count(o.ma, inputs.band)),
                        reference_ma_oracle=None if o.reference_g is None else _num(np.nanmean(o.reference_g)))
     if after.attacks is not None and o.attacks is not None:
-        su, so = after.attacks.scores, o.attacks.scores
-        for name in after.attacks.attacks:
-            if name not in so.columns:
-                continue
-            part = lambda df, member: df.loc[df["member"] == member, name].to_numpy(float)  # noqa: E731
-            auc_u, auc_o, g = judge.attack_gap(part(su, True), part(su, False), part(so, True), part(so, False), boot,
-                                               seed)
+        for name, (auc_u, auc_o, g) in judge.attack_gaps(after.attacks.scores, o.attacks.scores, boot, seed).items():
             rec.attacks[name] = OracleAttack(auc=_num(auc_u), oracle_auc=_num(auc_o), gap=iv(g),
                                              membership_score=_num(membership_score(auc_u)),
                                              oracle_membership_score=_num(membership_score(auc_o)),

@@ -151,6 +151,8 @@ class AttackOptions(AttackSettings):
                                yaml=False)
     band: Band = option(Band(), "Threshold attack: the acceptable band.", yaml=False)
     seed: int = option(0, "Random seed of the attacks.", yaml=False)
+    tau_source: str | None = option(None, "Where a τ the caller passed came from (recorded in the threshold attack's "
+                                          "calibration; default: 'given').", yaml=False)
 
     def as_dict(self) -> dict:
         """Every knob as plain data (the band as {lo, hi}), for manifests and result files."""

@@ -122,4 +122,12 @@ def report_sections(results, roc_png: str | Path | None = None, heading: str = "
             + (f", {s['spans_kept_original']} kept their original words" if s["spans_kept_original"] else "") + ".")
     if details.tables or details.preformatted:
         sections.append(details)
+    if results.oracle is not None:
+        o = results.oracle
+        sections.append(Section(
+            f"{heading}: judged against the retrain oracle",
+            "The retrain oracle never saw the members: the same attacks on it, with the same members, non-members, "
+            "neighbours and τ, are what \"forgotten\" looks like. Each attack's gap is AUC − AUC on the oracle with a "
+            f"paired 95% bootstrap interval (oracle: {o.path}).\n\n" + "\n\n".join(o.verdicts()),
+            tables=[("each attack on the model and on the oracle", o.table())]))
     return sections

@@ -46,11 +46,13 @@ class AttackResults:
     options: AttackOptions
     inputs: dict
     notes: list[str] = field(default_factory=list)
+    oracle: OracleComparison | None = None  # the same attacks on the retrain oracle, when one was given
 
     def as_dict(self) -> dict:
         return to_jsonable({"inputs": self.inputs, "fprs": list(self.fprs), "options": self.options.as_dict(),
                             "notes": self.notes,
-                            "attacks": {n: r.as_dict() for n, r in self.attacks.items()}})
+                            "attacks": {n: r.as_dict() for n, r in self.attacks.items()},
+                            **({"oracle": self.oracle.as_dict()} if self.oracle is not None else {})})
 
     def table(self) -> pd.DataFrame:
         """One row per attack: AUC and TPR@FPR with their intervals, and the below-chance flag."""
@@ -69,6 +71,39 @@ class AttackResults:
 
 def _ci(iv) -> str:
     return "n/a" if iv is None or math.isnan(iv.low) else f"[{iv.low:.3f}, {iv.high:.3f}]"
+
+
+@dataclass
+class OracleComparison:
+    """The same attacks on the retrain oracle (same members, non-members, neighbours and τ), and each
+    attack's gap AUC − AUC_oracle with its paired bootstrap interval (docs/method.md §3.7): an attack
+    reads "forgotten" when it cannot tell the model from a model that never saw the members, not
+    when its AUC is 0.5 — a never-seen but predictable text is told apart from unseen prose too."""
+
+    path: str
+    results: AttackResults
+    gaps: dict  # attack → (AUC, AUC oracle, oracle.Gap), from unmemorize.oracle.attack_gaps
+
+    def verdicts(self) -> list[str]:
+        from unmemorize.oracle import verdict_attack
+
+        return [verdict_attack(n, auc, auc_o, g) for n, (auc, auc_o, g) in self.gaps.items()]
+
+    def table(self) -> pd.DataFrame:
+        from unmemorize.stats import membership_score
+
+        return pd.DataFrame([{"attack": n, "AUC": auc, "AUC oracle": auc_o, "gap": g.value,
+                              "gap 95% CI": "n/a" if math.isnan(g.low) else f"[{g.low:+.3f}, {g.high:+.3f}]",
+                              "membership score": float(membership_score(auc)),
+                              "oracle membership score": float(membership_score(auc_o)),
+                              "indistinguishable": "" if math.isnan(g.low) else ("yes" if g.includes_zero else "no")}
+                             for n, (auc, auc_o, g) in self.gaps.items()])
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "verdicts": self.verdicts(),
+                "attacks": {n: {"auc": auc, "oracle_auc": auc_o, "gap": g.as_dict(),
+                                "indistinguishable": None if math.isnan(g.low) else g.includes_zero}
+                            for n, (auc, auc_o, g) in self.gaps.items()}}
 
 
 # ---------------------------------------------------------------- input checks
@@ -220,13 +255,45 @@ def write_results(results: AttackResults, folder: str | Path, prefix: str = "") 
     return paths
 
 
+def attack_sets(model, members: SequenceSet, nonmembers: SequenceSet, opts: AttackOptions, names: tuple[str, ...],
+                seed: int, fix_tau: bool = False, progress=None) -> tuple[SequenceSet, SequenceSet, AttackOptions, list[str]]:
+    """(members, non-members, options, notes) as the attacks compare them: non-members matched to the
+    members by kind of text under ``opts.match_by`` (:mod:`~unmemorize.attacks.matching`), as ``unlearn``
+    matches them. τ of the threshold attack stays the model's mean g on the whole reference set, computed
+    here before matching (or with ``fix_tau``, so that a second model is attacked under the same τ)."""
+    from unmemorize.attacks.matching import match_column, match_nonmembers
+
+    column = match_column(members, nonmembers, opts.match_by)
+    notes, kept, matched = [], members, nonmembers
+    if column is not None:
+        kept, matched, note = match_nonmembers(members, nonmembers, column, seed)
+        notes.append(note)
+        if opts.fprs is not None:
+            check_fprs(tuple(opts.fprs), len(matched))  # before any pass, not at the end of one
+    if opts.tau is None and "threshold" in names and (column is not None or fix_tau):
+        from unmemorize.attacks.tokens import token_statistics
+        from unmemorize.thresholds import acceptable_level
+
+        check_context(model, nonmembers.length)
+        ma = token_statistics(model, nonmembers, top_k=opts.top_k, temperature=opts.temperature,
+                              batch_size=opts.batch_size, progress=progress, label="τ on the reference set").ma
+        opts = opts.replace(tau=float(acceptable_level(ma)),
+                            tau_source=f"mean g on all {len(nonmembers)} reference sequences"
+                                       + (", before matching" if column is not None else ""))
+    return kept, matched, opts, notes
+
+
 def attack_run(spec, out: str | Path, *, overwrite: bool = False, progress=None, log=print):
     """``unmemorize attack``'s work: load the models named in ``spec`` (an :class:`~unmemorize.spec.
     AttackRunSpec`), run the attacks and write the run folder ``out`` (attacks.json, per-sequence
-    scores, ROC, report.html, manifest.json). Returns (results, folder)."""
+    scores, ROC, report.html, manifest.json). With ``spec.oracle`` the same attacks run on the retrain
+    oracle too (oracle_attacks.json, …) and attacks.json holds each attack's gap to it. MIAU's
+    neighbours are refilled by ``attacks.refill_model``, else the oracle (it never saw the members),
+    else the original, else the attacked model. Returns (results, folder)."""
     from unmemorize import distributed
     from unmemorize.attacks.report import report_sections
     from unmemorize.data import load_sequences
+    from unmemorize.oracle import attack_gaps
     from unmemorize.report.html import write_report
     from unmemorize.runs import RunDir, build_manifest, write_json
 
@@ -237,23 +304,42 @@ def attack_run(spec, out: str | Path, *, overwrite: bool = False, progress=None,
         source = spec.model
         target = source.load(log=log)
         orig = source.replace(path=spec.original).load(log=log) if spec.original else None
+        oracle = None
+        if spec.oracle:
+            from unmemorize.recipe import check_oracle
+
+            oracle = source.replace(path=spec.oracle).load(log=log)
+            check_oracle(target, oracle)
         members = load_sequences(spec.forget, target.tokenizer, spec.length)
         nonmembers = load_sequences(spec.reference, target.tokenizer, spec.length)
+        check_inputs(target.model, members, nonmembers, opts, names, target.tokenizer, orig.model if orig else None,
+                     orig.tokenizer if orig else None)  # before the first pass; run_attacks checks the matched sets
+        members, nonmembers, opts, notes = attack_sets(target.model, members, nonmembers, opts, names, spec.seed,
+                                                       fix_tau=oracle is not None, progress=progress)
         pert = refill = None
         if "miau" in names:
             refill = (source.replace(path=opts.refill_model).load(log=log) if opts.refill_model
-                      else orig or target)
+                      else oracle or orig or target)
             pert = build_perturber(opts, refill.model, refill.tokenizer, refill.fingerprint, source.device)
-        results = run_attacks(target.model, target.tokenizer, members, nonmembers,
-                              original=orig.model if orig else None, original_tokenizer=orig.tokenizer if orig else None,
-                              options=opts, perturber=pert, progress=progress, log=log)
+        attack = lambda lm: run_attacks(  # noqa: E731  (one perturber: both models see the same neighbours)
+            lm.model, lm.tokenizer, members, nonmembers, original=orig.model if orig else None,
+            original_tokenizer=orig.tokenizer if orig else None, options=opts, perturber=pert, progress=progress,
+            log=log)
+        results = attack(target)
+        results.notes[:0] = notes
+        if oracle is not None:
+            found = attack(oracle)
+            results.oracle = OracleComparison(str(spec.oracle), found,
+                                              attack_gaps(results.scores, found.scores, opts.bootstrap, opts.seed))
+            write_results(found, run.tmp, prefix="oracle_")
         paths = write_results(results, run.tmp)
         write_report(run.path("report.html"), f"Privacy attacks on {target.name}", report_sections(results, paths["roc"]),
                      subtitle=f"forget {spec.forget} · reference {spec.reference}"
-                              + (f" · original {orig.name}" if orig else ""))
+                              + (f" · original {orig.name}" if orig else "")
+                              + (f" · oracle {oracle.name}" if oracle else ""))
         write_json(run.path("manifest.json"), build_manifest(
             "attack", results.as_dict()["options"], {"forget": members.describe(), "reference": nonmembers.describe()},
             device=source.device, model=target.describe(), original=orig.describe() if orig else None,
-            perturber=pert.config() if pert else None,
+            oracle=oracle.describe() if oracle else None, perturber=pert.config() if pert else None,
             refill_model=refill.describe() if pert is not None and opts.perturber in LM_PERTURBERS else None))
         return results, run.commit()

@@ -25,7 +25,8 @@ def _setup(ctx: AttackContext) -> dict:
     o = ctx.options
     tau = o.tau if o.tau is not None else acceptable_level(ctx.stats(NONMEMBERS).ma)
     band = o.band.at(float(tau))  # a band relative to τ, in numbers at this τ
-    return {"tau": float(tau), "tau_source": "given" if o.tau is not None else "mean g on the reference set",
+    source = (o.tau_source or "given") if o.tau is not None else "mean g on the reference set"
+    return {"tau": float(tau), "tau_source": source,
             "lo": band.lo, "hi": band.hi}
 
 
