@@ -16,6 +16,9 @@ Before unlearning, every attack runs on the planted model; its reference attack 
 *unplanted* default model (a model that never saw the members: the classic reference attack).
 After each method × stop rule, every attack runs on the unlearned model, and the reference attack
 compares with the planted model (the original, pre-unlearning model: the owner's strongest audit).
+The before stage compares every non-member (``match_by: none``, as its first records did); the unlearning
+runs compare non-members matched to the members' kinds of text (``unlearn``'s default), so the two
+stages' attacks do not see the same non-members (each row records how many).
 MIAU's neighbours are refilled by the planted model in every run (``--refill planted``, the default of
 ``unmemorize attack``: the original model refills), so all runs of a split share them (cached on disk);
 ``--refill base`` refills with the unplanted default model instead — a model that never saw the
@@ -79,7 +82,7 @@ def record(split: int, stage: str, stop: str, key: dict, folder: Path, extra: di
            "threshold": None if thr is None else {"tau": thr["calibration"]["tau"], **thr["summary"]},
            "sampling": None if "sampling" not in found["attacks"] else found["attacks"]["sampling"]["summary"],
            "perturber": None if "miau" not in found["attacks"] else found["attacks"]["miau"]["summary"]["perturber"],
-           "notes": found["notes"], **extra}
+           "nonmembers": found["inputs"]["reference"]["sequences"], "notes": found["notes"], **extra}
     STORE.append(row)
     aucs = " ".join(f"{n} {a['auc']:.2f}" for n, a in attacks.items())
     print(f"split {split} {stage:>4} {stop:>12}: {aucs}", flush=True)
@@ -119,8 +122,10 @@ def run_split(split: int, args, done: list[dict], progress=None) -> None:
             # the planted model attacked, with the unplanted default model as the reference attack's reference
             spec = AttackRunSpec(model=str(planted), original="default", forget=members_file, reference=nonmembers,
                                  seed=args.seed, band={"lo": args.band_lo, "hi": args.band_hi},
+                                 # every non-member, unmatched, as the stages recorded before `attack` matched
                                  attacks={k: v for k, v in attacks.items() if k != "refill_model"}
-                                         | {"refill_model": "default" if args.refill == "base" else str(planted)})
+                                         | {"refill_model": "default" if args.refill == "base" else str(planted),
+                                            "match_by": None})
             _, folder = attack_run(spec, out / "before", overwrite=True, progress=progress, log=log)
             tau = json.loads((folder / "attacks.json").read_text())["attacks"].get("threshold", {}).get(
                 "calibration", {}).get("tau")
@@ -237,6 +242,7 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
     if subs and compared:
         strong = [name for name, d in sure.items() if d > 0]
         against = [name for name, d in sure.items() if d < 0]
+        n_splits = int(df["split"].nunique())
         verdict = ("holds where it is measurable here" if strong and not against else
                    "is contradicted here" if against and not strong else
                    "gets mixed evidence here" if strong else "is not tested by these runs")
@@ -245,8 +251,8 @@ def claims(df: pd.DataFrame, attacks: list[str]) -> list[str]:
                           f"a Bonferroni correction in {len(strong)}" + (f" ({'; '.join(strong)})" if strong else "")
                    + f", SGA in {len(against)}" + (f" ({'; '.join(against)})" if against else "")
                    + f"; the others are not evidence either way. The paper's claim {verdict}, at "
-                     f"{int(df['split'].nunique())} split{'s' if df['split'].nunique() > 1 else ''}" + (f" of {df['settings'].iloc[0]['members']} members"
-                                                                if "settings" in df else "") + ".")
+                     f"{n_splits} split{'s' if n_splits > 1 else ''}"
+                   + (f" of {df['settings'].iloc[0]['members']} members" if "settings" in df else "") + ".")
     return out
 
 
@@ -277,7 +283,10 @@ def section_title(args) -> str:
 
 
 def _nonmembers(row: dict) -> int | None:
-    """How many non-members a stage's attacks compared, as its recorded notes say (None: they do not)."""
+    """How many non-members a stage's attacks compared: recorded since the K = 25 reruns, before them as the
+    stage's notes say (None: they do not)."""
+    if _value(row, "nonmembers") is not None:
+        return int(row["nonmembers"])
     found = (re.search(r"the reference set has (\d+) sequences", n) for n in row.get("notes") or [])
     return next((int(m.group(1)) for m in found if m), None)
 
