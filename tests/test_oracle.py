@@ -252,6 +252,14 @@ def test_attack_gap_is_the_paired_difference_of_aucs():
     diffs = [roc_auc_score(y, np.r_[m[a], n[b]]) - roc_auc_score(y, np.r_[om[a], on[b]]) for a, b in zip(im, inn)]
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     assert gap.value == pytest.approx(auc_u - auc_o) and gap.low == pytest.approx(lo) and gap.high == pytest.approx(hi)
+    # from score frames (members first, as AttackResults.scores): the same numbers; extras are not attacks
+    frame = lambda a, b: pd.DataFrame({"set": ["forget"] * 20 + ["reference"] * 30,  # noqa: E731
+                                       "id": [f"s{i}" for i in range(50)], "member": y.astype(bool),
+                                       "loss": np.r_[a, b], "loss.extra": 0.0})
+    found = judge.attack_gaps(frame(m, n), frame(om, on), bootstrap=300, seed=4)
+    assert list(found) == ["loss"] and found["loss"][2] == gap and found["loss"][:2] == (auc_u, auc_o)
+    with pytest.raises(ValueError, match="different sequences"):  # rows not paired: refused, never a silent gap
+        judge.attack_gaps(frame(m, n), frame(om, on).iloc[::-1].reset_index(drop=True))
 
 
 def test_forget_quality_ma_gap_and_retain_gap_by_hand():

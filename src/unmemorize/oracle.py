@@ -118,9 +118,6 @@ def attack_gap(members: np.ndarray, nonmembers: np.ndarray, oracle_members: np.n
     return auc_u, auc_o, Gap(auc_u - auc_o, float(low), float(high))
 
 
-# ---------------------------------------------------------------- verdicts (computed, never fixed)
-
-
 def attack_gaps(scores, oracle_scores, bootstrap: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, Gap]]:
     """:func:`attack_gap` for every attack scored on both models, from two per-sequence score frames
     (``set``, ``id``, ``member`` and one column per attack, as ``AttackResults.scores``).
@@ -136,6 +133,9 @@ def attack_gaps(scores, oracle_scores, bootstrap: int = 1000, seed: int = 0) -> 
         u, o = scores[name].to_numpy(float), oracle_scores[name].to_numpy(float)
         out[name] = attack_gap(u[member], u[~member], o[member], o[~member], bootstrap, seed)
     return out
+
+
+# ---------------------------------------------------------------- verdicts (computed, never fixed)
 
 
 def _iv(g: Gap, digits: int = 3) -> str:
