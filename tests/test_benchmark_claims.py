@@ -322,6 +322,11 @@ def test_attack_evidence_k_comparison_pairs_the_same_stage_at_the_main_k(ae):
         "TPR at 0.1% FPR not reported: the reference set has 100 sequences (needs ≥ 1000)"]}])[-1].endswith(
         "leakage 0.750 vs 0.700; the attacks compared 16 non-members at K = 25 against 100 at K = 5, so the readings "
         "differ in more than K.")
+    # the count recorded with the row (since the K = 25 reruns) is read before the notes
+    recorded_count = [{**fewer[0], "nonmembers": 32}]
+    assert ae._nonmembers(recorded_count[0]) == 32 and ae._nonmembers(fewer[0]) == 16
+    assert "compared 32 non-members at K = 25 against 100" in ae.k_comparison(
+        pd.DataFrame(recorded_count), key, [{**recorded[1], "notes": ["the reference set has 100 sequences"]}])[-1]
     # a stage without steps (before unlearning) reads NaN in a frame where other stages have them: not a difference
     df.loc[0, "steps"] = math.nan
     recorded[0] = {f: v for f, v in recorded[0].items() if f != "steps"}

@@ -295,14 +295,11 @@ def retain_members(oracle: LoadedModel, forget, tokenizer, length: int):
 
 def _attack_sets(spec: RunSpec, inputs: _Inputs) -> None:
     """The members and non-members the attacks compare: matched by kind of text where the sets say it."""
-    from unmemorize.attacks.matching import match_column, match_nonmembers
+    from unmemorize.attacks.matching import matched_sets
 
-    column = match_column(inputs.forget, inputs.reference, spec.attacks.match_by)
-    if column is None:
-        inputs.attack_members, inputs.attack_nonmembers = inputs.forget, inputs.reference
-    else:
-        inputs.attack_members, inputs.attack_nonmembers, note = match_nonmembers(inputs.forget, inputs.reference,
-                                                                                column, spec.seed)
+    inputs.attack_members, inputs.attack_nonmembers, note = matched_sets(inputs.forget, inputs.reference,
+                                                                         spec.attacks.match_by, spec.seed)
+    if note:
         inputs.notes.append(note)
     if spec.attacks.fprs and attack_plan(spec, True)[0] is not None:
         from unmemorize.attacks.scoring import check_fprs

@@ -65,3 +65,13 @@ def match_nonmembers(forget: SequenceSet, reference: SequenceSet, column: str,
         note += (f"; {len(forget) - len(keep)} member(s) of {', '.join(dropped)} left out of the attacks (no non-member "
                  "of that kind)")
     return forget.subset(keep), reference.subset(chosen), note
+
+
+def matched_sets(forget: SequenceSet, reference: SequenceSet, match_by: str | None,
+                 seed: int = 0) -> tuple[SequenceSet, SequenceSet, str | None]:
+    """(members, non-members, note or None) as the attacks compare them under ``match_by``: what both
+    ``unlearn`` and ``attack`` call, so the two commands never match differently."""
+    column = match_column(forget, reference, match_by)
+    if column is None:
+        return forget, reference, None
+    return match_nonmembers(forget, reference, column, seed)

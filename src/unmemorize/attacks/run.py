@@ -261,16 +261,13 @@ def attack_sets(model, members: SequenceSet, nonmembers: SequenceSet, opts: Atta
     members by kind of text under ``opts.match_by`` (:mod:`~unmemorize.attacks.matching`), as ``unlearn``
     matches them. τ of the threshold attack stays the model's mean g on the whole reference set, computed
     here before matching (or with ``fix_tau``, so that a second model is attacked under the same τ)."""
-    from unmemorize.attacks.matching import match_column, match_nonmembers
+    from unmemorize.attacks.matching import matched_sets
 
-    column = match_column(members, nonmembers, opts.match_by)
-    notes, kept, matched = [], members, nonmembers
-    if column is not None:
-        kept, matched, note = match_nonmembers(members, nonmembers, column, seed)
-        notes.append(note)
-        if opts.fprs is not None:
-            check_fprs(tuple(opts.fprs), len(matched))  # before any pass, not at the end of one
-    if opts.tau is None and "threshold" in names and (column is not None or fix_tau):
+    kept, matched, note = matched_sets(members, nonmembers, opts.match_by, seed)
+    notes = [note] if note else []
+    if note and opts.fprs is not None:
+        check_fprs(tuple(opts.fprs), len(matched))  # before any pass, not at the end of one
+    if opts.tau is None and "threshold" in names and (note or fix_tau):
         from unmemorize.attacks.tokens import token_statistics
         from unmemorize.thresholds import acceptable_level
 
@@ -279,7 +276,7 @@ def attack_sets(model, members: SequenceSet, nonmembers: SequenceSet, opts: Atta
                               batch_size=opts.batch_size, progress=progress, label="τ on the reference set").ma
         opts = opts.replace(tau=float(acceptable_level(ma)),
                             tau_source=f"mean g on all {len(nonmembers)} reference sequences"
-                                       + (", before matching" if column is not None else ""))
+                                       + (", before matching" if note else ""))
     return kept, matched, opts, notes
 
 
