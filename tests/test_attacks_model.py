@@ -104,6 +104,28 @@ def test_token_statistics_agree_with_the_memorization_module(memorized):
     assert stats.ma == pytest.approx(profile(model, members, ProfileOptions(metrics=("ma",)))["ma"], abs=1e-12)
 
 
+def test_given_token_statistics_are_used_by_id_and_refused_when_they_do_not_cover(memorized, tokenizer, monkeypatch):
+    """Statistics a caller already has (attack's τ pass over the whole reference set) serve the attacks on a
+    subset of it: the rows are picked by id, the results are those of the attacks' own pass, and no pass
+    is made; statistics that miss a sequence are a bug, refused."""
+    import unmemorize.attacks.tokens as tokens
+
+    model, members, others = memorized
+    opts = _quick(names=("loss", "min-k++", "threshold"), bootstrap=0, match_by=None)
+    kept = others.subset([7, 2, 9, 4])
+    own = run_attacks(model, tokenizer, members, kept, options=opts)
+    whole = token_statistics(model, others, top_k=opts.top_k, temperature=opts.temperature, batch_size=5)
+    passes = []
+    real = tokens._token_statistics
+    monkeypatch.setattr(tokens, "_token_statistics", lambda m, seqs, **kw: passes.append(kw["label"]) or real(m, seqs, **kw))
+    given = run_attacks(model, tokenizer, members, kept, options=opts, stats={"reference": (others.ids, whole)})
+    assert passes == ["forget"]
+    pd.testing.assert_frame_equal(given.scores, own.scores, atol=1e-6)
+    with pytest.raises(ValueError, match="1 of 4 missing"):
+        run_attacks(model, tokenizer, members, kept, options=opts,
+                    stats={"reference": (others.ids[:9], whole.subset(range(9)))})
+
+
 def test_sampling_extraction_equals_real_top_k_sampling(memorized):
     """The exact match probability from one teacher-forced pass equals what real samplers produce."""
     model, members, _ = memorized
@@ -329,9 +351,16 @@ def test_attack_command_refills_with_a_separate_model(command_inputs):
         assert not bad.exists()
 
 
-def test_attack_command_matches_non_members_by_kind_of_text(command_inputs, memorized, tokenizer):
+def test_attack_command_matches_non_members_by_kind_of_text(command_inputs, memorized, tokenizer, monkeypatch):
     """With a corpus column in both files the command compares the members with non-members in the members'
-    proportions of each kind (as `unlearn` does); τ stays the mean g over the whole reference set."""
+    proportions of each kind (as `unlearn` does); τ stays the mean g over the whole reference set, and that
+    pass's statistics serve the attacks: no non-member is passed twice, and the kept rows are the right ones."""
+    import unmemorize.attacks.tokens as tokens
+
+    passes = []
+    real = tokens._token_statistics
+    monkeypatch.setattr(tokens, "_token_statistics", lambda model, seqs, **kw: passes.append(
+        (kw["label"], len(seqs))) or real(model, seqs, **kw))
     root = command_inputs
     _, members, others = memorized
     kinds = {"forget": ["Github"] * 9 + ["Pile-CC"] * 3, "reference": ["github"] * 3 + ["pile-cc"] * 9}
@@ -344,9 +373,14 @@ def test_attack_command_matches_non_members_by_kind_of_text(command_inputs, memo
     runs = {}
     for match in ("auto", "none"):
         out = root / f"match_{match}"
+        passes.clear()
         res = _invoke([*base, "--match-by", match, "--out", str(out)])
         assert res.exit_code == 0, res.output + repr(res.exception)
         runs[match] = (json.loads((out / "attacks.json").read_text()), pd.read_parquet(out / "attack_scores.parquet"))
+        # matched: one pass over all 12 non-members (τ, and the attacks' statistics of the kept 4), one over
+        # the members; unmatched: τ comes from the attacks' own pass
+        assert sorted(passes) == ([("forget", 12), ("τ on the reference set", 12)] if match == "auto"
+                                  else [("forget", 12), ("reference", 12)]), passes
     data, scores = runs["auto"]
     chosen = scores.loc[~scores["member"], "id"].tolist()
     # 9:3 code:prose members; 3 code texts among the non-members allow 4 non-members, 3 of code and 1 of prose
@@ -356,6 +390,9 @@ def test_attack_command_matches_non_members_by_kind_of_text(command_inputs, memo
     assert any("matched to the members by corpus" in n for n in data["notes"])
     loss = scores["loss"].to_numpy(float)
     assert data["attacks"]["loss"]["auc"]["value"] == pytest.approx(roc_auc_score(scores["member"], loss))
+    kept = others.subset([others.ids.index(i) for i in chosen])  # ℓ(x) of each kept non-member, passed alone
+    by_hand = mean_log_likelihood(memorized[0], kept.input_ids, kept.lengths, batch_size=1)
+    np.testing.assert_allclose(scores.loc[~scores["member"], "loss"].to_numpy(float), by_hand, atol=1e-5)
     calib = data["attacks"]["threshold"]["calibration"]
     assert calib["tau"] == pytest.approx(tau_by_hand, abs=1e-6) and "all 12 reference sequences" in calib["tau_source"]
     data, scores = runs["none"]  # no matching: every non-member, τ from the same 12

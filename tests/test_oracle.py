@@ -174,6 +174,8 @@ def test_attack_command_judges_each_attack_against_the_oracle(lab, tmp_path):
     assert run_manifest["oracle"]["path"] == run_manifest["refill_model"]["path"] == str(folder / ORACLE)
     assert "judged against the retrain oracle" in (out / "report.html").read_text()
     assert "Against the retrain oracle" in res.output
+    before, after = res.output.split("the same attacks on the retrain oracle")
+    assert before.count("attack plan:") == 1 and "attack plan:" not in after.split("Privacy attacks")[0]  # one plan, told once
 
 
 def test_retain_members_survive_the_loss_of_the_file_they_were_planted_from(lab, tmp_path):

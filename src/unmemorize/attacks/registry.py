@@ -172,6 +172,9 @@ class AttackContext:
     neighbour_cache: Any = None  # a perturb.NeighbourCache, for MIAU
     progress: Any = None
     plan: Any = None  # the plan.AttackPlan that resolved K and the non-members
+    # token statistics a caller already has, by part: the same model, rows and options (top_k, temperature),
+    # so that a pass made for τ before matching is not made again for the attacks
+    given_stats: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict, repr=False)
 
     def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -189,6 +192,8 @@ class AttackContext:
         from unmemorize.attacks.tokens import token_statistics
 
         o = self.options
+        if part in self.given_stats:
+            return self.given_stats[part]
         return self.cached(("stats", part), lambda: token_statistics(
             self.model, self.sets[part], top_k=o.top_k, temperature=o.temperature, batch_size=o.batch_size,
             progress=self.progress, label=part))

@@ -188,7 +188,7 @@ def neighbour_cache(options: AttackOptions) -> NeighbourCache:
 
 def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *, original=None,
                 original_tokenizer=None, options: AttackOptions | None = None, perturber: Perturber | None = None,
-                progress=None, log=None) -> AttackResults:
+                progress=None, log=None, stats: dict | None = None) -> AttackResults:
     """Run the attacks in ``options.attacks`` (default: all the inputs allow) on ``model``.
 
     Members are ``forget``, non-members ``reference`` (same form, never trained on). ``original`` is the
@@ -196,7 +196,9 @@ def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *
     to have that checked). MIAU's neighbours come from ``perturber``, else from the one named in the
     options, refilling with ``original`` (else ``model``) so that the original and the unlearned model
     are compared on the same neighbours. ``log`` gets the attack plan's line (K, sets, expected cost)
-    before any attack runs.
+    before any attack runs. ``stats`` maps a part (:data:`MEMBERS`, :data:`NONMEMBERS`) to (ids, token
+    statistics) that ``model`` already computed with the same top_k and temperature on a superset of its
+    sequences: those rows are not passed again.
     """
     opts = options or AttackOptions()
     names, notes = select_attacks(opts.names, original is not None)
@@ -220,7 +222,7 @@ def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *
     ctx = AttackContext(model=model, tokenizer=tokenizer, sets={MEMBERS: forget, NONMEMBERS: reference},
                         options=opts, original=original, perturber=perturber,
                         neighbour_cache=neighbour_cache(opts) if "miau" in names else None, progress=progress,
-                        plan=plan)
+                        plan=plan, given_stats=_given_stats(stats, {MEMBERS: forget, NONMEMBERS: reference}))
     results: dict[str, AttackResult] = {}
     columns: dict[str, list[pd.DataFrame]] = {p: [] for p in PARTS}
     for name in names:
@@ -242,6 +244,20 @@ def run_attacks(model, tokenizer, forget: SequenceSet, reference: SequenceSet, *
     return AttackResults(results, scores, tuple(fprs), opts, inputs, notes)
 
 
+def _given_stats(stats: dict | None, sets: dict[str, SequenceSet]) -> dict:
+    """The rows of ``stats`` (part → (ids, TokenStats)) that the attacked sets hold, by id: the plan may have
+    sampled the non-members after the caller's pass. An id without statistics is a caller's bug."""
+    out = {}
+    for part, (ids, found) in (stats or {}).items():
+        row = {sid: i for i, sid in enumerate(ids)}
+        missing = [sid for sid in sets[part].ids if sid not in row]
+        if missing or len(ids) != len(found):
+            raise ValueError(f"token statistics given for {part!r} do not cover its sequences "
+                             f"({len(missing)} of {len(sets[part])} missing, {len(found)} rows for {len(ids)} ids)")
+        out[part] = found.subset([row[sid] for sid in sets[part].ids])
+    return out
+
+
 def write_results(results: AttackResults, folder: str | Path, prefix: str = "") -> dict[str, Path]:
     """Write ``{prefix}attacks.json``, ``{prefix}attack_scores.parquet`` (+ .csv) and ``{prefix}roc.png``."""
     from unmemorize.attacks.report import roc_plot
@@ -256,15 +272,18 @@ def write_results(results: AttackResults, folder: str | Path, prefix: str = "") 
 
 
 def attack_sets(model, members: SequenceSet, nonmembers: SequenceSet, opts: AttackOptions, names: tuple[str, ...],
-                seed: int, fix_tau: bool = False, progress=None) -> tuple[SequenceSet, SequenceSet, AttackOptions, list[str]]:
-    """(members, non-members, options, notes) as the attacks compare them: non-members matched to the
+                seed: int, fix_tau: bool = False, progress=None):
+    """(members, non-members, options, notes, stats) as the attacks compare them: non-members matched to the
     members by kind of text under ``opts.match_by`` (:mod:`~unmemorize.attacks.matching`), as ``unlearn``
     matches them. τ of the threshold attack stays the model's mean g on the whole reference set, computed
-    here before matching (or with ``fix_tau``, so that a second model is attacked under the same τ)."""
+    here before matching (or with ``fix_tau``, so that a second model is attacked under the same τ). That
+    pass's token statistics come back in ``stats`` (for :func:`run_attacks` on ``model``), so no non-member
+    is passed twice."""
     from unmemorize.attacks.matching import matched_sets
 
     kept, matched, note = matched_sets(members, nonmembers, opts.match_by, seed)
     notes = [note] if note else []
+    stats = {}
     if note and opts.fprs is not None:
         check_fprs(tuple(opts.fprs), len(matched))  # before any pass, not at the end of one
     if opts.tau is None and "threshold" in names and (note or fix_tau):
@@ -272,12 +291,13 @@ def attack_sets(model, members: SequenceSet, nonmembers: SequenceSet, opts: Atta
         from unmemorize.thresholds import acceptable_level
 
         check_context(model, nonmembers.length)
-        ma = token_statistics(model, nonmembers, top_k=opts.top_k, temperature=opts.temperature,
-                              batch_size=opts.batch_size, progress=progress, label="τ on the reference set").ma
-        opts = opts.replace(tau=float(acceptable_level(ma)),
+        found = token_statistics(model, nonmembers, top_k=opts.top_k, temperature=opts.temperature,
+                                 batch_size=opts.batch_size, progress=progress, label="τ on the reference set")
+        opts = opts.replace(tau=float(acceptable_level(found.ma)),
                             tau_source=f"mean g on all {len(nonmembers)} reference sequences"
                                        + (", before matching" if note else ""))
-    return kept, matched, opts, notes
+        stats[NONMEMBERS] = (nonmembers.ids, found)
+    return kept, matched, opts, notes, stats
 
 
 def attack_run(spec, out: str | Path, *, overwrite: bool = False, progress=None, log=print):
@@ -311,20 +331,21 @@ def attack_run(spec, out: str | Path, *, overwrite: bool = False, progress=None,
         nonmembers = load_sequences(spec.reference, target.tokenizer, spec.length)
         check_inputs(target.model, members, nonmembers, opts, names, target.tokenizer, orig.model if orig else None,
                      orig.tokenizer if orig else None)  # before the first pass; run_attacks checks the matched sets
-        members, nonmembers, opts, notes = attack_sets(target.model, members, nonmembers, opts, names, spec.seed,
-                                                       fix_tau=oracle is not None, progress=progress)
+        members, nonmembers, opts, notes, stats = attack_sets(target.model, members, nonmembers, opts, names,
+                                                              spec.seed, fix_tau=oracle is not None, progress=progress)
         pert = refill = None
         if "miau" in names:
             refill = (source.replace(path=opts.refill_model).load(log=log) if opts.refill_model
                       else oracle or orig or target)
             pert = build_perturber(opts, refill.model, refill.tokenizer, refill.fingerprint, source.device)
-        attack = lambda lm: run_attacks(  # noqa: E731  (one perturber: both models see the same neighbours)
+        attack = lambda lm, **kw: run_attacks(  # noqa: E731  (one perturber: both models see the same neighbours)
             lm.model, lm.tokenizer, members, nonmembers, original=orig.model if orig else None,
             original_tokenizer=orig.tokenizer if orig else None, options=opts, perturber=pert, progress=progress,
-            log=log)
-        results = attack(target)
+            **kw)
+        results = attack(target, log=log, stats=stats)  # the τ pass's statistics are the target's
         results.notes[:0] = notes
         if oracle is not None:
+            log(f"the same attacks on the retrain oracle ({oracle.name})")  # the plan line was printed once, above
             found = attack(oracle)
             results.oracle = OracleComparison(str(spec.oracle), found,
                                               attack_gaps(results.scores, found.scores, opts.bootstrap, opts.seed))

@@ -36,6 +36,11 @@ class TokenStats:
     def __len__(self) -> int:
         return len(self.ma)
 
+    def subset(self, rows) -> "TokenStats":
+        """The statistics of ``rows`` (as :meth:`SequenceSet.subset` takes them), without another pass."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return TokenStats(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(TokenStats)})
+
 
 def position_statistics(logits: torch.Tensor, targets: torch.Tensor, top_k: int | None, temperature: float):
     """For logits [P, V] and targets [P]: (log p(target), μ, σ, q(target)), all fp32 [P].
