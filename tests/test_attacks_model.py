@@ -104,22 +104,29 @@ def test_token_statistics_agree_with_the_memorization_module(memorized):
     assert stats.ma == pytest.approx(profile(model, members, ProfileOptions(metrics=("ma",)))["ma"], abs=1e-12)
 
 
-def test_given_token_statistics_are_used_by_id_and_refused_when_they_do_not_cover(memorized, tokenizer, monkeypatch):
+@pytest.fixture
+def passes(monkeypatch) -> list[tuple[str, int]]:
+    """(label, rows) of every token-statistics pass made while the test runs."""
+    import unmemorize.attacks.tokens as tokens
+
+    made, real = [], tokens._token_statistics
+    monkeypatch.setattr(tokens, "_token_statistics", lambda model, seqs, **kw: made.append(
+        (kw["label"], len(seqs))) or real(model, seqs, **kw))
+    return made
+
+
+def test_given_token_statistics_are_used_by_id_and_refused_when_they_do_not_cover(memorized, tokenizer, passes):
     """Statistics a caller already has (attack's τ pass over the whole reference set) serve the attacks on a
     subset of it: the rows are picked by id, the results are those of the attacks' own pass, and no pass
     is made; statistics that miss a sequence are a bug, refused."""
-    import unmemorize.attacks.tokens as tokens
-
     model, members, others = memorized
     opts = _quick(names=("loss", "min-k++", "threshold"), bootstrap=0, match_by=None)
     kept = others.subset([7, 2, 9, 4])
     own = run_attacks(model, tokenizer, members, kept, options=opts)
     whole = token_statistics(model, others, top_k=opts.top_k, temperature=opts.temperature, batch_size=5)
-    passes = []
-    real = tokens._token_statistics
-    monkeypatch.setattr(tokens, "_token_statistics", lambda m, seqs, **kw: passes.append(kw["label"]) or real(m, seqs, **kw))
+    passes.clear()
     given = run_attacks(model, tokenizer, members, kept, options=opts, stats={"reference": (others.ids, whole)})
-    assert passes == ["forget"]
+    assert [label for label, _ in passes] == ["forget"]
     pd.testing.assert_frame_equal(given.scores, own.scores, atol=1e-6)
     with pytest.raises(ValueError, match="1 of 4 missing"):
         run_attacks(model, tokenizer, members, kept, options=opts,
@@ -351,16 +358,10 @@ def test_attack_command_refills_with_a_separate_model(command_inputs):
         assert not bad.exists()
 
 
-def test_attack_command_matches_non_members_by_kind_of_text(command_inputs, memorized, tokenizer, monkeypatch):
+def test_attack_command_matches_non_members_by_kind_of_text(command_inputs, memorized, tokenizer, passes):
     """With a corpus column in both files the command compares the members with non-members in the members'
     proportions of each kind (as `unlearn` does); τ stays the mean g over the whole reference set, and that
     pass's statistics serve the attacks: no non-member is passed twice, and the kept rows are the right ones."""
-    import unmemorize.attacks.tokens as tokens
-
-    passes = []
-    real = tokens._token_statistics
-    monkeypatch.setattr(tokens, "_token_statistics", lambda model, seqs, **kw: passes.append(
-        (kw["label"], len(seqs))) or real(model, seqs, **kw))
     root = command_inputs
     _, members, others = memorized
     kinds = {"forget": ["Github"] * 9 + ["Pile-CC"] * 3, "reference": ["github"] * 3 + ["pile-cc"] * 9}
