@@ -169,6 +169,14 @@ def test_fpr_resolution_rules():
         check_fprs((0.01, 0.001), 999)
     with pytest.raises(UserError, match="strictly between 0 and 1"):
         check_fprs((1.5,), 10_000)
+    # cut down by the matching: the message names the matching and how to compare every non-member
+    note = "non-members matched to the members by corpus: 14 of 100 kept, in the members' proportions (github 75%)"
+    with pytest.raises(UserError) as e:
+        check_fprs((0.01,), 14, note)
+    assert str(e.value).startswith(f"the reference (non-member) set has 14 sequences after matching ({note}), too few "
+                                   "for TPR at 1% FPR (needs at least 100")
+    assert "--match-by none (attacks.match_by: none)" in str(e.value)
+    check_fprs((0.01,), 100, note)  # enough left: no error, whatever the note
 
 
 # ---------------------------------------------------------------- masking and perturbers

@@ -304,7 +304,8 @@ def _attack_sets(spec: RunSpec, inputs: _Inputs) -> None:
     if spec.attacks.fprs and attack_plan(spec, True)[0] is not None:
         from unmemorize.attacks.scoring import check_fprs
 
-        check_fprs(tuple(spec.attacks.fprs), len(inputs.attack_nonmembers))  # before any work, not NaN at the end
+        cut = note if len(inputs.attack_nonmembers) < len(inputs.reference) else None  # the matching left too few
+        check_fprs(tuple(spec.attacks.fprs), len(inputs.attack_nonmembers), cut)  # before any work, not NaN at the end
 
 
 def load_forget(spec: RunSpec, tokenizer):

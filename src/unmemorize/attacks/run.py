@@ -285,7 +285,8 @@ def attack_sets(model, members: SequenceSet, nonmembers: SequenceSet, opts: Atta
     notes = [note] if note else []
     stats = {}
     if note and opts.fprs is not None:
-        check_fprs(tuple(opts.fprs), len(matched))  # before any pass, not at the end of one
+        cut = note if len(matched) < len(nonmembers) else None  # the matching, not the file, left too few
+        check_fprs(tuple(opts.fprs), len(matched), cut)  # before any pass, not at the end of one
     if opts.tau is None and "threshold" in names and (note or fix_tau):
         from unmemorize.attacks.tokens import token_statistics
         from unmemorize.thresholds import acceptable_level

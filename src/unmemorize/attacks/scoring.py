@@ -44,18 +44,26 @@ def resolvable_fprs(fprs: tuple[float, ...], n_nonmembers: int) -> tuple[tuple[f
     return ok, tuple(a for a in fprs if a not in ok)
 
 
-def check_fprs(fprs: tuple[float, ...], n_nonmembers: int) -> None:
-    """Raise a :class:`UserError` for requested FPRs outside (0, 1) or too small for the non-member set."""
+def check_fprs(fprs: tuple[float, ...], n_nonmembers: int, matched: str | None = None) -> None:
+    """Raise a :class:`UserError` for requested FPRs outside (0, 1) or too small for the non-member set.
+
+    ``matched`` is the matching's note when the set was cut down to the members' kinds of text: then the
+    matching, not the file, left too few, and the message says so and how to compare them all."""
     for a in fprs:
         if not 0.0 < a < 1.0:
             raise UserError(f"false-positive rate {a} must lie strictly between 0 and 1 (e.g. 0.01 for 1%)")
     _, bad = resolvable_fprs(fprs, n_nonmembers)
     if bad:
         need = max(min_nonmembers(a) for a in bad)
+        which = f"the reference (non-member) set has {n_nonmembers} sequences"
+        fix = "use a larger reference set or a larger --fpr"
+        if matched:
+            which += f" after matching ({matched})"
+            fix = ("use a larger reference set, a larger --fpr, or --match-by none (attacks.match_by: none) to compare "
+                   "every non-member, whatever its kind of text")
         raise UserError(
-            f"the reference (non-member) set has {n_nonmembers} sequences, too few for TPR at "
-            f"{', '.join(f'{100 * a:g}%' for a in bad)} FPR (needs at least {need}: with n non-members the "
-            "smallest false-positive rate is 1/n); use a larger reference set or a larger --fpr")
+            f"{which}, too few for TPR at {', '.join(f'{100 * a:g}%' for a in bad)} FPR (needs at least {need}: with "
+            f"n non-members the smallest false-positive rate is 1/n); {fix}")
 
 
 def roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
