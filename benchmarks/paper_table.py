@@ -12,6 +12,12 @@ running the same command again resumes where it stopped. Then it aggregates the 
 t-interval over the splits) into ``<out>/report`` and rewrites the section of
 ``benchmarks/RESULTS.md`` named after the model, with the command that made it.
 
+The main section holds MIAU at K = 10 neighbours (the runs recorded first). A run at another
+``--neighbours`` (the paper's 25) is a grid of its own (K is in the run key), and writes a section and
+kept files of its own beside the main ones, each run set beside the same run (forget set, split,
+method, stop rule) of the main table, so the reader sees what K moved and whether the rerun repeated
+the unlearning (then only MIAU's neighbours differ).
+
 Needs the data folder (UNMEMORIZE_DATA: the forget sets and the evaluation files; docs/data.md).
 """
 
@@ -32,6 +38,9 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, data, paper_method, write_section  # noqa: E402
+
+NEIGHBOURS = 10  # MIAU's K in the runs of the main section; a run at another K writes beside it
+PAIR = ["forget", "split", "method", "stop"]  # what names one run of the table across K
 
 
 def build_config(args) -> dict:
@@ -137,13 +146,62 @@ def reading(runs: pd.DataFrame, methods: list[str]) -> list[str]:
     return out
 
 
-def keep_artifacts(written, label: str) -> str:
+def section_title(label: str, k: int) -> str:
+    """The main section holds the runs at K = NEIGHBOURS; a run at another K writes beside it, never over it."""
+    title = f"Paper table: {label} on Jang's forget sets"
+    return title if k == NEIGHBOURS else f"{title}, MIAU K = {k}"
+
+
+def artifact_stem(label: str, k: int) -> str:
+    """File-name stem of the kept CSVs and plots: the main table's, or its own for a run at another K."""
+    stem = "paper_table_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    return stem if k == NEIGHBOURS else f"{stem}_k{k}"
+
+
+def k_comparison(runs: pd.DataFrame, main: pd.DataFrame, k: int) -> list[str]:
+    """MIAU at this K beside the main table's run of the same forget set, split, method and stop rule
+    (``main``: its kept runs CSV, at K = NEIGHBOURS), and whether what K cannot change came out the same —
+    the unlearning (steps, the forget set's mean MA after it) and the attacks without neighbours — so a
+    moved MIAU reading can be read as the neighbours' doing. Runs without a partner are left out."""
+    if main is None or main.empty or "miau_auc" not in runs or "miau_auc" not in main:
+        return []
+    key = lambda f: f.assign(split=f["split"].astype(str), stop=f["stop"].astype(str))[PAIR + [  # noqa: E731
+        c for c in ("steps", "mean_ma", "miau_auc", "loss_auc", "reference_auc") if c in f]]
+    both = key(runs).merge(key(main), on=PAIR, suffixes=("", "_main")).dropna(subset=["miau_auc", "miau_auc_main"])
+    if both.empty:
+        return []
+    out = []
+    for forget, g in _forget_sets(both.assign(size=both["forget"].map(runs.groupby("forget")["size"].first()))):
+        means = []
+        for method, r in g.groupby("method", sort=False):
+            n = r["split"].nunique()
+            means.append(f"{method.upper()} {r['miau_auc'].mean():.3f} vs {r['miau_auc_main'].mean():.3f} "
+                         f"({n} split{'s' * (n != 1)})")
+        out.append(f"- {forget}: MIAU AUC after unlearning, mean over the splits run at both K, at K = {k} vs "
+                   f"K = {NEIGHBOURS}: " + ", ".join(means) + f"; under 0.5 in {int((g['miau_auc'] < 0.5).sum())} vs "
+                   f"{int((g['miau_auc_main'] < 0.5).sum())} of {len(g)} runs.")
+    steps = int((both["steps"] != both["steps_main"]).sum()) if "steps_main" in both else 0
+    ma = (both["mean_ma"] - both["mean_ma_main"]).abs().max() if "mean_ma_main" in both else 0.0
+    others = [c for c in ("loss_auc", "reference_auc") if f"{c}_main" in both]
+    auc = max([(both[c] - both[f"{c}_main"]).abs().max() for c in others], default=0.0)
+    if steps == 0 and ma < 5e-4 and auc < 5e-4:
+        out.append(f"- The unlearning and the attacks without neighbours (loss, reference) came out the same at both K "
+                   f"in all {len(both)} paired runs: only MIAU's neighbours differ between the readings.")
+    else:
+        out.append(f"- Between the K = {k} and the K = {NEIGHBOURS} run, the unlearning took other steps in {steps} of "
+                   f"{len(both)} runs and the forget set's mean MA after it moved by up to {ma:.3f}; the attacks without "
+                   f"neighbours (loss, reference) moved by up to {auc:.3f} in AUC (the rerun did not exactly repeat the "
+                   "run, so the readings differ in more than K).")
+    return out
+
+
+def keep_artifacts(written, label: str, k: int = NEIGHBOURS) -> str:
     """Copy the table's CSVs and the per-sequence before/after plots from the report (under the ignored
     runs/ folder) into benchmarks/results/, so that what RESULTS.md states can be checked in the repo.
     Returns the Markdown that links them."""
     import shutil
 
-    stem = "paper_table_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    stem = artifact_stem(label, k)
     dest = ROOT / "benchmarks" / "results"
     dest.mkdir(parents=True, exist_ok=True)
     report = written.html.parent
@@ -169,17 +227,21 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=150)
     p.add_argument("--micro-batch", type=int, default=8, help="must divide every size")
     p.add_argument("--reference-limit", type=int, default=100)
-    p.add_argument("--neighbours", type=int, default=10, help="MIAU neighbours per sequence")
+    p.add_argument("--neighbours", type=int, default=NEIGHBOURS,
+                   help=f"MIAU neighbours per sequence (not {NEIGHBOURS}: a section of its own beside the main one)")
     p.add_argument("--utility-limit", type=int, default=16, help="examples per utility task (0: no utility)")
     p.add_argument("--length", type=int, default=200)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "paper_table")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"run folders and report (default runs/paper_table, runs/paper_table_k<K> at K ≠ {NEIGHBOURS})")
     p.add_argument("--no-results", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
     args = p.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.splits = [int(s) for s in args.splits.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     command = " ".join([".venv/bin/python benchmarks/paper_table.py", *map(shlex.quote, sys.argv[1:])])
+    if args.out is None:  # a table at another K keeps its own config and report beside the main one's
+        args.out = ROOT / "runs" / ("paper_table" if args.neighbours == NEIGHBOURS else f"paper_table_k{args.neighbours}")
 
     import torch
 
@@ -217,19 +279,28 @@ def main() -> None:
     runs = written.runs
     said, start = "\n".join(reading(runs, args.methods)), "\n".join(before_lines(runs))
     label = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
-    kept = keep_artifacts(written, label)
+    main_csv = ROOT / "benchmarks" / "results" / f"{artifact_stem(label, NEIGHBOURS)}_runs.csv"
+    beside = []
+    if args.neighbours != NEIGHBOURS:  # read before keep_artifacts writes this K's own files
+        main_runs = pd.read_csv(main_csv) if main_csv.exists() else None
+        beside = k_comparison(runs, main_runs, args.neighbours)
+    kept = keep_artifacts(written, label, args.neighbours)
+    compared = (f"\nBeside the same runs at K = {NEIGHBOURS} (the main section, `{main_csv.relative_to(ROOT)}`):\n\n"
+                + "\n".join(beside) + "\n") if beside else ""
+    utility = (f"the paper's 13 tasks, first {args.utility_limit} examples each (full mode)" if args.utility_limit
+               else "not measured (--utility-limit 0)")
     body = f"""Command (resumable: finished runs are skipped):
 
 ```
 {command}
 ```
 
-{len(folders)} runs, made {made_on}{mixed}. This invocation: {minutes:.1f} min on {device}
+{len(folders)} run{'s' * (len(folders) != 1)}, made {made_on}{mixed}. This invocation: {minutes:.1f} min on {device}
 (finished runs are skipped, whichever machine made them). Config: `{config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path}`
 (from `configs/default.yaml`); report with plots: `{html.relative_to(ROOT) if html.is_relative_to(ROOT) else html}`.
 τ = the model's mean MA on the first {args.reference_limit} sequences of `pile.csv`; the same sequences are the
-attacks' non-members. Stop rule: mean MA < τ, at most {args.max_steps} steps. Utility: the paper's 13 tasks,
-first {args.utility_limit} examples each (full mode). Cells: mean ± half-width of the 95% Student-t interval over
+attacks' non-members; MIAU with K = {args.neighbours} neighbours per sequence. Stop rule: mean MA < τ, at most
+{args.max_steps} steps. Utility: {utility}. Cells: mean ± half-width of the 95% Student-t interval over
 splits {', '.join(map(str, args.splits))} (n = {len(args.splits)}).
 
 Where the methods started (the original model, per split):
@@ -239,12 +310,12 @@ Where the methods started (the original model, per split):
 What the runs say (computed from their summaries):
 
 {said}
-
+{compared}
 {tables}
 
 {kept}
 """
-    write_section(f"Paper table: {label} on Jang's forget sets", body)
+    write_section(section_title(label, args.neighbours), body)
     print("wrote its section of benchmarks/RESULTS.md")
 
 

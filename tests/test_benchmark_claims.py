@@ -447,6 +447,49 @@ def test_paper_table_keeps_its_tables_and_plots_in_the_repo(tmp_path, monkeypatc
     assert "`benchmarks/results/paper_table_Smol_LM_2_runs.csv`" in md
 
 
+def test_paper_table_at_another_k_pairs_each_run_with_the_main_table():
+    """A table at the paper's K = 25 sits beside the main one (K = 10): each run paired with the kept run of
+    the same forget set, split, method and stop rule (a split read back from CSV as a number still pairs), MIAU
+    means over the paired splits by hand, and a verdict on whether the unlearning repeated."""
+    pt = _load("paper_table")
+    cols = ["forget", "size", "split", "method", "stop", "steps", "mean_ma", "miau_auc", "loss_auc", "reference_auc"]
+
+    def frame(rows):
+        return pd.DataFrame(rows, columns=cols)
+
+    main = frame([["jang8", 8, 0, "ga", "mean", 4, 0.38, 0.30, 0.18, 1.0],
+                  ["jang8", 8, 1, "ga", "mean", 1, 0.40, 0.22, 0.47, 1.0],
+                  ["jang8", 8, 0, "sga", "mean", 10, 0.40, 0.39, 0.26, 0.85],
+                  ["jang32", 32, 0, "ga", "mean", 3, 0.39, 0.26, 0.38, 0.99],
+                  ["jang8", 8, 0, "ga", "per-sequence", 9, 0.30, 0.90, 0.90, 0.9]])  # another stop rule: no partner
+    runs = frame([["jang32", 32, "0", "ga", "mean", 3, 0.39, 0.52, 0.38, 0.99],
+                  ["jang8", 8, "0", "ga", "mean", 4, 0.38, 0.40, 0.18, 1.0],
+                  ["jang8", 8, "1", "ga", "mean", 1, 0.40, 0.20, 0.47, 1.0],
+                  ["jang8", 8, "0", "sga", "mean", 10, 0.40, 0.45, 0.26, 0.85],
+                  ["jang8", 8, "2", "ga", "mean", 2, 0.41, 0.10, 0.20, 1.0]])  # split 2 not in the main table
+    out = pt.k_comparison(runs, main, 25)
+    ga8, ga8_main = (0.40 + 0.20) / 2, (0.30 + 0.22) / 2
+    assert out == [
+        f"- jang8: MIAU AUC after unlearning, mean over the splits run at both K, at K = 25 vs K = 10: GA {ga8:.3f} vs "
+        f"{ga8_main:.3f} (2 splits), SGA 0.450 vs 0.390 (1 split); under 0.5 in 3 vs 3 of 3 runs.",
+        "- jang32: MIAU AUC after unlearning, mean over the splits run at both K, at K = 25 vs K = 10: GA 0.520 vs "
+        "0.260 (1 split); under 0.5 in 0 vs 1 of 1 runs.",
+        "- The unlearning and the attacks without neighbours (loss, reference) came out the same at both K in all 4 "
+        "paired runs: only MIAU's neighbours differ between the readings."]
+    runs.loc[1, ["steps", "mean_ma"]] = [5, 0.35]  # the GA run of split 0 did not repeat
+    runs.loc[3, "reference_auc"] = 0.80
+    assert pt.k_comparison(runs, main, 25)[-1] == (
+        "- Between the K = 25 and the K = 10 run, the unlearning took other steps in 1 of 4 runs and the forget set's "
+        "mean MA after it moved by up to 0.030; the attacks without neighbours (loss, reference) moved by up to 0.050 "
+        "in AUC (the rerun did not exactly repeat the run, so the readings differ in more than K).")
+    assert pt.k_comparison(runs, None, 25) == [] and pt.k_comparison(runs[runs["split"] == "2"], main, 25) == []
+    # never over the main section or its kept files
+    assert pt.section_title("M", pt.NEIGHBOURS) == "Paper table: M on Jang's forget sets"
+    assert pt.section_title("M", 25) == "Paper table: M on Jang's forget sets, MIAU K = 25"
+    assert pt.artifact_stem("Smol LM/2", pt.NEIGHBOURS) == "paper_table_Smol_LM_2"
+    assert pt.artifact_stem("Smol LM/2", 25) == "paper_table_Smol_LM_2_k25"
+
+
 def test_defaults_reading_is_computed_from_the_recorded_values():
     """bench_defaults: within/over each goal, the × bare ratio and the stages come from the recorded numbers."""
     bd = _load("bench_defaults")
