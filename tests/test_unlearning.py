@@ -370,6 +370,58 @@ def test_cli_run_outputs_and_untouched_input_model(lab, tmp_path):
     assert bad.exit_code != 0 and "--reference" in str(bad.exception)
 
 
+def test_unlearn_passes_each_non_member_once_per_model(lab, tmp_path, monkeypatch):
+    """τ's pass over the reference set (the original's MA) and the after-state's MA pass also give the attacks
+    their non-members' token statistics, so each model passes each non-member once: τ is the mean of the
+    same MA a profile pass gives, and the attacks' scores are those of their own pass. Under parity (MA
+    counts padding as the original code did; the attacks never do) the passes stay apart."""
+    import typer
+    from typer.testing import CliRunner
+
+    import unmemorize.attacks.tokens as tokens
+    import unmemorize.memorization as memorization
+    from unmemorize.attacks import AttackOptions, run_attacks
+    from unmemorize.commands import unlearn as unlearn_cmd
+    from unmemorize.data import load_sequences
+    from unmemorize.models import save_model
+    from unlearning_fixtures import records
+
+    tok, model, forget, tau, ma = lab
+    model_dir = save_model(model, tok, tmp_path / "model")
+    forget_file, ref_file = tmp_path / "forget.jsonl", tmp_path / "unseen.jsonl"
+    forget_file.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(forget.ids, forget.texts)))
+    n_ref = len(forget) + 3  # row counts tell the two sets' passes apart
+    ref_file.write_text("".join(json.dumps({"id": f"u{i}", "text": t}) + "\n"
+                                for i, t in enumerate(records(n_ref, seed=8))))
+    made, real_stats, real_greedy = [], tokens._token_statistics, memorization.greedy_pass
+    monkeypatch.setattr(tokens, "_token_statistics", lambda m, seqs, **kw: made.append(
+        ("statistics", kw["label"], len(seqs))) or real_stats(m, seqs, **kw))
+    monkeypatch.setattr(memorization, "greedy_pass", lambda m, seqs, *a, **kw: made.append(
+        ("ma", "", len(seqs))) or real_greedy(m, seqs, *a, **kw))
+    app = typer.Typer()
+    unlearn_cmd.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    args = ["unlearn", "--model", str(model_dir), "--forget", str(forget_file), "--reference", str(ref_file),
+            "--method", "ga", "--lr", "2e-3", "--max-steps", "2", "--micro-batch", "4", "--length", "40",
+            "--attacks", "loss,threshold", "--match-by", "none", "--bootstrap", "0", "--checkpoint-every", "0"]
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    on_reference = [m for m in made if m[2] == n_ref]
+    assert on_reference == [("statistics", "on the reference set", n_ref)] * 2, made  # original, then unlearned
+    ref = load_sequences(ref_file, tok, 40)
+    by_profile = profile(model, ref, ProfileOptions(metrics=("ma",), batch_size=4))["ma"].to_numpy()
+    record = read_record(tmp_path / "run")
+    assert record.tau == pytest.approx(acceptable_level(by_profile), abs=1e-12)
+    own = run_attacks(model, tok, forget, ref, options=AttackOptions(names=("loss",), bootstrap=0, match_by=None))
+    before = pd.read_parquet(tmp_path / "run" / "before_attack_scores.parquet")
+    pd.testing.assert_series_equal(before["loss"].reset_index(drop=True), own.scores["loss"].reset_index(drop=True),
+                                   atol=1e-6)
+    made.clear()
+    res = CliRunner().invoke(app, args + ["--parity", "--out", str(tmp_path / "parity")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert sorted(m for m in made if m[2] == n_ref) == [("ma", "", n_ref)] * 2 + [("statistics", "reference", n_ref)] * 2
+
+
 def test_cli_runs_attacks_on_original_and_unlearned(lab, tmp_path):
     """`unlearn` answers "can an attacker tell?" by default: the same attacks before and after, the
     reference attack only after (it compares with the original, reloaded from its untouched files)."""

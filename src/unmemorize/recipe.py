@@ -87,6 +87,7 @@ class _Inputs:
     tau: float
     tau_from: str
     reference_g: np.ndarray | None  # the original model's MA on each reference sequence
+    reference_stats: Any | None = None  # the attacks' token statistics of that same pass (None: not shared)
     oracle: LoadedModel | None = None  # the retrain oracle (never trained on; it judges)
     retain_members: Any | None = None  # the planted members that were not forgotten (from the oracle's manifest)
     attack_members: Any | None = None  # the members and non-members the attacks compare (matched by kind)
@@ -173,8 +174,13 @@ def _inputs(spec: RunSpec, res: Resources) -> _Inputs:
         reference = res.memo((_model_key(spec.model), "reference", str(spec.reference), spec.reference_limit,
                               spec.length), lambda: _reference_set(spec, tok))
     retain = load_retain(spec.retain, tok, spec.length) if spec.retain is not None else None
-    ref_g = None
-    if reference is not None:
+    ref_g = ref_stats = None
+    if reference is not None and _shares_reference_pass(spec, before=True):
+        ref_stats = res.memo((_model_key(spec.model), "reference_stats", str(spec.reference), spec.reference_limit,
+                              spec.length, spec.attacks.top_k, spec.attacks.temperature),
+                             lambda: _reference_stats(lm.model, reference, spec, res.progress))
+        ref_g = ref_stats.ma
+    elif reference is not None:
         ref_g = res.memo((_model_key(spec.model), "reference_ma", str(spec.reference), spec.reference_limit,
                           spec.length, spec.training.parity),
                          lambda: _ma(lm.model, reference, spec, res.progress))
@@ -184,7 +190,7 @@ def _inputs(spec: RunSpec, res: Resources) -> _Inputs:
         from unmemorize.thresholds import acceptable_level
 
         tau, tau_from = acceptable_level(ref_g), f"mean MA of the original model on {len(reference)} reference sequences"
-    inputs = _Inputs(lm, forget, reference, retain, tau, tau_from, ref_g, band=spec.band.at(tau))
+    inputs = _Inputs(lm, forget, reference, retain, tau, tau_from, ref_g, ref_stats, band=spec.band.at(tau))
     inputs.targets, inputs.targets_from = sequence_targets(spec, inputs, res)
     if inputs.retain is None and _method(spec).name == "target" and spec.method.retain_weight > 0:
         from unmemorize.unlearning.retain import sampled_retain
@@ -350,6 +356,35 @@ def _ma(model, seqs, spec: RunSpec, progress) -> np.ndarray:
     return profile(model, seqs, opts, progress)["ma"].to_numpy()
 
 
+def _shares_reference_pass(spec: RunSpec, before: bool = False) -> bool:
+    """Whether the pass that measures a model's MA on the reference set also gives the attacks their
+    token statistics of the non-members, so that no non-member is passed twice by one model: when the
+    attacks will run on that model (``before``: the original, whose attacks may be switched off), and
+    not under parity, whose MA counts padding as the original code did (the attacks never do)."""
+    opts, _ = attack_plan(spec, spec.reference is not None)
+    return opts is not None and not spec.training.parity and (spec.attacks.before or not before)
+
+
+def _reference_stats(model, seqs, spec: RunSpec, progress):
+    """The attacks' token statistics of ``model`` on the reference set (MA in ``.ma``: the same g as
+    :func:`_ma` without parity), with the attacks' top-k, temperature and batch size."""
+    from unmemorize.attacks.tokens import token_statistics
+    from unmemorize.models import check_context
+
+    check_context(model, seqs.length)
+    a = spec.attacks
+    return token_statistics(model, seqs, top_k=a.top_k, temperature=a.temperature, batch_size=a.batch_size,
+                            progress=progress, label="on the reference set")
+
+
+def _reference_pass(model, seqs, spec: RunSpec, progress):
+    """(MA on the reference set, token statistics of the same pass or None) for a model the attacks will run on."""
+    if _shares_reference_pass(spec):
+        found = _reference_stats(model, seqs, spec, progress)
+        return found.ma, found
+    return _ma(model, seqs, spec, progress), None
+
+
 # ---------------------------------------------------------------- before and after
 
 
@@ -401,9 +436,11 @@ def _refill_model(spec: RunSpec, res: Resources, inputs: _Inputs) -> LoadedModel
 
 
 def _attack(target, tokenizer, inputs: _Inputs, opts, original: LoadedModel | None, refill: LoadedModel, progress,
-            log=None):
-    """The planned attacks on ``target``; the reference attack only with an original to compare with."""
+            log=None, reference_stats=None):
+    """The planned attacks on ``target``; the reference attack only with an original to compare with.
+    ``reference_stats``: ``target``'s token statistics on the whole reference set, from its MA pass."""
     from unmemorize.attacks import ATTACKS, run_attacks
+    from unmemorize.attacks.registry import NONMEMBERS
 
     chosen = opts.names if opts.names is not None else tuple(ATTACKS)
     names = tuple(n for n in chosen if original is not None or not ATTACKS[n].needs_original)
@@ -416,7 +453,8 @@ def _attack(target, tokenizer, inputs: _Inputs, opts, original: LoadedModel | No
     return run_attacks(target, tokenizer, inputs.attack_members, inputs.attack_nonmembers,
                        original=None if original is None else original.model,
                        original_tokenizer=None if original is None else original.tokenizer,
-                       options=opts, perturber=pert, progress=progress, log=log)
+                       options=opts, perturber=pert, progress=progress, log=log,
+                       stats=None if reference_stats is None else {NONMEMBERS: (inputs.reference.ids, reference_stats)})
 
 
 def _utility(model, tokenizer, spec: RunSpec, progress) -> dict:
@@ -481,7 +519,7 @@ def _before(spec: RunSpec, inputs: _Inputs, res: Resources) -> _Stage:
                                    inputs.reference.sha256, spec.attacks.model_dump_json(), spec.seed, inputs.tau,
                                    inputs.band),
                                   lambda: _attack(lm.model, lm.tokenizer, inputs, opts, None, refill, res.progress,
-                                                  res.log))
+                                                  res.log, inputs.reference_stats))
     if spec.utility.tasks:
         st.utility = res.memo((mk, "utility", spec.utility.model_dump_json()),
                               lambda: _utility(lm.model, lm.tokenizer, spec, res.progress))
@@ -499,15 +537,16 @@ def _oracle_stage(spec: RunSpec, inputs: _Inputs, res: Resources, before: _Stage
     def compute() -> _OracleStage:
         prof = _profile(o.model, spec.model_copy(update={"metrics": ("ma", "loss")}), inputs.forget, res.progress)
         st = _OracleStage(ma=prof["ma"].to_numpy(), loss=prof["loss"].to_numpy())
+        ref_stats = None
         if inputs.reference is not None:
-            st.reference_g = _ma(o.model, inputs.reference, spec, res.progress)
+            st.reference_g, ref_stats = _reference_pass(o.model, inputs.reference, spec, res.progress)
         if inputs.retain_members is not None:
             st.retain_g = _ma(o.model, inputs.retain_members, spec, res.progress)
         opts, _ = attack_plan(spec, inputs.reference is not None)
         if opts is not None:
             original = res.model(spec.model)
             st.attacks = _attack(o.model, o.tokenizer, inputs, opts, original, before.refill or original, res.progress,
-                                 res.log)
+                                 res.log, ref_stats)
         if spec.utility.tasks:
             st.utility = _utility(o.model, o.tokenizer, spec, res.progress)
         return st
@@ -547,8 +586,9 @@ def _after(spec: RunSpec, inputs: _Inputs, res: Resources, result) -> _Stage:
 
         d = result.method.dpd
         model = DPDModel(model, d["lambda"], d["mode"])
+    ref_stats = None
     if inputs.reference is not None:
-        st.reference_g = _ma(model, inputs.reference, spec, res.progress)
+        st.reference_g, ref_stats = _reference_pass(model, inputs.reference, spec, res.progress)
     if _extra_metrics(spec):
         st.profile = _profile(model, spec, inputs.forget, res.progress, inputs.band)
     opts, note = attack_plan(spec, inputs.reference is not None)
@@ -557,7 +597,7 @@ def _after(spec: RunSpec, inputs: _Inputs, res: Resources, result) -> _Stage:
         # in memory, or its untouched files when this run unlearned it in place
         original = res.model(spec.model)
         refill = _refill_model(spec, res, inputs) or original
-        st.attacks = _attack(model, tok, inputs, opts, original, refill, res.progress, res.log)
+        st.attacks = _attack(model, tok, inputs, opts, original, refill, res.progress, res.log, ref_stats)
         st.refill = refill if refill is not original else None
         if not res.keep_original:
             res.forget_model(spec.model)
