@@ -177,7 +177,7 @@ def _inputs(spec: RunSpec, res: Resources) -> _Inputs:
     ref_g = ref_stats = None
     if reference is not None and _shares_reference_pass(spec, before=True):
         ref_stats = res.memo((_model_key(spec.model), "reference_stats", str(spec.reference), spec.reference_limit,
-                              spec.length, spec.attacks.top_k, spec.attacks.temperature),
+                              spec.length, spec.attacks.top_k, spec.attacks.temperature, spec.attacks.batch_size),
                              lambda: _reference_stats(lm.model, reference, spec, res.progress))
         ref_g = ref_stats.ma
     elif reference is not None:
