@@ -371,7 +371,7 @@ def test_presets_validate(tmp_path):
         assert res.exit_code == 0, (p, res.output)
 
 
-def test_presets_attacks_can_report_the_fprs_they_ask_for(tokenizer):
+def test_presets_attacks_can_report_the_fprs_they_ask_for(tokenizer, monkeypatch):
     """Each preset's attacks, on the real forget and reference files, keep enough non-members for the TPR at
     the FPRs it asks for: the check ``unlearn`` makes before any work (recipe._attack_sets), run on every
     forget set and split of every preset. Matching Jang's mostly-code sets to Pile text (mostly prose) keeps
@@ -381,7 +381,8 @@ def test_presets_attacks_can_report_the_fprs_they_ask_for(tokenizer):
 
     from conftest import shared_data
 
-    shared_data("forget")
+    # the presets read ${UNMEMORIZE_DATA}; the tests' one setting defaults to the folder beside the checkout
+    monkeypatch.setenv("UNMEMORIZE_DATA", str(shared_data("forget").parent))
     seen = set()
     for p in sorted((ROOT / "configs").glob("*.yaml")):
         for run in expand(load_config(p)):
