@@ -368,13 +368,11 @@ def _shares_reference_pass(spec: RunSpec, before: bool = False) -> bool:
 def _reference_stats(model, seqs, spec: RunSpec, progress):
     """The attacks' token statistics of ``model`` on the reference set (MA in ``.ma``: the same g as
     :func:`_ma` without parity), with the attacks' top-k, temperature and batch size."""
-    from unmemorize.attacks.tokens import token_statistics
+    from unmemorize.attacks.tokens import attack_statistics
     from unmemorize.models import check_context
 
     check_context(model, seqs.length)
-    a = spec.attacks
-    return token_statistics(model, seqs, top_k=a.top_k, temperature=a.temperature, batch_size=a.batch_size,
-                            progress=progress, label="on the reference set")
+    return attack_statistics(model, seqs, spec.attacks, progress, "on the reference set")
 
 
 def _reference_pass(model, seqs, spec: RunSpec, progress):

@@ -189,14 +189,12 @@ class AttackContext:
 
     def stats(self, part: str):
         """Token statistics of the attacked model on one part (one teacher-forced pass)."""
-        from unmemorize.attacks.tokens import token_statistics
+        from unmemorize.attacks.tokens import attack_statistics
 
-        o = self.options
         if part in self.given_stats:
             return self.given_stats[part]
-        return self.cached(("stats", part), lambda: token_statistics(
-            self.model, self.sets[part], top_k=o.top_k, temperature=o.temperature, batch_size=o.batch_size,
-            progress=self.progress, label=part))
+        return self.cached(("stats", part), lambda: attack_statistics(
+            self.model, self.sets[part], self.options, self.progress, part))
 
     def original_log_likelihood(self, part: str) -> np.ndarray:
         from unmemorize.attacks.tokens import mean_log_likelihood

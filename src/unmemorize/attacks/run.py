@@ -288,12 +288,11 @@ def attack_sets(model, members: SequenceSet, nonmembers: SequenceSet, opts: Atta
         cut = note if len(matched) < len(nonmembers) else None  # the matching, not the file, left too few
         check_fprs(tuple(opts.fprs), len(matched), cut)  # before any pass, not at the end of one
     if opts.tau is None and "threshold" in names and (note or fix_tau):
-        from unmemorize.attacks.tokens import token_statistics
+        from unmemorize.attacks.tokens import attack_statistics
         from unmemorize.thresholds import acceptable_level
 
         check_context(model, nonmembers.length)
-        found = token_statistics(model, nonmembers, top_k=opts.top_k, temperature=opts.temperature,
-                                 batch_size=opts.batch_size, progress=progress, label="τ on the reference set")
+        found = attack_statistics(model, nonmembers, opts, progress, "τ on the reference set")
         opts = opts.replace(tau=float(acceptable_level(found.ma)),
                             tau_source=f"mean g on all {len(nonmembers)} reference sequences"
                                        + (", before matching" if note else ""))

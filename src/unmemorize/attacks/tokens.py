@@ -96,6 +96,14 @@ def token_statistics(model, seqs: SequenceSet, *, top_k: int | None = 40, temper
                          for f in dataclasses.fields(TokenStats)})
 
 
+def attack_statistics(model, seqs: SequenceSet, opts, progress=None, label: str = "") -> TokenStats:
+    """:func:`token_statistics` under the attacks' settings (``opts``: AttackOptions, or a run's attack
+    settings: top_k, temperature, batch_size). Every pass whose rows an attack reads goes through here, so
+    a pass made for τ (``attack``) or for MA (``unlearn``) is the one the attacks would have made."""
+    return token_statistics(model, seqs, top_k=opts.top_k, temperature=opts.temperature, batch_size=opts.batch_size,
+                            progress=progress, label=label)
+
+
 @torch.no_grad()
 def _token_statistics(model, seqs: SequenceSet, *, top_k: int | None, temperature: float, batch_size: int,
                       progress, label: str) -> TokenStats:
